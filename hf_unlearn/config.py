@@ -1,0 +1,232 @@
+"""`UnlearnConfig`: every hyperparameter of every method, in one dataclass that `HfArgumentParser` reads."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from .utils import CONFIG_NAME, atomic_write_json, atomic_write_text
+
+# Values used when neither the user, the method nor the family sets a field that defaults to `None`.
+GLOBAL_DEFAULTS: dict[str, Any] = {
+    "learning_rate": 1e-3,
+    "max_steps": 100,
+    "max_grad_norm": 7.0,
+    "forget_alpha": 1.0,
+    "temperature": 0.5,
+    "remain_steps_per_forget": 1,
+}
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("cosine", "constant", "linear")
+PRECISIONS = ("no", "fp16", "bf16")
+
+
+@dataclass
+class UnlearnConfig:
+    r"""Configuration of one unlearning run.
+
+    Fields that default to `None` are filled by [`UnlearnConfig.resolve`] from the method's defaults, then the model
+    family's, then library-wide ones; `resolve` is called by [`Unlearner`], and the resolved values are what is saved.
+    Field names follow `transformers.TrainingArguments` where the meaning is the same. SFR-on's own fields keep the
+    paper's names spelled out: `forget_alpha` (α), `temperature` (λ), `mask_threshold` (γ), `remain_steps_per_forget`
+    (K). The published SFR-on settings: CIFAR-10 ResNet-18: SGD lr 0.01, momentum 0.9, weight decay 5e-4, 1500 steps,
+    K 5, batch 128, α 25, clip 7, λ 0.5, γ 1; TinyImageNet Swin-T: AdamW lr 2e-5, weight decay 0.05, 500 steps, K 1,
+    α 500, λ 0.6; class-conditional DDPM: Adam lr 1e-4, 150 steps, α 10, clip 1, λ 0.5.
+    """
+
+    method: str = field(default="sfr_on", metadata={"help": "Registered method name (see `hf_unlearn.list_methods()`)."})
+    family: Optional[str] = field(
+        default=None,
+        metadata={"help": "Model family: image_classifier, class_conditional_diffusion or text_to_image. Detected if unset."},
+    )
+    output_dir: str = field(default="hf_unlearn_output", metadata={"help": "Where checkpoints and outputs are written."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Allow writing into an output folder that holds something that is not ours."}
+    )
+    seed: int = field(default=42, metadata={"help": "Seed of the run: data order, random labels, noise."})
+    # Optimisation (names as in transformers.TrainingArguments)
+    optim: str = field(default="adamw", metadata={"help": f"Optimizer, one of {OPTIMIZERS}; shared by forget and remain steps."})
+    learning_rate: Optional[float] = field(default=None, metadata={"help": "Peak learning rate (method default if unset)."})
+    weight_decay: float = field(default=0.0, metadata={"help": "Weight decay of the optimizer."})
+    momentum: float = field(default=0.9, metadata={"help": "Momentum, with `optim='sgd'`."})
+    max_steps: Optional[int] = field(
+        default=None, metadata={"help": "Number of unlearning cycles (one forget step + K remain steps each)."}
+    )
+    per_device_train_batch_size: int = field(default=64, metadata={"help": "Batch size per process, forget and remain."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches accumulated per optimizer step."})
+    max_grad_norm: Optional[float] = field(default=None, metadata={"help": "Gradient clipping norm (0 disables)."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": f"Learning-rate schedule, one of {SCHEDULES}."})
+    warmup_steps: int = field(default=0, metadata={"help": "Linear warm-up cycles of the learning rate."})
+    mixed_precision: str = field(default="no", metadata={"help": f"Mixed precision as in accelerate: {PRECISIONS}."})
+    # SFR-on and the shared parts
+    forget_alpha: Optional[float] = field(default=None, metadata={"help": "α: scale of the forgetting loss at step 0."})
+    forget_alpha_schedule: str = field(default="cosine", metadata={"help": "Decay of α over the run: cosine or constant."})
+    temperature: Optional[float] = field(
+        default=None, metadata={"help": "λ of the adaptive forget weights softmax(-λ·log ℓ); 0 is plain ascent."}
+    )
+    mask_threshold: float = field(default=1.0, metadata={"help": "γ: keep parameters whose forget/remain Fisher ratio ≥ γ."})
+    mask_eps: float = field(default=1e-12, metadata={"help": "ε added to both Fisher estimates in the ratio."})
+    saliency_max_batches: Optional[int] = field(
+        default=16, metadata={"help": "Batches per set used to estimate saliency (None: the whole set)."}
+    )
+    mask_path: Optional[str] = field(default=None, metadata={"help": "Load a saved saliency mask (safetensors)."})
+    remain_steps_per_forget: Optional[int] = field(default=None, metadata={"help": "K: fast remain steps per forget step."})
+    interpolation_beta: float = field(default=1.0, metadata={"help": "β of θ ← βθ_new + (1-β)θ_prev after a cycle; 1 = off."})
+    forget_bound: Optional[float] = field(
+        default=None, metadata={"help": "Bounded ascent: stop pushing a row once its loss exceeds this (log C if unset)."}
+    )
+    forget_steps_fraction: Optional[float] = field(
+        default=None, metadata={"help": "Fraction of the cycles that take a forget step (SCRUB's max steps); 1 = all."}
+    )
+    salun_sparsity: float = field(default=0.5, metadata={"help": "SalUn: fraction of parameters kept by the top-k mask."})
+    kl_temperature: float = field(default=1.0, metadata={"help": "Softmax temperature of teacher distillation (BT, SCRUB)."})
+    distill_ce_weight: float = field(default=1.0, metadata={"help": "SCRUB: weight of the cross-entropy beside the KL."})
+    ewc_lambda: float = field(default=100.0, metadata={"help": "Selective amnesia: weight of the Fisher (EWC) penalty."})
+    retrain_init: str = field(
+        default="config", metadata={"help": "Retrain start: 'config' (fresh init) or a checkpoint path / repo id."}
+    )
+    # Diffusion families
+    remap_anchor: str = field(
+        default="random", metadata={"help": "Diffusion remap target: 'random' other class, 'null', or a class id."}
+    )
+    null_class_id: Optional[int] = field(default=None, metadata={"help": "Class id of the unconditional (null) label."})
+    condition_dropout: float = field(default=0.1, metadata={"help": "Share of remain rows trained with the null label."})
+    esd_negative_guidance: float = field(default=1.0, metadata={"help": "ESD: negative guidance scale of the target."})
+    train_modules: str = field(
+        default="all", metadata={"help": "Trainable subset: all, cross_attention (ESD-x) or non_cross_attention (ESD-u)."}
+    )
+    # Data and evaluation
+    image_column: str = field(default="image", metadata={"help": "Dataset column holding the images."})
+    label_column: str = field(default="label", metadata={"help": "Dataset column holding the class labels."})
+    caption_column: str = field(default="text", metadata={"help": "Dataset column holding captions (text-to-image)."})
+    resolution: Optional[int] = field(default=None, metadata={"help": "Image resolution for diffusion families."})
+    eval_batch_size: int = field(default=256, metadata={"help": "Batch size of evaluation passes."})
+    dataloader_num_workers: int = field(default=0, metadata={"help": "Worker processes of each data loader."})
+    # Logging, checkpoints
+    logging_steps: int = field(default=10, metadata={"help": "Log every N cycles."})
+    log_with: Optional[str] = field(default=None, metadata={"help": "accelerate tracker (tensorboard, wandb, ...)."})
+    checkpointing_steps: Optional[int] = field(default=None, metadata={"help": "Save a resumable checkpoint every N cycles."})
+    checkpoints_total_limit: Optional[int] = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
+    resume_from_checkpoint: Optional[str] = field(default=None, metadata={"help": "A checkpoint folder or 'latest'."})
+    # LoRA
+    lora: bool = field(default=False, metadata={"help": "Restrict updates to LoRA adapters (peft)."})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    lora_target_modules: Optional[list[str]] = field(
+        default=None, metadata={"help": "Modules given adapters (a per-family default if unset; 'all-linear' works)."}
+    )
+    lora_save: str = field(default="adapter", metadata={"help": "Save the LoRA 'adapter' alone or the 'merged' model."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory."})
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Checks values that are wrong whatever the model; raises `ValueError` naming the field."""
+        positive = ["learning_rate", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps"]
+        positive += ["eval_batch_size", "logging_steps", "lora_r"]
+        for name in positive:
+            _check_number(self, name, minimum=0, strict=True)
+        for name in ["forget_alpha", "temperature", "mask_threshold", "mask_eps", "max_grad_norm", "weight_decay"]:
+            _check_number(self, name, minimum=0)
+        for name in ["remain_steps_per_forget", "warmup_steps", "ewc_lambda", "salun_sparsity", "forget_bound"]:
+            _check_number(self, name, minimum=0)
+        for name, high in [("interpolation_beta", 1), ("salun_sparsity", 1), ("forget_steps_fraction", 1)]:
+            _check_number(self, name, minimum=0, maximum=high)
+        _check_number(self, "condition_dropout", minimum=0, maximum=1)
+        _check_number(self, "checkpointing_steps", minimum=0, strict=True)
+        _check_choice(self, "optim", OPTIMIZERS)
+        _check_choice(self, "lr_scheduler_type", SCHEDULES)
+        _check_choice(self, "mixed_precision", PRECISIONS)
+        _check_choice(self, "forget_alpha_schedule", ("cosine", "constant"))
+        _check_choice(self, "lora_save", ("adapter", "merged"))
+        _check_choice(self, "train_modules", ("all", "cross_attention", "non_cross_attention"))
+        from .methods import get_method  # noqa: PLC0415 (the registry imports this module)
+
+        get_method(self.method)
+
+    def resolve(self, family: Optional[str] = None) -> UnlearnConfig:
+        """Returns a copy whose `None` fields are filled from the method, then the family, then library defaults."""
+        from .families import get_family_class  # noqa: PLC0415
+        from .methods import get_method  # noqa: PLC0415
+
+        family = family or self.family
+        method = get_method(self.method)
+        layers = [method.defaults_for(family)]
+        if family is not None:
+            layers.append(get_family_class(family).default_config)
+        layers.append(GLOBAL_DEFAULTS)
+        values = self.to_dict()
+        for key, value in values.items():
+            if value is None:
+                for layer in layers:
+                    if layer.get(key) is not None:
+                        values[key] = layer[key]
+                        break
+        values["family"] = family
+        return UnlearnConfig(**values)
+
+    # Serialisation
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> UnlearnConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"Unknown config keys {unknown}; valid keys are: {', '.join(sorted(known))}.")
+        return cls(**values)
+
+    def to_yaml(self, path: Optional[str | os.PathLike] = None) -> str:
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        if path is not None:
+            atomic_write_text(path, text)
+        return text
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> UnlearnConfig:
+        with open(path) as fh:
+            values = yaml.safe_load(fh) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"`{path}` must hold a mapping of config keys, found {type(values).__name__}.")
+        return cls.from_dict(values)
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+        atomic_write_json(Path(save_directory) / CONFIG_NAME, self.to_dict())
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> UnlearnConfig:
+        path = Path(path)
+        file = path / CONFIG_NAME if path.is_dir() else path
+        with open(file) as fh:
+            return cls.from_dict(json.load(fh))
+
+
+def _check_number(cfg, name, minimum=None, maximum=None, strict=False):
+    value = getattr(cfg, name)
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"`{name}` must be a number, got {value!r}.")
+    if math.isnan(value) or math.isinf(value):
+        raise ValueError(f"`{name}` is {value}; give a finite number.")
+    if minimum is not None and (value < minimum or (strict and value == minimum)):
+        bound = "greater than" if strict else "at least"
+        raise ValueError(f"`{name}` is {value}, but it must be {bound} {minimum}.")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"`{name}` is {value}, but it must be at most {maximum}.")
+
+
+def _check_choice(cfg, name, choices):
+    value = getattr(cfg, name)
+    if value not in choices:
+        raise ValueError(f"`{name}` is {value!r}; choose one of {', '.join(map(str, choices))}.")

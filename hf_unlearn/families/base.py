@@ -1,0 +1,89 @@
+"""The interface a model family implements. Methods only ever call these primitives."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, ClassVar, Optional
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+
+class ModelFamily:
+    r"""One kind of model: how to load it, batch its data, compute per-sample losses, and save it.
+
+    A family instance holds the trainable module in `self.model` (what the engine optimises) and anything frozen
+    beside it (an image processor, a VAE, a text encoder, a noise scheduler). Every loss primitive takes the module to
+    run explicitly, because the engine may pass a wrapped (DDP) module, a frozen copy of the original, or a teacher.
+
+    Subclasses set `name`, `default_config` (defaults for `UnlearnConfig` fields left at `None`) and implement the
+    methods below; `logits` only exists for families with class predictions.
+    """
+
+    name: ClassVar[str] = ""
+    default_config: ClassVar[dict[str, Any]] = {}
+    model: nn.Module
+
+    # Loading and detection
+    @classmethod
+    def can_load(cls, model_or_path: Any) -> bool:
+        """Whether a model object or a folder / repo id is of this family (used by detection, cheap)."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_pretrained(cls, model_or_path: Any, config, **kwargs) -> ModelFamily:
+        raise NotImplementedError
+
+    def save_pretrained(self, model: nn.Module, save_directory: str | os.PathLike) -> None:
+        """Writes `model` in the family's native format (safetensors) into an existing folder."""
+        raise NotImplementedError
+
+    def fresh_model(self, init: str = "config") -> nn.Module:
+        """A new trainable module: re-initialised from the config, or loaded from `init` (a path or repo id)."""
+        raise NotImplementedError
+
+    # Data
+    def validate_split(self, split) -> None:
+        """Raises `ValueError` naming the argument when the data cannot feed this model (before any weight change)."""
+
+    def make_dataloader(self, dataset, *, batch_size: int, shuffle: bool, seed: int, drop_last: bool = False) -> DataLoader:
+        """A loader of dict batches; every batch has `labels` (class ids, or condition ids) where the family has them."""
+        raise NotImplementedError
+
+    @property
+    def num_classes(self) -> Optional[int]:
+        return None
+
+    # Losses: each returns one value per row, shape `(batch,)`, to be minimised for that row
+    def per_sample_loss(self, model: nn.Module, batch: dict, *, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The family's training loss per row (cross-entropy, noise-prediction MSE), with optional replaced labels."""
+        raise NotImplementedError
+
+    def remap_loss(self, model: nn.Module, batch: dict, target_labels: Optional[torch.Tensor]) -> torch.Tensor:
+        """Pull the model's output for each row toward the output it gives for `target_labels` (or the batch's anchor).
+
+        For classifiers this is cross-entropy to the new labels; for diffusion, MSE between ε(x_t, c) and a detached
+        ε(x_t, c_target) at the same x_t and t.
+        """
+        raise NotImplementedError
+
+    def remain_loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        """The scalar loss of a remain step (diffusion families add condition dropout here)."""
+        return self.per_sample_loss(model, batch).mean()
+
+    def logits(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        raise NotImplementedError(f"The {self.name} family has no class predictions.")
+
+    def negative_guidance_loss(self, model: nn.Module, frozen: nn.Module, batch: dict, scale: float) -> torch.Tensor:
+        raise NotImplementedError(f"The {self.name} family has no negative-guidance target.")
+
+    def trainable_parameter_filter(self, name: str) -> bool:
+        """Whether the parameter `name` of `self.model` is trained (all, unless `train_modules` narrows it)."""
+        return True
+
+    def batch_size_of(self, batch: dict) -> int:
+        for value in batch.values():
+            if isinstance(value, torch.Tensor):
+                return value.shape[0]
+        raise ValueError("Empty batch.")

@@ -1,0 +1,27 @@
+"""Reading a model's config files from a folder or a Hub repo without loading its weights."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Optional
+
+
+def read_config_file(path_or_id: Any, filename: str, subfolder: Optional[str] = None) -> Optional[dict]:
+    """The parsed JSON file `filename` of a local folder or Hub repo (from the cache when offline), or `None`."""
+    if not isinstance(path_or_id, (str, os.PathLike)):
+        return None
+    path = str(path_or_id)
+    if os.path.isdir(path):
+        file = os.path.join(path, subfolder or "", filename)
+        if not os.path.isfile(file):
+            return None
+    else:
+        try:
+            from huggingface_hub import hf_hub_download  # noqa: PLC0415
+
+            file = hf_hub_download(path, filename, subfolder=subfolder)
+        except Exception:  # noqa: BLE001 (a missing file is a normal answer here)
+            return None
+    with open(file) as fh:
+        return json.load(fh)

@@ -1,0 +1,151 @@
+"""Family: any `transformers` image classifier (`AutoModelForImageClassification`) with its image processor."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from datasets import ClassLabel
+from torch import nn
+from torch.utils.data import DataLoader
+from transformers import AutoImageProcessor, AutoModelForImageClassification, PreTrainedModel
+
+from .base import ModelFamily
+from .detect import read_config_file
+
+
+class ImageClassifierFamily(ModelFamily):
+    r"""A transformers image classifier (ViT, Swin, ResNet, ConvNeXt, ...).
+
+    Args:
+        model ([`~transformers.PreTrainedModel`]): a model whose class ends in `ForImageClassification`.
+        config ([`UnlearnConfig`]): gives the image and label column names.
+        image_processor (`BaseImageProcessor`, *optional*): turns a list of PIL images into `pixel_values`.
+        transform (`Callable`, *optional*): alternatively, maps a list of images to a `pixel_values` tensor.
+    """
+
+    name = "image_classifier"
+    default_config: dict[str, Any] = {"max_grad_norm": 7.0}
+
+    def __init__(self, model: PreTrainedModel, config, image_processor=None, transform: Optional[Callable] = None):
+        if image_processor is None and transform is None:
+            raise ValueError(
+                "No image processor was found for this classifier: pass `image_processor=` (e.g. "
+                "AutoImageProcessor.from_pretrained(...)) or `transform=` (a callable from a list of PIL images to a "
+                "pixel_values tensor)."
+            )
+        self.model = model
+        self.image_processor = image_processor
+        self.transform = transform
+        self.image_column = config.image_column
+        self.label_column = config.label_column
+
+    @classmethod
+    def can_load(cls, model_or_path: Any) -> bool:
+        if isinstance(model_or_path, nn.Module):
+            return type(model_or_path).__name__.endswith("ForImageClassification") or hasattr(
+                getattr(model_or_path, "base_model", None), "config"
+            ) and any(a.endswith("ForImageClassification") for a in (model_or_path.config.architectures or []))
+        cfg = read_config_file(model_or_path, "config.json")
+        return bool(cfg) and any(str(a).endswith("ForImageClassification") for a in cfg.get("architectures") or [])
+
+    @classmethod
+    def from_pretrained(cls, model_or_path, config, *, image_processor=None, transform=None, trust_remote_code=False,
+                        **kwargs):
+        if isinstance(model_or_path, nn.Module):
+            return cls(model_or_path, config, image_processor=image_processor, transform=transform)
+        model = AutoModelForImageClassification.from_pretrained(
+            model_or_path, trust_remote_code=trust_remote_code, use_safetensors=True
+        )
+        if image_processor is None and transform is None:
+            try:
+                image_processor = AutoImageProcessor.from_pretrained(model_or_path, trust_remote_code=trust_remote_code)
+            except (OSError, ValueError):
+                image_processor = None
+        family = cls(model, config, image_processor=image_processor, transform=transform)
+        family.source = str(model_or_path)
+        return family
+
+    def save_pretrained(self, model: nn.Module, save_directory: str | os.PathLike) -> None:
+        model.save_pretrained(save_directory, safe_serialization=True)
+        if self.image_processor is not None:
+            self.image_processor.save_pretrained(save_directory)
+
+    def fresh_model(self, init: str = "config") -> nn.Module:
+        if init == "config":
+            return AutoModelForImageClassification.from_config(self.model.config)
+        return AutoModelForImageClassification.from_pretrained(init, use_safetensors=True)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.model.config.num_labels)
+
+    # Data
+    def pixel_values(self, images: list) -> torch.Tensor:
+        images = [img.convert("RGB") if self._wants_rgb(img) else img for img in images]
+        if self.transform is not None:
+            return self.transform(images)
+        return self.image_processor(images, return_tensors="pt")["pixel_values"]
+
+    def _wants_rgb(self, image) -> bool:
+        # Grayscale images fed to a 3-channel model are the commonest mismatch; convert them instead of failing.
+        return getattr(image, "mode", "RGB") != "RGB" and getattr(self.model.config, "num_channels", 3) == 3
+
+    def collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        return {
+            "pixel_values": self.pixel_values([row[self.image_column] for row in rows]),
+            "labels": torch.tensor([int(row[self.label_column]) for row in rows], dtype=torch.long),
+        }
+
+    def make_dataloader(self, dataset, *, batch_size, shuffle, seed, drop_last=False) -> DataLoader:
+        dataset = dataset.select_columns([self.image_column, self.label_column])
+        generator = torch.Generator().manual_seed(seed)
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last,
+                          collate_fn=self.collate)
+
+    def validate_split(self, split) -> None:
+        for name, ds in [("dataset", split.dataset), ("test_dataset", split.test_dataset)]:
+            if ds is None:
+                continue
+            for arg, column in [("image_column", self.image_column), ("label_column", self.label_column)]:
+                if column not in ds.column_names:
+                    raise ValueError(
+                        f"`{arg}` is '{column}', but `{name}` has columns {ds.column_names}; pass {arg}=... "
+                        "in UnlearnConfig."
+                    )
+        feature = split.dataset.features.get(self.label_column)
+        labels = np.asarray(split.dataset[self.label_column])
+        data_classes = feature.num_classes if isinstance(feature, ClassLabel) else int(labels.max()) + 1
+        if data_classes != self.num_classes:
+            raise ValueError(
+                f"The model has num_labels={self.num_classes}, but the dataset has {data_classes} classes (labels "
+                f"0..{data_classes - 1}); use a model trained on this label set."
+            )
+        self._check_images(split.dataset)
+
+    def _check_images(self, dataset) -> None:
+        batch = self.collate([dataset[0]])
+        try:
+            with torch.no_grad():
+                self.logits(self.model, batch)
+        except Exception as err:  # noqa: BLE001 (re-raised with the shape that caused it)
+            shape = tuple(batch["pixel_values"].shape[1:])
+            raise ValueError(
+                f"Images of column `{self.image_column}` become pixel_values of shape {shape}, which the model "
+                f"({type(self.model).__name__}) cannot take: {err}. Pass an `image_processor` or `transform` that "
+                "produces the model's input size and channel count."
+            ) from err
+
+    # Losses
+    def logits(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        return model(pixel_values=batch["pixel_values"]).logits
+
+    def per_sample_loss(self, model, batch, *, labels=None):
+        labels = batch["labels"] if labels is None else labels
+        return F.cross_entropy(self.logits(model, batch).float(), labels, reduction="none")
+
+    def remap_loss(self, model, batch, target_labels):
+        return self.per_sample_loss(model, batch, labels=target_labels)

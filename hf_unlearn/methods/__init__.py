@@ -1,0 +1,79 @@
+"""The registry of unlearning methods. Each is a composition of the four parts; none has a loop of its own.
+
+Defaults per family were chosen on validation seeds of the digits benchmark (see docs/benchmarks.md) and fall back
+to the published SFR-on settings where the benchmark does not cover a family.
+"""
+
+from __future__ import annotations
+
+from .base import UnlearnMethod, get_method, list_methods, register_method
+from .context import StepContext
+from .parts import (
+    Ascent,
+    DistillRemain,
+    ForgetLoss,
+    KLUniform,
+    NegativeGuidance,
+    Remap,
+    RemainLoss,
+    TaskLoss,
+    TeacherKL,
+    adaptive_weights,
+)
+
+_CLASSIFIER = "image_classifier"
+_DIFFUSION = ("class_conditional_diffusion", "text_to_image")
+_SFR_DEFAULTS = {
+    "*": {"temperature": 0.5, "mask_threshold": 1.0},
+    _CLASSIFIER: {"learning_rate": 1e-3, "max_steps": 40, "forget_alpha": 1.0, "remain_steps_per_forget": 5},
+    "class_conditional_diffusion": {"learning_rate": 1e-4, "max_steps": 150, "forget_alpha": 10.0},
+    "text_to_image": {"learning_rate": 1e-5, "max_steps": 1000, "forget_alpha": 1.0},
+}
+_BASELINE_DEFAULTS = {
+    _CLASSIFIER: {"learning_rate": 1e-3, "max_steps": 40},
+    "class_conditional_diffusion": {"learning_rate": 1e-4, "max_steps": 150},
+    "text_to_image": {"learning_rate": 1e-5, "max_steps": 1000},
+}
+
+
+def _sfr(name, forget, description, families=None):
+    return UnlearnMethod(
+        name, forget, TaskLoss(), saliency="fisher_ratio", geometry="fast_slow", families=families,
+        defaults=_SFR_DEFAULTS, description=description,
+    )
+
+
+for _method in [
+    _sfr("sfr_on", Ascent(weighted=True), "SFR-on as published: Fisher-ratio mask, loss-weighted ascent, fast-slow."),
+    _sfr("sfr_on_bound", Ascent(weighted=True, bounded=True), "SFR-on with ascent capped at loss log(C) per row."),
+    _sfr("sfr_on_kl", KLUniform(weighted=True), "SFR-on whose forget step pulls toward uniform over kept classes."),
+    _sfr("sfr_on_rl", Remap(weighted=True, anchor="random"), "SFR-on whose forget step uses random other labels."),
+    _sfr("sfr_on_remap", Remap(weighted=True), "SFR-on whose forget step remaps the condition to an anchor.",
+         families=_DIFFUSION),
+    UnlearnMethod("retrain", None, TaskLoss(), reinit=True, description="RT: train from scratch on the remain set.",
+                  defaults={_CLASSIFIER: {"learning_rate": 2e-3, "max_steps": 600, "max_grad_norm": 0.0}}),
+    UnlearnMethod("finetune", None, TaskLoss(), description="FT: keep training on the remain set only.",
+                  defaults=_BASELINE_DEFAULTS),
+    UnlearnMethod("gradient_ascent", Ascent(), None, description="GA: uniform ascent on the forget set.",
+                  defaults=_BASELINE_DEFAULTS),
+    UnlearnMethod("random_label", Remap(anchor="random"), TaskLoss(), defaults=_BASELINE_DEFAULTS,
+                  description="RL: random other labels (remap to a random class for diffusion) + remain loss."),
+    UnlearnMethod("salun", Remap(anchor="random"), TaskLoss(), saliency="topk", mask_scope="all",
+                  defaults=_BASELINE_DEFAULTS, description="SalUn: top-k gradient saliency mask over RL."),
+    UnlearnMethod("bad_teacher", TeacherKL("random"), DistillRemain(with_ce=False), defaults=_BASELINE_DEFAULTS,
+                  description="BT: KL to a random teacher on forget rows, KL to the original on remain rows."),
+    UnlearnMethod("scrub", TeacherKL("original", ascend=True), DistillRemain(with_ce=True),
+                  defaults={_CLASSIFIER: {**_BASELINE_DEFAULTS[_CLASSIFIER], "forget_steps_fraction": 0.5}},
+                  description="SCRUB: push away from the original on forget rows (first part), distil on remain."),
+    UnlearnMethod("selective_amnesia", Remap(), TaskLoss(), geometry="ewc", families=_DIFFUSION,
+                  defaults=_BASELINE_DEFAULTS,
+                  description="SA: surrogate (remap) target for the forgotten condition, replay, EWC at θ0."),
+    UnlearnMethod("esd", NegativeGuidance(), None, families=_DIFFUSION, defaults=_BASELINE_DEFAULTS,
+                  description="ESD: negative-guidance target from the frozen original."),
+]:
+    register_method(_method)
+
+__all__ = [
+    "Ascent", "DistillRemain", "ForgetLoss", "KLUniform", "NegativeGuidance", "Remap", "RemainLoss", "StepContext",
+    "TaskLoss", "TeacherKL", "UnlearnMethod", "adaptive_weights", "get_method", "list_methods", "register_method",
+]

@@ -1,0 +1,200 @@
+"""The forgetting and remaining losses of the unified view. Each part only calls family primitives."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .context import StepContext
+
+
+def adaptive_weights(losses: torch.Tensor, all_losses: torch.Tensor, temperature: float, sign: float = -1.0):
+    r"""SFR-on's normalised weights w_i = ℓ_i^(sign·λ) / Σ_j ℓ_j^(sign·λ), i.e. softmax(sign·λ·log ℓ).
+
+    `losses` are this process's detached per-row losses, `all_losses` the same gathered over every process, so the
+    normalisation runs over the global batch. `sign=-1` (ascent) puts weight on rows not yet forgotten (low loss);
+    `sign=+1` (descent toward a forgetting target) on rows still far from it. `temperature=0` gives uniform weights.
+    """
+    eps = 1e-8
+    log_all = torch.log(all_losses.clamp_min(0) + eps) * (sign * temperature)
+    log_norm = torch.logsumexp(log_all, dim=0)
+    return torch.exp(torch.log(losses.clamp_min(0) + eps) * (sign * temperature) - log_norm)
+
+
+class ForgetLoss:
+    """A forgetting part: returns the scalar to *minimise* on a forget batch (ascent parts return a negative)."""
+
+    name = "forget"
+    families: Optional[tuple[str, ...]] = None  # None: every family
+    needs_original = False
+    needs_teacher = False
+    sign = 1.0  # +1: the part descends toward a target; -1: it ascends the task loss
+
+    def per_row(self, ctx: StepContext, batch: dict) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __init__(self, weighted: bool = False):
+        self.weighted = weighted
+
+    def __call__(self, ctx: StepContext, batch: dict) -> tuple[torch.Tensor, dict]:
+        rows = self.per_row(ctx, batch)
+        detached = rows.detach().float()
+        if self.weighted:
+            weights = adaptive_weights(detached, ctx.gather(detached), ctx.config.temperature, sign=-self.sign)
+            # DDP averages gradients over processes; multiply back so the sum runs over the global batch once.
+            objective = (weights * rows).sum() * ctx.num_processes
+        else:
+            objective = rows.mean()
+        return self.sign * objective, {"forget_loss": detached.mean().item()}
+
+    def __repr__(self):
+        return f"{type(self).__name__}(weighted={self.weighted})"
+
+
+class Ascent(ForgetLoss):
+    """Gradient ascent on the task loss; with `weighted`, SFR-on's loss-weighted ascent; with `bound`, capped."""
+
+    name = "ascent"
+    sign = -1.0
+
+    def __init__(self, weighted: bool = False, bounded: bool = False):
+        super().__init__(weighted)
+        self.bounded = bounded
+
+    def per_row(self, ctx, batch):
+        losses = ctx.family.per_sample_loss(ctx.model, batch)
+        if self.bounded:
+            bound = ctx.config.forget_bound
+            if bound is None:
+                bound = math.log(ctx.family.num_classes)
+            # Rows already past the bound contribute no gradient: the model stops pushing them to confident errors.
+            losses = torch.where(losses.detach() < bound, losses, losses.detach())
+        return losses
+
+    def __repr__(self):
+        return f"Ascent(weighted={self.weighted}, bounded={self.bounded})"
+
+
+class Remap(ForgetLoss):
+    """Pull each forget row's output toward another condition's: random other labels (RL) or an anchor.
+
+    Classifiers: cross-entropy to random labels other than the row's own. Diffusion: MSE between ε(x_t, c_forget) and
+    a detached ε(x_t, c_anchor), the anchor chosen by `remap_anchor` ("random", "null", a class id) or, for
+    text-to-image, the batch's anchor prompts.
+    """
+
+    name = "remap"
+
+    def __init__(self, weighted: bool = False, anchor: Optional[str] = None):
+        super().__init__(weighted)
+        self.anchor = anchor  # None: the config's `remap_anchor`
+
+    def per_row(self, ctx, batch):
+        return ctx.family.remap_loss(ctx.model, batch, ctx.anchor_labels(batch, self.anchor))
+
+    def __repr__(self):
+        return f"Remap(weighted={self.weighted}, anchor={self.anchor!r})"
+
+
+class KLUniform(ForgetLoss):
+    """KL from a uniform distribution over the kept classes (all but the forgotten ones, or all but the row's own)."""
+
+    name = "kl_uniform"
+    families = ("image_classifier",)
+
+    def per_row(self, ctx, batch):
+        log_p = F.log_softmax(ctx.family.logits(ctx.model, batch).float(), dim=-1)
+        allowed = torch.ones_like(log_p, dtype=torch.bool)
+        if ctx.forget_classes:
+            allowed[:, ctx.forget_classes] = False
+        else:
+            allowed[torch.arange(len(log_p)), batch["labels"]] = False
+        target = allowed.float() / allowed.sum(-1, keepdim=True)
+        return -(target * log_p).sum(-1) + (target * torch.log(target.clamp_min(1e-12))).sum(-1)
+
+
+class TeacherKL(ForgetLoss):
+    """KL(p_teacher ‖ p_model) on forget rows; `teacher="random"` (bad teacher) or `"original"` with ascent (SCRUB)."""
+
+    families = ("image_classifier",)
+
+    def __init__(self, teacher: str = "random", ascend: bool = False):
+        super().__init__(weighted=False)
+        self.teacher = teacher
+        self.name = f"kl_{teacher}"
+        self.sign = -1.0 if ascend else 1.0
+        self.needs_teacher = teacher == "random"
+        self.needs_original = teacher == "original"
+
+    def per_row(self, ctx, batch):
+        teacher = ctx.teacher if self.teacher == "random" else ctx.original
+        return distill_kl(ctx, teacher, batch)
+
+    def __repr__(self):
+        return f"TeacherKL(teacher={self.teacher!r}, ascend={self.sign < 0})"
+
+
+class NegativeGuidance(ForgetLoss):
+    """ESD: pull ε(x_t, c) toward ε₀(x_t) − η·(ε₀(x_t, c) − ε₀(x_t)) of the frozen original."""
+
+    name = "negative_guidance"
+    families = ("text_to_image", "class_conditional_diffusion")
+    needs_original = True
+
+    def per_row(self, ctx, batch):
+        return ctx.family.negative_guidance_loss(ctx.model, ctx.original, batch, ctx.config.esd_negative_guidance)
+
+
+def distill_kl(ctx: StepContext, teacher, batch) -> torch.Tensor:
+    temperature = ctx.config.kl_temperature
+    with torch.no_grad():
+        target = F.softmax(ctx.family.logits(teacher, batch).float() / temperature, dim=-1)
+    log_p = F.log_softmax(ctx.family.logits(ctx.model, batch).float() / temperature, dim=-1)
+    return (target * (torch.log(target.clamp_min(1e-12)) - log_p)).sum(-1) * temperature**2
+
+
+class RemainLoss:
+    """A remaining part: the scalar to minimise on a remain batch."""
+
+    name = "remain"
+    families: Optional[tuple[str, ...]] = None
+    needs_original = False
+
+    def __call__(self, ctx: StepContext, batch: dict) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+class TaskLoss(RemainLoss):
+    """The family's own training loss on remain rows (cross-entropy, noise prediction with condition dropout)."""
+
+    name = "task"
+
+    def __call__(self, ctx, batch):
+        loss = ctx.family.remain_loss(ctx.model, batch)
+        return loss, {"remain_loss": loss.detach().item()}
+
+
+class DistillRemain(RemainLoss):
+    """KL to the original model on remain rows, plus `distill_ce_weight` × cross-entropy (BT uses weight 0)."""
+
+    name = "distill"
+    families = ("image_classifier",)
+    needs_original = True
+
+    def __init__(self, with_ce: bool = False):
+        self.with_ce = with_ce
+
+    def __call__(self, ctx, batch):
+        loss = distill_kl(ctx, ctx.original, batch).mean()
+        if self.with_ce:
+            loss = loss + ctx.config.distill_ce_weight * ctx.family.per_sample_loss(ctx.model, batch).mean()
+        return loss, {"remain_loss": loss.detach().item()}
+
+    def __repr__(self):
+        return f"DistillRemain(with_ce={self.with_ce})"

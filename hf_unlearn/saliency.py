@@ -1,0 +1,104 @@
+"""Saliency masks over parameters: SFR-on's forget/remain Fisher ratio and SalUn's top-k gradient magnitude."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from typing import Callable, Optional
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .utils import atomic_directory
+
+Mask = dict[str, torch.Tensor]
+
+
+def squared_grad_mean(
+    named_params: list[tuple[str, torch.nn.Parameter]],
+    batches,
+    loss_fn: Callable[[dict], torch.Tensor],
+    max_batches: Optional[int],
+    reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+    square: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Mean over minibatches of the (squared) minibatch gradient of `loss_fn` (the authors' Fisher estimator).
+
+    `reduce` averages the statistics over processes so every rank ends up with the same mask.
+    """
+    sums = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in named_params}
+    count = 0
+    for batch in itertools.islice(batches, max_batches):
+        for _, p in named_params:
+            p.grad = None
+        loss_fn(batch).backward()
+        for name, p in named_params:
+            if p.grad is not None:
+                g = p.grad.detach().float()
+                sums[name] += g * g if square else g
+        count += 1
+    for _, p in named_params:
+        p.grad = None
+    if count == 0:
+        raise ValueError("Saliency needs at least one batch from each set; the loader was empty.")
+    return {name: reduce(total / count) for name, total in sums.items()}
+
+
+def fisher_ratio_mask(fisher_forget: dict, fisher_remain: dict, threshold: float = 1.0, eps: float = 1e-12) -> Mask:
+    r"""M_k = 1 where (F_f[k] + ε) / (F_r[k] + ε) ≥ γ; parameters whose two Fishers are both zero are never selected.
+
+    Args:
+        fisher_forget (`dict[str, torch.Tensor]`): F_f, the mean squared forget-set gradient per parameter.
+        fisher_remain (`dict[str, torch.Tensor]`): F_r, the same on the remain set.
+        threshold (`float`, *optional*, defaults to `1.0`): γ.
+        eps (`float`, *optional*, defaults to `1e-12`): ε, keeps the ratio finite where F_r is 0.
+    """
+    mask = {}
+    for name, f_forget in fisher_forget.items():
+        f_remain = fisher_remain[name]
+        ratio = (f_forget + eps) / (f_remain + eps)
+        mask[name] = (ratio >= threshold) & ((f_forget != 0) | (f_remain != 0))
+    return mask
+
+
+def topk_mask(scores: dict[str, torch.Tensor], sparsity: float) -> Mask:
+    """SalUn: keep the `sparsity` fraction of parameters with the largest |score| (one global threshold)."""
+    flat = torch.cat([s.abs().flatten() for s in scores.values()])
+    keep = max(1, int(round(sparsity * flat.numel())))
+    threshold = torch.topk(flat, keep, sorted=True).values[-1]
+    return {name: s.abs() >= threshold for name, s in scores.items()}
+
+
+def mask_fraction(mask: Mask) -> float:
+    total = sum(m.numel() for m in mask.values())
+    return float(sum(int(m.sum()) for m in mask.values()) / max(total, 1))
+
+
+def save_mask(mask: Mask, path: str | os.PathLike) -> None:
+    """Saves a mask as safetensors (uint8), written to a temporary file and renamed."""
+    path = os.fspath(path)
+    tensors = {name: m.to(torch.uint8).contiguous().cpu() for name, m in mask.items()}
+    with atomic_directory(path + ".dir") as tmp:
+        save_file(tensors, os.path.join(tmp, "mask.safetensors"), metadata={"format": "hf_unlearn_mask"})
+    os.replace(os.path.join(path + ".dir", "mask.safetensors"), path)
+    os.rmdir(path + ".dir")
+
+
+def load_mask(path: str | os.PathLike, named_params: list[tuple[str, torch.nn.Parameter]]) -> Mask:
+    """Loads a mask and checks that it covers exactly the trainable parameters with the same shapes."""
+    try:
+        tensors = load_file(os.fspath(path))
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"`mask_path` {path} is not a readable safetensors file ({err}); recompute the mask.") from err
+    shapes = {name: tuple(p.shape) for name, p in named_params}
+    missing = sorted(set(shapes) - set(tensors))
+    extra = sorted(set(tensors) - set(shapes))
+    wrong = [n for n in shapes if n in tensors and tuple(tensors[n].shape) != shapes[n]]
+    if missing or extra or wrong:
+        raise ValueError(
+            f"`mask_path` {path} does not match the model's trainable parameters: missing {missing[:3]}, unexpected "
+            f"{extra[:3]}, wrong shapes {wrong[:3]}. Recompute the mask for this model (drop mask_path)."
+        )
+    device = named_params[0][1].device
+    return {name: tensors[name].bool().to(device) for name in shapes}

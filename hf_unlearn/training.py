@@ -1,0 +1,95 @@
+"""Pieces of the loop that are not the loop itself: optimizer, schedules, endless loaders, accelerator set-up."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState, PartialState
+from accelerate.utils import DataLoaderConfiguration
+
+
+def build_optimizer(params: list[torch.nn.Parameter], config) -> torch.optim.Optimizer:
+    """One optimizer for forget and remain steps, so that momentum / Adam state is shared as SFR-on prescribes."""
+    if config.optim == "sgd":
+        return torch.optim.SGD(params, lr=config.learning_rate, momentum=config.momentum,
+                               weight_decay=config.weight_decay)
+    if config.optim == "adam":
+        return torch.optim.Adam(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+
+
+def lr_factor(step: int, total: int, kind: str, warmup: int = 0) -> float:
+    """Multiplier of the peak learning rate at cycle `step` of `total`."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    if kind == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if kind == "linear":
+        return max(0.0, 1.0 - progress)
+    return 1.0
+
+
+def alpha_at(step: int, total: int, alpha: float, schedule: str) -> float:
+    """α_t: `alpha` decayed to 0 by cosine over the run, or constant."""
+    if schedule == "constant":
+        return alpha
+    return alpha * 0.5 * (1.0 + math.cos(math.pi * step / max(1, total)))
+
+
+class Endless:
+    """Iterates a loader forever, one epoch after another, and counts the batches it handed out (for resume)."""
+
+    def __init__(self, loader, start: int = 0):
+        self.loader = loader
+        self.consumed = 0
+        self._epoch = 0
+        self._iter = None
+        for _ in range(start):
+            next(self)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        while True:
+            if self._iter is None:
+                if hasattr(self.loader, "set_epoch"):
+                    self.loader.set_epoch(self._epoch)
+                self._iter = iter(self.loader)
+            try:
+                batch = next(self._iter)
+                self.consumed += 1
+                return batch
+            except StopIteration:
+                self._iter = None
+                self._epoch += 1
+
+
+def make_accelerator(config) -> Accelerator:
+    """An `Accelerator` for this config; refuses half precision on a CPU instead of silently ignoring it."""
+    if config.mixed_precision == "fp16" and not (torch.cuda.is_available() or _has_xpu_or_mps()):
+        raise ValueError(
+            "`mixed_precision` is 'fp16', but no GPU is available and accelerate would silently run in fp32 on a CPU; "
+            "use mixed_precision='no' (or 'bf16') on CPU."
+        )
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") not in (None, config.mixed_precision):
+        # One process serves several runs (tests, notebooks, benchmarks): a new precision needs a fresh state.
+        AcceleratorState._reset_state(reset_partial_state=False)
+        GradientState._reset_state()
+    PartialState()
+    return Accelerator(
+        mixed_precision=config.mixed_precision,
+        log_with=config.log_with,
+        project_dir=config.output_dir if config.log_with else None,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        step_scheduler_with_optimizer=False,
+    )
+
+
+def _has_xpu_or_mps() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps and mps.is_available())

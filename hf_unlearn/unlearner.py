@@ -1,0 +1,297 @@
+"""`Unlearner`: loads a model of any family and runs one unlearning loop, the same for every method."""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+import torch
+from accelerate.logging import get_logger
+from tqdm.auto import tqdm
+
+from .config import UnlearnConfig
+from .families import detect_family, get_family_class, normalize_family
+from .methods import StepContext, get_method
+from .saliency import fisher_ratio_mask, load_mask, mask_fraction, save_mask, squared_grad_mean, topk_mask
+from .training import Endless, alpha_at, build_optimizer, lr_factor, make_accelerator
+from .utils import set_seed
+
+logger = get_logger(__name__)
+
+
+class DivergenceError(RuntimeError):
+    """A loss, gradient or weight became NaN/Inf; the weights were left at the last good step."""
+
+
+@dataclass
+class UnlearnResult:
+    """What a run did: per-cycle history, timings, and the forget set it answered."""
+
+    method: str
+    history: list[dict] = field(default_factory=list)
+    runtime_s: float = 0.0
+    saliency_runtime_s: float = 0.0
+    fingerprint: str = ""
+    num_forget: int = 0
+    steps: int = 0
+    mask_fraction: Optional[float] = None
+    metrics: Optional[dict] = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Unlearner:
+    r"""Makes a trained model forget a forget set while keeping what it knows of the rest.
+
+    Args:
+        family ([`ModelFamily`]): the loaded model and its family (see [`Unlearner.from_pretrained`]).
+        config ([`UnlearnConfig`], *optional*): the method and its hyperparameters; `None` fields are resolved from
+            the method's and the family's defaults.
+    """
+
+    def __init__(self, family, config: Optional[UnlearnConfig] = None):
+        config = config or UnlearnConfig()
+        get_method(config.method, family.name)
+        self.family = family
+        self.config = config.resolve(family.name)
+        self.method = get_method(self.config.method, family.name)
+        self.mask: Optional[dict[str, torch.Tensor]] = None
+        self.result: Optional[UnlearnResult] = None
+        self.records: list[dict] = list(getattr(family, "previous_records", []))
+        self.source = getattr(family, "source", None)
+
+    @classmethod
+    def from_pretrained(cls, model_or_path, config: Optional[UnlearnConfig] = None, *, family: Optional[str] = None,
+                        image_processor=None, transform=None, trust_remote_code: bool = False, **kwargs) -> Unlearner:
+        """Loads a model object, a local folder or a Hub repo id and detects its family (or takes `family`)."""
+        config = config or UnlearnConfig()
+        family = normalize_family(family or config.family or detect_family(model_or_path))
+        get_method(config.method, family)
+        family_obj = get_family_class(family).from_pretrained(
+            model_or_path, config, image_processor=image_processor, transform=transform,
+            trust_remote_code=trust_remote_code, **kwargs,
+        )
+        return cls(family_obj, config)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.family.model
+
+    # The loop
+    def unlearn(self, split) -> UnlearnResult:
+        """Runs the method on `split` (a [`ForgetRemainSplit`] or a concept split) and returns an [`UnlearnResult`]."""
+        cfg, method = self.config, self.method
+        self.family.validate_split(split)
+        accelerator = make_accelerator(cfg)
+        set_seed(cfg.seed)
+        start = time.perf_counter()
+        if method.reinit:
+            self.family.model = self.family.fresh_model(cfg.retrain_init)
+        ctx, named, optimizer, forget_loader, remain_loader = self._prepare(split, accelerator)
+        params = [p for _, p in named]
+        saliency_s = self._saliency(ctx, named, forget_loader, remain_loader, accelerator)
+        ewc = self._ewc_anchor(ctx, named, remain_loader, accelerator) if method.geometry == "ewc" else None
+        forget_it = Endless(forget_loader) if forget_loader is not None else None
+        remain_it = Endless(remain_loader) if remain_loader is not None else None
+        history: list[dict] = []
+        total = cfg.max_steps
+        bar = tqdm(range(total), desc=f"unlearn[{method.name}]", disable=not accelerator.is_local_main_process)
+        for step in bar:
+            ctx.step = step
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.learning_rate * lr_factor(step, total, cfg.lr_scheduler_type, cfg.warmup_steps)
+            alpha = alpha_at(step, total, cfg.forget_alpha, cfg.forget_alpha_schedule)
+            forget_on = method.forget_loss is not None and step < total * (cfg.forget_steps_fraction or 1.0)
+            before = [p.detach().clone() for p in params] if cfg.interpolation_beta < 1 else None
+            logs = {"step": step, "lr": optimizer.param_groups[0]["lr"], "alpha": alpha}
+            if method.geometry == "fast_slow":
+                if forget_on:
+                    logs |= self._step(ctx, optimizer, params, named, forget_it, None, alpha, accelerator)
+                for _ in range(cfg.remain_steps_per_forget):
+                    logs |= self._step(ctx, optimizer, params, named, None, remain_it, alpha, accelerator)
+            else:
+                logs |= self._step(ctx, optimizer, params, named, forget_it if forget_on else None,
+                                   remain_it if method.remain_loss else None, alpha, accelerator, ewc=ewc)
+            if before is not None:
+                with torch.no_grad():
+                    for p, old in zip(params, before):
+                        p.lerp_(old, 1.0 - cfg.interpolation_beta)
+            history.append(logs)
+            if accelerator.is_local_main_process and step % cfg.logging_steps == 0:
+                bar.set_postfix({k: round(v, 4) for k, v in logs.items() if k.endswith("loss")})
+                accelerator.log(logs, step=step)
+        accelerator.wait_for_everyone()
+        self.family.model = accelerator.unwrap_model(ctx.model)
+        self.family.model.eval()
+        runtime = time.perf_counter() - start
+        self.result = UnlearnResult(
+            method=method.name, history=history, runtime_s=runtime, saliency_runtime_s=saliency_s,
+            fingerprint=split.fingerprint, num_forget=len(getattr(split, "forget_indices", []) or []), steps=total,
+            mask_fraction=None if self.mask is None else mask_fraction(self.mask),
+        )
+        self._split_info = split.describe()
+        logger.info(f"{method.name}: {total} cycles in {runtime:.1f}s (saliency {saliency_s:.1f}s)")
+        return self.result
+
+    def _prepare(self, split, accelerator):
+        cfg, method, family = self.config, self.method, self.family
+        model = family.model
+        model.train()
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and family.trainable_parameter_filter(n)]
+        if not named:
+            raise ValueError("The model has no trainable parameters for this configuration (check `train_modules`).")
+        original = teacher = None
+        if method.needs_original:
+            original = copy.deepcopy(model).eval().requires_grad_(False)
+        if method.needs_teacher:
+            teacher = family.fresh_model("config").eval().requires_grad_(False)
+        optimizer = build_optimizer([p for _, p in named], cfg)
+        batch = cfg.per_device_train_batch_size
+        uses_forget = method.forget_loss is not None or method.saliency is not None
+        forget_loader = (family.make_dataloader(split.forget, batch_size=batch, shuffle=True, seed=cfg.seed)
+                         if uses_forget else None)
+        remain_loader = (family.make_dataloader(split.remain, batch_size=batch, shuffle=True, seed=cfg.seed + 1)
+                         if method.remain_loss is not None or method.saliency is not None else None)
+        model, optimizer = accelerator.prepare(model, optimizer)
+        forget_loader, remain_loader = (None if dl is None else accelerator.prepare_data_loader(dl)
+                                        for dl in (forget_loader, remain_loader))
+        if original is not None:
+            original = original.to(accelerator.device)
+        if teacher is not None:
+            teacher = teacher.to(accelerator.device)
+        generator = torch.Generator().manual_seed(cfg.seed + 1000 * accelerator.process_index)
+        ctx = StepContext(
+            family=family, model=model, config=cfg, forget_classes=getattr(split, "forget_classes", None),
+            original=original, teacher=teacher, gather=accelerator.gather, num_processes=accelerator.num_processes,
+            generator=generator,
+        )
+        return ctx, named, optimizer, forget_loader, remain_loader
+
+    def _step(self, ctx, optimizer, params, named, forget_it, remain_it, alpha, accelerator, ewc=None) -> dict:
+        """One optimizer step: forget and/or remain gradients, the mask, clipping, the divergence guard."""
+        cfg, logs = self.config, {}
+        accum = cfg.gradient_accumulation_steps
+        optimizer.zero_grad(set_to_none=True)
+        if forget_it is not None:
+            for i in range(accum):
+                sync = remain_it is None and i == accum - 1
+                with accelerator.autocast(), _maybe_no_sync(accelerator, ctx.model, sync):
+                    loss, part_logs = self.method.forget_loss(ctx, next(forget_it))
+                    _check_finite(loss, "forget loss", ctx.step, cfg)
+                    accelerator.backward(alpha * loss / accum)
+                logs |= part_logs
+            if self.mask is not None:
+                self._apply_mask(named)
+        if remain_it is not None:
+            for i in range(accum):
+                with accelerator.autocast(), _maybe_no_sync(accelerator, ctx.model, i == accum - 1):
+                    loss, part_logs = self.method.remain_loss(ctx, next(remain_it))
+                    if ewc is not None:
+                        loss = loss + cfg.ewc_lambda * sum(
+                            (f * (p - p0) ** 2).sum() for (_, p), (f, p0) in zip(named, ewc)
+                        )
+                    _check_finite(loss, "remain loss", ctx.step, cfg)
+                    accelerator.backward(loss / accum)
+                logs |= part_logs
+            if self.mask is not None and self.method.mask_scope == "all":
+                self._apply_mask(named)
+        if cfg.max_grad_norm:
+            norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+            _check_finite(norm, "gradient norm", ctx.step, cfg)
+            logs["grad_norm"] = float(norm)
+        optimizer.step()
+        return logs
+
+    def _apply_mask(self, named) -> None:
+        for name, p in named:
+            if p.grad is not None:
+                p.grad.mul_(self.mask[name].to(p.grad.dtype))
+
+    def _saliency(self, ctx, named, forget_loader, remain_loader, accelerator) -> float:
+        cfg, kind = self.config, self.method.saliency
+        start = time.perf_counter()
+        if kind is None:
+            self.mask = None
+            return 0.0
+        if cfg.mask_path:
+            self.mask = load_mask(cfg.mask_path, named)
+            return time.perf_counter() - start
+
+        def reduce(t):
+            return accelerator.reduce(t, reduction="mean") if accelerator.num_processes > 1 else t
+
+        def task_loss(batch):
+            return self.family.per_sample_loss(ctx.model, batch).mean()
+
+        limit = cfg.saliency_max_batches
+        with accelerator.no_sync(ctx.model) if accelerator.num_processes > 1 else _null():
+            if kind == "fisher_ratio":
+                f_forget = squared_grad_mean(named, iter(forget_loader), task_loss, limit, reduce)
+                f_remain = squared_grad_mean(named, iter(remain_loader), task_loss, limit, reduce)
+                self.mask = fisher_ratio_mask(f_forget, f_remain, cfg.mask_threshold, cfg.mask_eps)
+            else:
+                forget = self.method.forget_loss
+                grads = squared_grad_mean(named, iter(forget_loader), lambda b: forget(ctx, b)[0], limit, reduce,
+                                          square=False)
+                self.mask = topk_mask(grads, cfg.salun_sparsity)
+        if accelerator.is_main_process and cfg.output_dir:
+            os.makedirs(cfg.output_dir, exist_ok=True)
+            save_mask(self.mask, os.path.join(cfg.output_dir, "saliency_mask.safetensors"))
+        return time.perf_counter() - start
+
+    def _ewc_anchor(self, ctx, named, remain_loader, accelerator):
+        def task_loss(batch):
+            return self.family.per_sample_loss(ctx.model, batch).mean()
+
+        fisher = squared_grad_mean(named, iter(remain_loader), task_loss, self.config.saliency_max_batches)
+        peak = max(float(f.max()) for f in fisher.values()) or 1.0
+        # Normalised so `ewc_lambda` has the same meaning whatever the loss scale of the model.
+        return [(fisher[n] / peak, p.detach().clone()) for n, p in named]
+
+    # Evaluation and saving live in their own modules; these are thin entry points.
+    def evaluate(self, split, reference=None, **kwargs) -> dict:
+        """Metrics of the current model on `split` (see [`hf_unlearn.evaluate`])."""
+        from .evaluation import evaluate  # noqa: PLC0415
+
+        metrics = evaluate(self, split, reference=reference, **kwargs)
+        if self.result is not None:
+            self.result.metrics = metrics
+        return metrics
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
+        """Writes the model (native format, safetensors), `unlearn_config.json`, the record and the model card."""
+        from .hub import save_unlearned  # noqa: PLC0415
+
+        save_unlearned(self, save_directory, **kwargs)
+
+    def push_to_hub(self, repo_id: str, **kwargs) -> str:
+        from .hub import push_to_hub  # noqa: PLC0415
+
+        return push_to_hub(self, repo_id, **kwargs)
+
+
+def _check_finite(value: torch.Tensor, what: str, step: int, cfg) -> None:
+    if not torch.isfinite(value.detach()).all():
+        raise DivergenceError(
+            f"The {what} became {float(value.detach().float().flatten()[0])} at cycle {step}; the weights are those "
+            f"of the last good step. Likely cause: a too large `learning_rate` ({cfg.learning_rate}) or "
+            f"`forget_alpha` ({cfg.forget_alpha}), or no `max_grad_norm`; lower them and rerun."
+        )
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _maybe_no_sync(accelerator, model, sync: bool):
+    if sync or accelerator.num_processes == 1:
+        return _null()
+    return accelerator.no_sync(model)
