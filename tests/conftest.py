@@ -1,0 +1,51 @@
+"""Shared fixtures: offline settings, the bundled digits, and tiny models trained on them (cached per session)."""
+
+import copy
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+
+transformers.logging.set_verbosity_error()
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from hf_unlearn import load_digits_dataset
+
+    return load_digits_dataset()
+
+
+@pytest.fixture(scope="session")
+def digits_small(digits):
+    """A stratified 600-row training subset and 300 test rows: enough signal, quick to train."""
+    train = digits["train"].train_test_split(train_size=600, seed=0, stratify_by_column="label")["train"]
+    test = digits["test"].select(range(300))
+    return {"train": train, "test": test}
+
+
+@pytest.fixture(scope="session")
+def processor():
+    from hf_unlearn.models import digits_image_processor
+
+    return digits_image_processor()
+
+
+@pytest.fixture(scope="session")
+def trained_resnet(digits):
+    """A tiny ResNet trained on all digits training rows (the 'original' model), as an Unlearner."""
+    from hf_unlearn.models import RECIPES, tiny_classifier, train_classifier
+
+    return train_classifier(tiny_classifier("resnet", seed=0), digits["train"], RECIPES["resnet"], seed=0)
+
+
+@pytest.fixture
+def resnet_copy(trained_resnet):
+    return copy.deepcopy(trained_resnet.model)
