@@ -85,6 +85,7 @@ class Unlearner:
     def unlearn(self, split) -> UnlearnResult:
         """Runs the method on `split` (a [`ForgetRemainSplit`] or a concept split) and returns an [`UnlearnResult`]."""
         cfg, method = self.config, self.method
+        split = self.family.prepare_split(split, cfg)
         self.family.validate_split(split)
         accelerator = make_accelerator(cfg)
         set_seed(cfg.seed)

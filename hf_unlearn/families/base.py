@@ -44,6 +44,10 @@ class ModelFamily:
         raise NotImplementedError
 
     # Data
+    def prepare_split(self, split, config):
+        """Turns the user's split into one with `forget` / `remain` datasets (e.g. generates concept images)."""
+        return split
+
     def validate_split(self, split) -> None:
         """Raises `ValueError` naming the argument when the data cannot feed this model (before any weight change)."""
 
