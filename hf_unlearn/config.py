@@ -22,6 +22,7 @@ GLOBAL_DEFAULTS: dict[str, Any] = {
     "forget_alpha": 1.0,
     "temperature": 0.5,
     "remain_steps_per_forget": 1,
+    "per_device_train_batch_size": 64,
 }
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("cosine", "constant", "linear")
@@ -59,7 +60,9 @@ class UnlearnConfig:
     max_steps: Optional[int] = field(
         default=None, metadata={"help": "Number of unlearning cycles (one forget step + K remain steps each)."}
     )
-    per_device_train_batch_size: int = field(default=64, metadata={"help": "Batch size per process, forget and remain."})
+    per_device_train_batch_size: Optional[int] = field(
+        default=None, metadata={"help": "Batch size per process, forget and remain (family default if unset: 64; SD 2)."}
+    )
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches accumulated per optimizer step."})
     max_grad_norm: Optional[float] = field(default=None, metadata={"help": "Gradient clipping norm (0 disables)."})
     lr_scheduler_type: str = field(default="cosine", metadata={"help": f"Learning-rate schedule, one of {SCHEDULES}."})

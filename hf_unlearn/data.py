@@ -32,7 +32,7 @@ class ForgetRemainSplit:
     test_dataset: Optional[Dataset] = None
     forget_classes: Optional[list[int]] = None
     label_column: str = "label"
-    remain_indices: list[int] = field(init=False)
+    remain_indices: np.ndarray = field(init=False)
 
     def __post_init__(self):
         n = len(self.dataset)
@@ -47,10 +47,13 @@ class ForgetRemainSplit:
             dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
             raise ValueError(f"`forget_ids` contains duplicated ids {dup}; pass each row once.")
         if len(ids) == n:
-            raise ValueError(f"The forget set holds all {n} rows, so nothing would remain; forget fewer rows.")
+            raise ValueError(
+                f"The forget set (`forget_classes` / `forget_ids` / `forget_fraction` / `forget_filter`) selects "
+                f"all {n} rows, so nothing would remain to keep; forget fewer rows."
+            )
         self.forget_indices = sorted(ids)
-        forget = set(self.forget_indices)
-        self.remain_indices = [i for i in range(n) if i not in forget]
+        # An int64 array, not a list: 8 bytes a row instead of ~36 keeps large memory-mapped datasets cheap.
+        self.remain_indices = np.setdiff1d(np.arange(n, dtype=np.int64), np.asarray(self.forget_indices, np.int64))
 
     @classmethod
     def from_dataset(
@@ -151,7 +154,8 @@ def _labels(dataset: Dataset, label_column: str) -> np.ndarray:
             f"`label_column` is '{label_column}', but the dataset has columns {dataset.column_names}; "
             "pass label_column=... with the right name."
         )
-    return np.asarray(dataset[label_column])
+    # Read through Arrow as one array (a memory-mapped column stays on disk until read, with no Python ints).
+    return np.asarray(dataset.select_columns([label_column]).with_format("numpy")[label_column])
 
 
 def _describe_labels(known: list[int]) -> str:

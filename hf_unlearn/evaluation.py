@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import torch
-from accelerate import PartialState
 from tqdm.auto import tqdm
 
 from .metrics.classification import classification_metrics
+from .training import partial_state
 
 
 @torch.no_grad()
@@ -18,7 +18,7 @@ def predict_logits(family, model, dataset, batch_size: int = 256, desc: str = "p
     Under several processes each rank predicts a contiguous shard and the results are gathered, so every row is
     counted exactly once and in order.
     """
-    state = PartialState()
+    state = partial_state()
     device = next(model.parameters()).device
     indices = list(range(len(dataset)))
     with state.split_between_processes(indices) as shard:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 from accelerate import Accelerator
@@ -80,14 +81,29 @@ def make_accelerator(config) -> Accelerator:
         # One process serves several runs (tests, notebooks, benchmarks): a new precision needs a fresh state.
         AcceleratorState._reset_state(reset_partial_state=False)
         GradientState._reset_state()
-    PartialState()
+    cpu = partial_state().device.type == "cpu"
     return Accelerator(
+        cpu=cpu,
         mixed_precision=config.mixed_precision,
         log_with=config.log_with,
         project_dir=config.output_dir if config.log_with else None,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         step_scheduler_with_optimizer=False,
     )
+
+
+def partial_state() -> PartialState:
+    """The process's `PartialState`; under torchrun / `accelerate launch` on a machine without GPUs, the gloo group.
+
+    accelerate only forms a CPU process group (`MULTI_CPU`) when asked for `cpu=True`; a bare `PartialState()` under
+    torchrun on CPUs would leave every rank alone, each training on its own copy.
+    """
+    if PartialState._shared_state:
+        return PartialState()
+    launched = int(os.environ.get("LOCAL_RANK", -1)) != -1
+    no_device = not (torch.cuda.is_available() or _has_xpu_or_mps())
+    env_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    return PartialState(cpu=env_cpu or (launched and no_device))
 
 
 def _has_xpu_or_mps() -> bool:

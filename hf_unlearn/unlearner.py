@@ -12,12 +12,15 @@ import torch
 from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 
+from .checkpointing import EngineState, endless_at, resolve_checkpoint, run_identity, save_checkpoint
 from .config import UnlearnConfig
 from .families import detect_family, get_family_class, normalize_family
 from .methods import StepContext, get_method
 from .saliency import fisher_ratio_mask, load_mask, mask_fraction, save_mask, squared_grad_mean, topk_mask
-from .training import Endless, alpha_at, build_optimizer, lr_factor, make_accelerator
+from .tracking import start_tracking, stop_tracking
+from .training import alpha_at, build_optimizer, lr_factor, make_accelerator
 from .utils import set_seed
+from .validation import check_finite_weights, check_run_output_dir
 
 logger = get_logger(__name__)
 
@@ -75,6 +78,12 @@ class Unlearner:
             model_or_path, config, image_processor=image_processor, transform=transform,
             trust_remote_code=trust_remote_code, **kwargs,
         )
+        from .hub import read_previous_record  # noqa: PLC0415
+
+        previous = read_previous_record(model_or_path)  # an earlier hf_unlearn output: its history carries on
+        if previous:
+            family_obj.previous_records = previous.get("requests", [])
+            family_obj.base_model = previous.get("base_model")
         return cls(family_obj, config)
 
     @property
@@ -87,45 +96,43 @@ class Unlearner:
         cfg, method = self.config, self.method
         split = self.family.prepare_split(split, cfg)
         self.family.validate_split(split)
+        self._validate_run()
         accelerator = make_accelerator(cfg)
+        start_tracking(accelerator, cfg, method.name)
         set_seed(cfg.seed)
         start = time.perf_counter()
         if method.reinit:
             self.family.model = self.family.fresh_model(cfg.retrain_init)
+        if cfg.lora or cfg.gradient_checkpointing:  # before the optimizer: it must see only the adapters
+            from .lora import prepare_model  # noqa: PLC0415
+
+            self.family.model = prepare_model(self.family, cfg)
         ctx, named, optimizer, forget_loader, remain_loader = self._prepare(split, accelerator)
         params = [p for _, p in named]
-        saliency_s = self._saliency(ctx, named, forget_loader, remain_loader, accelerator)
-        ewc = self._ewc_anchor(ctx, named, remain_loader, accelerator) if method.geometry == "ewc" else None
-        forget_it = Endless(forget_loader) if forget_loader is not None else None
-        remain_it = Endless(remain_loader) if remain_loader is not None else None
-        history: list[dict] = []
+        identity = run_identity(cfg, method.name, split.fingerprint, [n for n, _ in named])
+        resume = self._load_resume(identity, accelerator)
+        if resume is None:
+            saliency_s = self._saliency(ctx, named, forget_loader, remain_loader, accelerator)
+            ewc = self._ewc_anchor(ctx, named, remain_loader, accelerator) if method.geometry == "ewc" else None
+        else:  # the saved mask and anchor: recomputing them would draw other batches and change the result
+            saliency_s, self.mask, ewc = 0.0, resume.mask, resume.ewc
+        first, forget_it, remain_it, history = self._start_position(ctx, forget_loader, remain_loader, resume,
+                                                                    accelerator)
         total = cfg.max_steps
-        bar = tqdm(range(total), desc=f"unlearn[{method.name}]", disable=not accelerator.is_local_main_process)
+        bar = tqdm(range(first, total), initial=first, total=total, desc=f"unlearn[{method.name}]",
+                   disable=not accelerator.is_local_main_process)
         for step in bar:
-            ctx.step = step
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.learning_rate * lr_factor(step, total, cfg.lr_scheduler_type, cfg.warmup_steps)
-            alpha = alpha_at(step, total, cfg.forget_alpha, cfg.forget_alpha_schedule)
-            forget_on = method.forget_loss is not None and step < total * (cfg.forget_steps_fraction or 1.0)
-            before = [p.detach().clone() for p in params] if cfg.interpolation_beta < 1 else None
-            logs = {"step": step, "lr": optimizer.param_groups[0]["lr"], "alpha": alpha}
-            if method.geometry == "fast_slow":
-                if forget_on:
-                    logs |= self._step(ctx, optimizer, params, named, forget_it, None, alpha, accelerator)
-                for _ in range(cfg.remain_steps_per_forget):
-                    logs |= self._step(ctx, optimizer, params, named, None, remain_it, alpha, accelerator)
-            else:
-                logs |= self._step(ctx, optimizer, params, named, forget_it if forget_on else None,
-                                   remain_it if method.remain_loss else None, alpha, accelerator, ewc=ewc)
-            if before is not None:
-                with torch.no_grad():
-                    for p, old in zip(params, before):
-                        p.lerp_(old, 1.0 - cfg.interpolation_beta)
+            logs = self._cycle(ctx, optimizer, params, named, forget_it, remain_it, step, accelerator, ewc)
             history.append(logs)
             if accelerator.is_local_main_process and step % cfg.logging_steps == 0:
                 bar.set_postfix({k: round(v, 4) for k, v in logs.items() if k.endswith("loss")})
                 accelerator.log(logs, step=step)
+            if cfg.checkpointing_steps and (step + 1) % cfg.checkpointing_steps == 0:
+                state = EngineState(step + 1, _consumed(forget_it, remain_it), identity, history, mask=self.mask,
+                                    ewc=ewc, generator_state=ctx.generator.get_state())
+                save_checkpoint(accelerator, cfg.output_dir, state, cfg.checkpoints_total_limit)
         accelerator.wait_for_everyone()
+        stop_tracking(accelerator)
         self.family.model = accelerator.unwrap_model(ctx.model)
         self.family.model.eval()
         runtime = time.perf_counter() - start
@@ -137,6 +144,60 @@ class Unlearner:
         self._split_info = split.describe()
         logger.info(f"{method.name}: {total} cycles in {runtime:.1f}s (saliency {saliency_s:.1f}s)")
         return self.result
+
+    def _validate_run(self) -> None:
+        """Checks that need the model and config together; run before any weight changes."""
+        check_finite_weights(self.model)
+        if self.config.checkpointing_steps or self.config.resume_from_checkpoint:
+            check_run_output_dir(self.config)
+
+    def _cycle(self, ctx, optimizer, params, named, forget_it, remain_it, step, accelerator, ewc) -> dict:
+        """One cycle: the forget step and K remain steps (fast-slow), or one joint step; then the β interpolation."""
+        cfg, method, total = self.config, self.method, self.config.max_steps
+        ctx.step = step
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.learning_rate * lr_factor(step, total, cfg.lr_scheduler_type, cfg.warmup_steps)
+        alpha = alpha_at(step, total, cfg.forget_alpha, cfg.forget_alpha_schedule)
+        forget_on = method.forget_loss is not None and step < total * (cfg.forget_steps_fraction or 1.0)
+        before = [p.detach().clone() for p in params] if cfg.interpolation_beta < 1 else None
+        logs = {"step": step, "lr": optimizer.param_groups[0]["lr"], "alpha": alpha}
+        if method.geometry == "fast_slow":
+            if forget_on:
+                logs |= self._step(ctx, optimizer, params, named, forget_it, None, alpha, accelerator)
+            for _ in range(cfg.remain_steps_per_forget):
+                logs |= self._step(ctx, optimizer, params, named, None, remain_it, alpha, accelerator)
+        else:
+            logs |= self._step(ctx, optimizer, params, named, forget_it if forget_on else None,
+                               remain_it if method.remain_loss else None, alpha, accelerator, ewc=ewc)
+        if before is not None:
+            with torch.no_grad():
+                for p, old in zip(params, before):
+                    p.lerp_(old, 1.0 - cfg.interpolation_beta)
+        return logs
+
+    def _load_resume(self, identity: dict, accelerator) -> Optional[EngineState]:
+        """The engine state to resume from, checked against this run; `None` for a fresh run."""
+        cfg = self.config
+        folder = resolve_checkpoint(cfg.resume_from_checkpoint, cfg.output_dir)
+        if folder is None:
+            return None
+        state = EngineState.load(folder, rank=accelerator.process_index, device=accelerator.device)
+        state.check_identity(identity, folder)
+        return state
+
+    def _start_position(self, ctx, forget_loader, remain_loader, resume, accelerator):
+        """Endless loaders at the data position of `resume` (or the start), and the weights/optimizer/RNG it saved."""
+        consumed = resume.consumed if resume is not None else {}
+        forget_it, remain_it = (None if dl is None else endless_at(dl, consumed.get(key, 0))
+                                for key, dl in (("forget", forget_loader), ("remain", remain_loader)))
+        if resume is None:
+            return 0, forget_it, remain_it, []
+        # Restored after positioning the loaders, so the RNG states are exactly those of the save.
+        accelerator.load_state(str(resume.folder))
+        if resume.generator_state is not None:
+            ctx.generator.set_state(resume.generator_state)
+        logger.info(f"Resumed from {resume.folder} at cycle {resume.step}.")
+        return resume.step, forget_it, remain_it, list(resume.history)
 
     def _prepare(self, split, accelerator):
         cfg, method, family = self.config, self.method, self.family
@@ -204,8 +265,32 @@ class Unlearner:
             norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
             _check_finite(norm, "gradient norm", ctx.step, cfg)
             logs["grad_norm"] = float(norm)
+        self._keep_last_good(params)
         optimizer.step()
+        self._check_weights(params, ctx.step)
         return logs
+
+    def _keep_last_good(self, params) -> None:
+        # One reused copy of the trainable parameters (the adapters alone under LoRA): the divergence guard's fallback.
+        with torch.no_grad():
+            if getattr(self, "_last_good", None) is None or len(self._last_good) != len(params):
+                self._last_good = [p.detach().clone() for p in params]
+            else:
+                for saved, p in zip(self._last_good, params):
+                    saved.copy_(p.detach())
+
+    def _check_weights(self, params, step: int) -> None:
+        with torch.no_grad():
+            if bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+                return
+            for saved, p in zip(self._last_good, params):
+                p.copy_(saved)
+        cfg = self.config
+        raise DivergenceError(
+            f"A weight became NaN/Inf in the optimizer step of cycle {step}; the weights of the last good step were "
+            f"restored. Likely cause: a too large `learning_rate` ({cfg.learning_rate}) or `forget_alpha` "
+            f"({cfg.forget_alpha}), or no `max_grad_norm` ({cfg.max_grad_norm}); lower them and rerun."
+        )
 
     def _apply_mask(self, named) -> None:
         for name, p in named:
@@ -229,16 +314,17 @@ class Unlearner:
             return self.family.per_sample_loss(ctx.model, batch).mean()
 
         limit = cfg.saliency_max_batches
-        with accelerator.no_sync(ctx.model) if accelerator.num_processes > 1 else _null():
-            if kind == "fisher_ratio":
-                f_forget = squared_grad_mean(named, iter(forget_loader), task_loss, limit, reduce)
-                f_remain = squared_grad_mean(named, iter(remain_loader), task_loss, limit, reduce)
-                self.mask = fisher_ratio_mask(f_forget, f_remain, cfg.mask_threshold, cfg.mask_eps)
-            else:
-                forget = self.method.forget_loss
-                grads = squared_grad_mean(named, iter(forget_loader), lambda b: forget(ctx, b)[0], limit, reduce,
-                                          square=False)
-                self.mask = topk_mask(grads, cfg.salun_sparsity)
+        # No `no_sync`: DDP averages each batch's gradient over ranks before it is squared, so the statistic is the
+        # one a single process computes on the same global batch, and every rank builds the same mask.
+        if kind == "fisher_ratio":
+            f_forget = squared_grad_mean(named, iter(forget_loader), task_loss, limit, reduce)
+            f_remain = squared_grad_mean(named, iter(remain_loader), task_loss, limit, reduce)
+            self.mask = fisher_ratio_mask(f_forget, f_remain, cfg.mask_threshold, cfg.mask_eps)
+        else:
+            forget = self.method.forget_loss
+            grads = squared_grad_mean(named, iter(forget_loader), lambda b: forget(ctx, b)[0], limit, reduce,
+                                      square=False)
+            self.mask = topk_mask(grads, cfg.salun_sparsity)
         if accelerator.is_main_process and cfg.output_dir:
             os.makedirs(cfg.output_dir, exist_ok=True)
             save_mask(self.mask, os.path.join(cfg.output_dir, "saliency_mask.safetensors"))
@@ -282,6 +368,11 @@ def _check_finite(value: torch.Tensor, what: str, step: int, cfg) -> None:
             f"of the last good step. Likely cause: a too large `learning_rate` ({cfg.learning_rate}) or "
             f"`forget_alpha` ({cfg.forget_alpha}), or no `max_grad_norm`; lower them and rerun."
         )
+
+
+def _consumed(forget_it, remain_it) -> dict[str, int]:
+    return {"forget": forget_it.consumed if forget_it is not None else 0,
+            "remain": remain_it.consumed if remain_it is not None else 0}
 
 
 class _null:

@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers import AutoImageProcessor, AutoModelForImageClassification, PreTrainedModel
 
+from ..validation import check_weights_files
 from .base import ModelFamily
 from .detect import read_config_file
 
@@ -57,6 +58,7 @@ class ImageClassifierFamily(ModelFamily):
                         **kwargs):
         if isinstance(model_or_path, nn.Module):
             return cls(model_or_path, config, image_processor=image_processor, transform=transform)
+        check_weights_files(model_or_path, "model_or_path")
         model = AutoModelForImageClassification.from_pretrained(
             model_or_path, trust_remote_code=trust_remote_code, use_safetensors=True
         )
@@ -77,6 +79,7 @@ class ImageClassifierFamily(ModelFamily):
     def fresh_model(self, init: str = "config") -> nn.Module:
         if init == "config":
             return AutoModelForImageClassification.from_config(self.model.config)
+        check_weights_files(init, "retrain_init")
         return AutoModelForImageClassification.from_pretrained(init, use_safetensors=True)
 
     @property
@@ -117,8 +120,11 @@ class ImageClassifierFamily(ModelFamily):
                         "in UnlearnConfig."
                     )
         feature = split.dataset.features.get(self.label_column)
-        labels = np.asarray(split.dataset[self.label_column])
-        data_classes = feature.num_classes if isinstance(feature, ClassLabel) else int(labels.max()) + 1
+        if isinstance(feature, ClassLabel):
+            data_classes = feature.num_classes
+        else:
+            labels = split.dataset.select_columns([self.label_column]).with_format("numpy")[self.label_column]
+            data_classes = int(np.max(labels)) + 1
         if data_classes != self.num_classes:
             raise ValueError(
                 f"The model has num_labels={self.num_classes}, but the dataset has {data_classes} classes (labels "
@@ -127,17 +133,24 @@ class ImageClassifierFamily(ModelFamily):
         self._check_images(split.dataset)
 
     def _check_images(self, dataset) -> None:
-        batch = self.collate([dataset[0]])
+        # In eval mode: a training-mode forward would update BatchNorm statistics before the run has started.
+        training = self.model.training
+        self.model.eval()
         try:
+            batch = self.collate([dataset[0]])
             with torch.no_grad():
                 self.logits(self.model, batch)
-        except Exception as err:  # noqa: BLE001 (re-raised with the shape that caused it)
-            shape = tuple(batch["pixel_values"].shape[1:])
+        except Exception as err:  # noqa: BLE001 (re-raised with what caused it)
+            image = dataset[0][self.image_column]
             raise ValueError(
-                f"Images of column `{self.image_column}` become pixel_values of shape {shape}, which the model "
-                f"({type(self.model).__name__}) cannot take: {err}. Pass an `image_processor` or `transform` that "
-                "produces the model's input size and channel count."
+                f"Images of column `{self.image_column}` (mode {getattr(image, 'mode', '?')}, size "
+                f"{getattr(image, 'size', '?')}) cannot feed the model ({type(self.model).__name__}, num_channels="
+                f"{getattr(self.model.config, 'num_channels', '?')}): {err}. Pass an `image_processor` or `transform` "
+                "that produces the model's input size and channel count (e.g. convert images to 'L' for a 1-channel "
+                "model)."
             ) from err
+        finally:
+            self.model.train(training)
 
     # Losses
     def logits(self, model: nn.Module, batch: dict) -> torch.Tensor:

@@ -1,0 +1,307 @@
+"""`hf-unlearn benchmark-diffusion`: forget one digit class in a tiny class-conditional UNet2DModel (8×8) and a tiny
+DiT (16×16) trained on scikit-learn's bundled digits, against retraining without the class (RT, two seeds).
+
+Every trained model and every scored run is one file under `--output`, written atomically and skipped when present,
+so an interrupted run resumes where it stopped. `--quick` is a seconds-long smoke run of the whole path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from ..config import UnlearnConfig
+from ..data import ForgetRemainSplit, TrainingSet, load_digits_dataset
+from ..utils import atomic_directory, atomic_write_json, atomic_write_text, set_seed
+
+METHODS = ("sfr_on", "sfr_on_remap", "gradient_ascent", "random_label", "salun", "selective_amnesia", "esd")
+# Recipes of the original model and of RT (same loop, same numbers): steps, learning rate, batch size.
+RECIPES = {"unet": {"max_steps": 500, "learning_rate": 2e-3, "batch": 128},
+           "dit": {"max_steps": 1200, "learning_rate": 1e-3, "batch": 128}}
+
+
+def tiny_unet(num_classes: int = 10, size: int = 8, seed: int = 0):
+    """A class-conditional `UNet2DModel` for 1-channel `size`×`size` images; the null class is `num_classes`."""
+    from diffusers import UNet2DModel  # noqa: PLC0415
+
+    torch.manual_seed(seed)
+    return UNet2DModel(sample_size=size, in_channels=1, out_channels=1, block_out_channels=(32, 64),
+                       layers_per_block=1, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                       up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8,
+                       num_class_embeds=num_classes + 1)
+
+
+def tiny_dit(num_classes: int = 10, size: int = 16, seed: int = 0):
+    """A pixel-space `DiTTransformer2DModel` for 1-channel `size`×`size` images; the null class is `num_classes`."""
+    from diffusers import DiTTransformer2DModel  # noqa: PLC0415
+
+    torch.manual_seed(seed)
+    return DiTTransformer2DModel(num_attention_heads=4, attention_head_dim=16, in_channels=1, out_channels=1,
+                                 num_layers=4, sample_size=size, patch_size=2, num_embeds_ada_norm=num_classes)
+
+
+def tiny_scheduler():
+    from diffusers import DDPMScheduler  # noqa: PLC0415
+
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+
+
+def train_diffusion(kind: str, dataset, *, seed: int, max_steps: int, learning_rate: float, batch: int):
+    """Trains a fresh tiny model of `kind` on every row of `dataset` (condition dropout 0.1); returns the Unlearner."""
+    from ..unlearner import Unlearner  # noqa: PLC0415
+
+    model = tiny_unet(seed=seed) if kind == "unet" else tiny_dit(seed=seed)
+    config = UnlearnConfig(method="retrain", family="class_conditional_diffusion", retrain_init="config", seed=seed,
+                           max_steps=max_steps, learning_rate=learning_rate, per_device_train_batch_size=batch,
+                           max_grad_norm=1.0, output_dir="", logging_steps=100)
+    unlearner = Unlearner.from_pretrained(model, config, scheduler=tiny_scheduler())
+    unlearner.unlearn(TrainingSet(dataset))
+    return unlearner
+
+
+class DiffusionBenchmark:
+    """State shared by the runs of one benchmark: data, judge, cached models, and the result files."""
+
+    def __init__(self, args):
+        self.args = args
+        self.output = Path(args.output)
+        ds = load_digits_dataset()
+        self.train, self.test = ds["train"], ds["test"]
+        self.split = ForgetRemainSplit.from_dataset(self.train, forget_classes=[args.forget_class],
+                                                    test_dataset=self.test)
+        self.num_classes = 10
+        self._judge = None
+        self._rt_hist: dict[str, np.ndarray] = {}
+
+    # Cached artefacts
+    def judge(self):
+        from transformers import AutoModelForImageClassification  # noqa: PLC0415
+
+        from ..metrics.generation import Judge  # noqa: PLC0415
+        from ..models import RECIPES as CLASSIFIER_RECIPES  # noqa: PLC0415
+        from ..models import TrainingRecipe, tiny_classifier, train_classifier  # noqa: PLC0415
+
+        if self._judge is None:
+            folder = self.output / "models" / "judge"
+            if not (folder / "config.json").exists():
+                recipe = CLASSIFIER_RECIPES["resnet"]
+                if self.args.quick:
+                    recipe = TrainingRecipe(100, recipe.learning_rate)
+                trained = train_classifier(tiny_classifier("resnet", seed=0), self.train, recipe, seed=0)
+                with atomic_directory(folder) as tmp:
+                    trained.model.save_pretrained(tmp, safe_serialization=True)
+            model = AutoModelForImageClassification.from_pretrained(folder, use_safetensors=True)
+            self._judge = Judge(model, image_size=16)
+        return self._judge
+
+    def reference(self, kind: str, name: str, seed: int) -> Path:
+        """The folder of `original` (all rows) or `retrain` (remain rows) trained with `seed`; trained if missing."""
+        folder = self.output / "models" / kind / f"{name}-s{seed}"
+        if not (folder / "timing.json").exists():
+            data = self.train if name == "original" else self.split.remain
+            recipe = dict(RECIPES[kind])
+            if self.args.train_steps:
+                recipe["max_steps"] = self.args.train_steps
+            trained = train_diffusion(kind, data, seed=seed, **recipe)
+            with atomic_directory(folder) as tmp:
+                trained.family.save_pretrained(trained.model, tmp)
+                atomic_write_json(Path(tmp) / "timing.json", {"train_s": trained.result.runtime_s, **recipe})
+        return folder
+
+    def real_remain(self, family) -> torch.Tensor:
+        rows = self.split.test_remain if self.args.fid_reference == "test" else self.split.remain
+        images = [row["image"] for row in rows]
+        return (family.pixel_values(images) + 1) / 2
+
+    # Scoring
+    def score(self, kind: str, folder: Path, sample_seed: int, grid: Optional[str] = None) -> dict:
+        from ..families import get_family_class  # noqa: PLC0415
+        from ..metrics.generation import generation_metrics  # noqa: PLC0415
+
+        family = get_family_class("class_conditional_diffusion").from_pretrained(str(folder), UnlearnConfig())
+        family.model.eval()
+        pipe = family.pipeline()
+        from diffusers import DDIMScheduler  # noqa: PLC0415
+
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        a = self.args
+        return generation_metrics(
+            pipe, self.judge(), [a.forget_class], self.real_remain(family), num_classes=self.num_classes,
+            samples_per_class=a.samples_per_class, guidance_scale=a.guidance_scale,
+            num_inference_steps=a.inference_steps, seed=sample_seed, grid_path=grid,
+            reference_histogram=self._rt_hist.get(kind),
+        )
+
+    def result(self, kind: str, key: str, compute) -> dict:
+        """The stored result `key` of `kind`, or `compute()` written atomically (resume: finished runs are skipped)."""
+        file = self.output / "results" / kind / f"{key}.json"
+        if file.exists():
+            return json.loads(file.read_text())
+        value = compute()
+        atomic_write_json(file, value)
+        return value
+
+    def references(self, kind: str) -> None:
+        a = self.args
+        original = self.reference(kind, "original", 0)
+        for i in range(a.fid_seeds):
+            self.result(kind, f"original-e{i}", lambda i=i: {"name": "original", "sample_seed": 1000 + i, **self.score(
+                kind, original, 1000 + i, str(self.output / "grids" / kind / "original.png") if i == 0 else None)})
+        rts = []
+        for seed in a.seeds:
+            folder = self.reference(kind, "retrain", seed)
+            rts.append(self.result(kind, f"retrain-s{seed}", lambda s=seed, f=folder: {
+                "name": "retrain", "seed": s, "train_s": json.loads((f / "timing.json").read_text())["train_s"],
+                **self.score(kind, f, s, str(self.output / "grids" / kind / f"retrain-s{s}.png"))}))
+        self._rt_hist[kind] = np.sum([r["forget_histogram"] for r in rts], axis=0)
+
+    def unlearn(self, kind: str, method: str, seed: int, budget: int) -> dict:
+        from ..unlearner import DivergenceError, Unlearner  # noqa: PLC0415
+
+        original = self.reference(kind, "original", 0)
+
+        def compute():
+            set_seed(seed)
+            folder = self.output / "tmp" / f"{kind}-{method}-s{seed}-b{budget}"
+            config = UnlearnConfig(method=method, seed=seed, max_steps=budget, output_dir=str(folder / "run"),
+                                   per_device_train_batch_size=self.args.batch_size)
+            unlearner = Unlearner.from_pretrained(str(original), config)
+            try:
+                result = unlearner.unlearn(self.split)
+            except DivergenceError as err:
+                return {"name": method, "seed": seed, "budget": budget, "diverged": str(err)}
+            unlearner.family.save_pretrained(unlearner.model, folder / "model")
+            grid = str(self.output / "grids" / kind / f"{method}-b{budget}.png") if seed == self.args.seeds[0] else None
+            metrics = self.score(kind, folder / "model", seed, grid)
+            return {"name": method, "seed": seed, "budget": budget, "runtime_s": result.runtime_s,
+                    "saliency_s": result.saliency_runtime_s, "mask_fraction": result.mask_fraction, **metrics}
+
+        return self.result(kind, f"{method}-s{seed}-b{budget}", compute)
+
+
+def _mean_std(values: list[float], digits: int = 2, scale: float = 1.0) -> str:
+    values = [v * scale for v in values if v is not None]
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+
+
+def _row(label: str, runs: list[dict], steps: str, time_key: str) -> str:
+    ok = [r for r in runs if "diverged" not in r]
+    if not ok:
+        return f"| {label} | diverged ({len(runs)} runs) | | | | | {steps} | |"
+    cells = [_mean_std([r["FA"] for r in ok], 1, 100), _mean_std([r.get("hist_kl") for r in ok], 2),
+             _mean_std([r["remain_acc"] for r in ok], 1, 100), _mean_std([r["FID"] for r in ok], 2)]
+    fid_pct = ""
+    return (f"| {label} | " + " | ".join(cells) + f"{fid_pct} | {len(ok)}/{len(runs)} | {steps} | "
+            f"{_mean_std([r.get(time_key) for r in ok], 1)} |")
+
+
+def report(bench: DiffusionBenchmark, results: dict[str, dict], command: str) -> str:
+    """The markdown tables of the benchmark, from the stored results."""
+    a = bench.args
+    lines = [f"Command: `{command}`", "",
+             f"Forget class {a.forget_class}; {a.samples_per_class} samples per class, DDIM {a.inference_steps} steps, "
+             f"guidance {a.guidance_scale}; FID over kept classes against the real {a.fid_reference} images of those "
+             "classes, features: the judge's penultimate layer (Inception weights cannot download here). "
+             "FA and remaining-class accuracy in %, mean ± std over seeds; hist KL = KL(RT ‖ method) between the "
+             "judge's class histograms of forget-class samples (RT pooled over its seeds; for RT rows, each seed "
+             "against the pooled histogram).", ""]
+    for kind, res in results.items():
+        orig = res["original"]
+        fids = [r["FID"] for r in orig]
+        noise = np.std(fids, ddof=1) / np.mean(fids) * 100 if len(fids) > 1 else float("nan")
+        lines += [f"## {kind}", "", f"Original model FID over {len(fids)} sampling seeds: {_mean_std(fids, 2)} "
+                  f"(noise {noise:.1f}% of the mean).", "",
+                  "| model | FA % | hist KL to RT | remaining acc % | FID | runs ok | steps | time (s) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines.append(_row("original", orig, "–", "none"))
+        lines.append(_row("RT (retrain)", res["retrain"], str(RECIPES[kind]["max_steps"]), "train_s"))
+        for budget in a.budgets:
+            for method in a.methods:
+                runs = res["methods"].get((method, budget), [])
+                if runs:
+                    lines.append(_row(method, runs, str(budget), "runtime_s"))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="hf-unlearn benchmark-diffusion", description=__doc__.splitlines()[0])
+    p.add_argument("--output", default="benchmark_diffusion_output", help="Folder of models and results (resumable).")
+    p.add_argument("--models", default="unet,dit", help="Comma-separated: unet, dit.")
+    p.add_argument("--methods", default=",".join(METHODS), help="Comma-separated registered method names.")
+    p.add_argument("--budgets", default="25,50,150", help="Comma-separated step budgets.")
+    p.add_argument("--seeds", default="0,1", help="Comma-separated seeds (RT and methods).")
+    p.add_argument("--forget-class", type=int, default=3)
+    p.add_argument("--samples-per-class", type=int, default=100)
+    p.add_argument("--inference-steps", type=int, default=25)
+    p.add_argument("--guidance-scale", type=float, default=2.0)
+    p.add_argument("--fid-seeds", type=int, default=3, help="Sampling seeds of the original model (FID noise).")
+    p.add_argument("--fid-reference", default="train", choices=["train", "test"], help="Real images FID compares to.")
+    p.add_argument("--batch-size", type=int, default=64, help="Unlearning batch size.")
+    p.add_argument("--train-steps", type=int, default=None, help="Override the training steps of original and RT.")
+    p.add_argument("--threads", type=int, default=None, help="torch threads.")
+    p.add_argument("--report", default=None, help="Write the markdown report here (e.g. docs/benchmarks_diffusion.md).")
+    p.add_argument("--quick", action="store_true", help="Smoke run: UNet, 2 methods, budget 3, tiny training.")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.models, args.methods, args.budgets, args.seeds = "unet", "sfr_on_remap,gradient_ascent", "3", "0"
+        args.samples_per_class, args.inference_steps, args.fid_seeds = 6, 5, 2
+        args.train_steps, args.batch_size = args.train_steps or 30, 32
+    args.models = [m for m in args.models.split(",") if m]
+    bad = [m for m in args.models if m not in RECIPES]
+    if bad:
+        p.error(f"--models has {bad}; choose from {list(RECIPES)}.")
+    args.methods = [m for m in args.methods.split(",") if m]
+    args.budgets = [int(b) for b in args.budgets.split(",") if b]
+    args.seeds = [int(s) for s in args.seeds.split(",") if s]
+    return args
+
+
+def run(args) -> dict[str, Any]:
+    from ..methods import get_method  # noqa: PLC0415
+
+    for method in args.methods:
+        get_method(method, "class_conditional_diffusion")  # fails before any training
+    bench = DiffusionBenchmark(args)
+    results: dict[str, dict] = {}
+    for kind in args.models:
+        bench.references(kind)
+        res = {"original": [bench.result(kind, f"original-e{i}", None) for i in range(args.fid_seeds)],
+               "retrain": [bench.result(kind, f"retrain-s{s}", None) for s in args.seeds], "methods": {}}
+        for budget in args.budgets:
+            for method in args.methods:
+                res["methods"][(method, budget)] = [bench.unlearn(kind, method, s, budget) for s in args.seeds]
+        pooled = bench._rt_hist[kind]
+        from ..metrics.generation import histogram_kl  # noqa: PLC0415
+
+        for r in res["retrain"]:
+            r["hist_kl"] = histogram_kl(pooled, r["forget_histogram"])
+        results[kind] = res
+    return {"bench": bench, "results": results}
+
+
+def main(argv=None) -> int:
+    start = time.perf_counter()
+    argv = list(argv or [])
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = run(args)
+    command = "hf-unlearn benchmark-diffusion " + " ".join(argv)
+    text = report(out["bench"], out["results"], command)
+    print(text)
+    if args.report:
+        atomic_write_text(args.report, "# Diffusion benchmark (digits)\n\n" + text + "\n")
+    print(f"done in {time.perf_counter() - start:.0f}s; results in {os.path.join(args.output, 'results')}")
+    return 0

@@ -1,0 +1,274 @@
+"""Resumable checkpoints: accelerate's `save_state` plus the engine's own state, as JSON and safetensors (no pickle).
+
+A checkpoint folder `output_dir/checkpoint-{cycle}` holds what `Accelerator.save_state` writes (model weights as
+safetensors, optimizer state and RNG states, which accelerate reloads with `torch.load(weights_only=True)`) and:
+
+- `engine_state.json`: the number of finished cycles, the batches each endless loader handed out (so the data order
+  resumes exactly), the per-cycle history, and what identifies the run (method, seed, forget-set fingerprint, cycles);
+- `engine_state.safetensors`: the saliency mask (so resuming skips the saliency pass) and the EWC anchor, if any;
+- `engine_rng_{rank}.safetensors`: the state of each process's `StepContext.generator` (random labels, noise).
+
+The folder is written under a temporary name and renamed in one step, so a kill during a save leaves the previous
+checkpoint as the latest complete one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from accelerate import skip_first_batches
+from accelerate.logging import get_logger
+from safetensors.torch import load_file, save_file
+
+from .training import Endless
+from .utils import atomic_write_json, to_jsonable
+
+logger = get_logger(__name__)
+
+CHECKPOINT_PREFIX = "checkpoint-"
+ENGINE_STATE_NAME = "engine_state.json"
+ENGINE_TENSORS_NAME = "engine_state.safetensors"
+ENGINE_RNG_NAME = "engine_rng_{rank}.safetensors"
+STATE_FORMAT = "hf_unlearn/engine-state-v1"
+# What must match between the interrupted run and the one resuming it, or the resumed result would be silently wrong.
+IDENTITY_KEYS = ("method", "seed", "max_steps", "fingerprint", "parameters")
+_CHECKPOINT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
+
+
+@dataclass
+class EngineState:
+    r"""The loop's state after `step` finished cycles, beside what accelerate saves.
+
+    Args:
+        step (`int`): cycles finished; the resumed run starts at this cycle.
+        consumed (`dict[str, int]`): batches handed out so far by the `forget` and `remain` endless loaders.
+        identity (`dict`): method, seed, cycles, forget-set fingerprint and trainable parameter names of the run.
+        history (`list[dict]`, *optional*): per-cycle logs so far.
+        mask (`dict[str, torch.Tensor]`, *optional*): the saliency mask.
+        ewc (`list[tuple[torch.Tensor, torch.Tensor]]`, *optional*): EWC (Fisher, anchor) pairs, in parameter order.
+        generator_state (`torch.Tensor`, *optional*): this process's `StepContext.generator` state.
+    """
+
+    step: int
+    consumed: dict[str, int]
+    identity: dict[str, Any]
+    history: list[dict] = field(default_factory=list)
+    mask: Optional[dict[str, torch.Tensor]] = None
+    ewc: Optional[list[tuple[torch.Tensor, torch.Tensor]]] = None
+    generator_state: Optional[torch.Tensor] = None
+    folder: Optional[Path] = None
+
+    def save(self, folder: str | os.PathLike, rank: int = 0, main: bool = True) -> None:
+        """Writes the JSON and safetensors files into `folder` (the JSON and tensors from the main process only)."""
+        folder = Path(folder)
+        if self.generator_state is not None:
+            save_file({"state": self.generator_state.contiguous()}, folder / ENGINE_RNG_NAME.format(rank=rank))
+        if not main:
+            return
+        tensors = {}
+        for name, m in (self.mask or {}).items():
+            tensors[f"mask.{name}"] = m.to(torch.uint8).contiguous().cpu()
+        for i, (fisher, anchor) in enumerate(self.ewc or []):
+            tensors[f"ewc.fisher.{i}"] = fisher.detach().contiguous().cpu()
+            tensors[f"ewc.anchor.{i}"] = anchor.detach().contiguous().cpu()
+        if tensors:
+            save_file(tensors, folder / ENGINE_TENSORS_NAME, metadata={"format": STATE_FORMAT})
+        meta = {
+            "format": STATE_FORMAT,
+            "step": self.step,
+            "consumed": self.consumed,
+            "identity": self.identity,
+            "history": to_jsonable(self.history),
+            "has_mask": self.mask is not None,
+            "num_ewc": len(self.ewc or []),
+        }
+        atomic_write_json(folder / ENGINE_STATE_NAME, meta)
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike, rank: int = 0, device: Optional[torch.device] = None) -> EngineState:
+        folder = Path(folder)
+        file = folder / ENGINE_STATE_NAME
+        if not file.is_file():
+            raise ValueError(
+                f"`resume_from_checkpoint` is {str(folder)!r}, which holds no {ENGINE_STATE_NAME}: it is not a "
+                "complete hf_unlearn checkpoint. Pass a `checkpoint-N` folder of an earlier run, or 'latest'."
+            )
+        with open(file) as fh:
+            meta = json.load(fh)
+        if meta.get("format") != STATE_FORMAT:
+            raise ValueError(
+                f"`resume_from_checkpoint`: {file} has format {meta.get('format')!r}; expected {STATE_FORMAT}"
+                ", from this version of hf_unlearn."
+            )
+        tensors = load_file(folder / ENGINE_TENSORS_NAME) if (folder / ENGINE_TENSORS_NAME).is_file() else {}
+        device = device or torch.device("cpu")
+        mask = None
+        if meta["has_mask"]:
+            mask = {k[len("mask.") :]: v.bool().to(device) for k, v in tensors.items() if k.startswith("mask.")}
+        ewc = [
+            (tensors[f"ewc.fisher.{i}"].to(device), tensors[f"ewc.anchor.{i}"].to(device))
+            for i in range(meta["num_ewc"])
+        ] or None
+        rng_file = folder / ENGINE_RNG_NAME.format(rank=rank)
+        generator_state = load_file(rng_file)["state"] if rng_file.is_file() else None
+        return cls(
+            step=int(meta["step"]),
+            consumed={k: int(v) for k, v in meta["consumed"].items()},
+            identity=meta["identity"],
+            history=meta.get("history") or [],
+            mask=mask,
+            ewc=ewc,
+            generator_state=generator_state,
+            folder=folder,
+        )
+
+    def check_identity(self, expected: dict[str, Any], folder) -> None:
+        """Refuses to resume a checkpoint of another run (other method, seed, forget set, cycles or parameters)."""
+        for key in IDENTITY_KEYS:
+            if self.identity.get(key) != expected.get(key):
+                saved, now = self.identity.get(key), expected.get(key)
+                if key == "parameters":
+                    saved, now = f"{len(saved or [])} tensors", f"{len(now or [])} tensors (or other names)"
+                raise ValueError(
+                    f"`resume_from_checkpoint` {folder} belongs to another run: its {key} is {saved!r}, this run's is "
+                    f"{now!r}. Resume with the same config and forget set, or start a fresh run (another output_dir)."
+                )
+        if self.step > int(expected["max_steps"]):
+            raise ValueError(f"`resume_from_checkpoint` {folder} is at cycle {self.step}, past `max_steps`.")
+
+
+def run_identity(config, method_name: str, fingerprint: str, param_names: list[str]) -> dict[str, Any]:
+    """What a checkpoint must share with the run that resumes it."""
+    return {
+        "method": method_name,
+        "seed": config.seed,
+        "max_steps": config.max_steps,
+        "fingerprint": fingerprint,
+        "parameters": list(param_names),
+    }
+
+
+def endless_at(loader, consumed: int = 0) -> Endless:
+    """An [`Endless`] over `loader` that has already handed out `consumed` batches, without loading them.
+
+    The loaders shuffle with accelerate's seedable sampler, whose order depends on the epoch only, so the position is
+    the epoch and the batches to skip in it; `skip_first_batches` skips those at the index level.
+    """
+    endless = Endless(loader)
+    if not consumed:
+        return endless
+    per_epoch = len(loader)
+    epoch, offset = divmod(consumed, per_epoch)
+    endless._epoch, endless.consumed = epoch, consumed
+    if offset:
+        loader.set_epoch(epoch)
+        endless._iter = iter(skip_first_batches(loader, offset))
+    return endless
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoint folders of `output_dir`, oldest first (partial temporary folders are ignored)."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    found = []
+    for child in output_dir.iterdir():
+        match = _CHECKPOINT_RE.match(child.name)
+        if match and child.is_dir() and (child / ENGINE_STATE_NAME).is_file():
+            found.append((int(match.group(1)), child))
+    return [path for _, path in sorted(found)]
+
+
+def resolve_checkpoint(resume_from_checkpoint: Optional[str], output_dir: str | os.PathLike) -> Optional[Path]:
+    """The folder to resume from: `None` (fresh run), the newest complete one for `"latest"`, or the given path.
+
+    `"latest"` with no checkpoint yet starts a fresh run, so one command serves both the first start and restarts.
+    """
+    if not resume_from_checkpoint:
+        return None
+    if resume_from_checkpoint == "latest":
+        found = list_checkpoints(output_dir)
+        if not found:
+            logger.info(f"resume_from_checkpoint='latest': no checkpoint in {output_dir} yet; starting a fresh run.")
+            return None
+        return found[-1]
+    path = Path(resume_from_checkpoint)
+    if not path.is_dir():
+        raise ValueError(
+            f"`resume_from_checkpoint` is {resume_from_checkpoint!r}, which is not a folder; pass a `checkpoint-N` "
+            "folder of an earlier run or 'latest' (the newest one in output_dir)."
+        )
+    return path
+
+
+def save_checkpoint(
+    accelerator, output_dir: str | os.PathLike, state: EngineState, total_limit: Optional[int] = None
+) -> Path:
+    """Writes `output_dir/checkpoint-{state.step}` under a temporary name, then renames it; keeps `total_limit`.
+
+    Every process takes part (accelerate saves one RNG file per process); the main process renames and prunes.
+    """
+    output_dir = Path(output_dir).absolute()
+    target = output_dir / f"{CHECKPOINT_PREFIX}{state.step}"
+    tmp = output_dir / f".{target.name}.partial"
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(tmp))
+        state.save(tmp, rank=accelerator.process_index, main=accelerator.is_main_process)
+        accelerator.wait_for_everyone()
+    except BaseException:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if accelerator.is_main_process:
+        _fsync_tree(tmp)
+        old = output_dir / f".{target.name}.old"
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+        prune_checkpoints(output_dir, total_limit)
+    accelerator.wait_for_everyone()
+    return target
+
+
+def prune_checkpoints(output_dir: str | os.PathLike, total_limit: Optional[int]) -> None:
+    """Deletes the oldest complete checkpoints beyond `total_limit`, and partial folders left by a killed save."""
+    output_dir = Path(output_dir)
+    for child in output_dir.glob(f".{CHECKPOINT_PREFIX}*"):
+        if child.is_dir() and (child.name.endswith(".partial") or child.name.endswith(".old")):
+            shutil.rmtree(child, ignore_errors=True)
+    if total_limit:
+        for path in list_checkpoints(output_dir)[:-total_limit]:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _fsync_tree(folder: Path) -> None:
+    # The rename must not become visible before the files' contents are on disk (power loss, not only a kill).
+    for path in folder.iterdir():
+        if path.is_file():
+            with open(path, "rb") as fh:
+                os.fsync(fh.fileno())
+
+
+__all__ = [
+    "EngineState",
+    "endless_at",
+    "list_checkpoints",
+    "prune_checkpoints",
+    "resolve_checkpoint",
+    "run_identity",
+    "save_checkpoint",
+]

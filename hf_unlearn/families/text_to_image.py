@@ -1,0 +1,316 @@
+"""Family: Stable Diffusion 1.x / 2.x (`StableDiffusionPipeline`); the UNet is trained, text encoder and VAE frozen."""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate.logging import get_logger
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..utils import sha256_of
+from .base import ModelFamily
+from .detect import read_config_file
+
+logger = get_logger(__name__)
+_REQUIRED = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+# ESD-u ("noxattn" in the ESD code) trains everything but cross-attention, the time embedding and the output layers.
+_NOT_IN_ESD_U = ("attn2", "time_embedding", "conv_norm_out", "conv_out")
+
+
+class TextToImageFamily(ModelFamily):
+    r"""A Stable Diffusion pipeline whose `UNet2DConditionModel` is unlearned (held in `self.model`).
+
+    Args:
+        pipeline (`StableDiffusionPipeline`): the pipeline; its VAE and text encoder are frozen.
+        config ([`UnlearnConfig`]): gives `train_modules`, `resolution`, the image / caption columns and `lora_save`.
+    """
+
+    name = "text_to_image"
+    default_config: dict[str, Any] = {"max_grad_norm": 1.0, "remain_steps_per_forget": 1,
+                                      "per_device_train_batch_size": 2}
+
+    def __init__(self, pipeline, config):
+        missing = [c for c in _REQUIRED if getattr(pipeline, c, None) is None]
+        if missing:
+            raise ValueError(f"The pipeline has no {missing}; pass a Stable Diffusion pipeline (or folder / repo id) "
+                             "with unet, vae, text_encoder, tokenizer and scheduler.")
+        from diffusers import DDPMScheduler  # noqa: PLC0415
+
+        self._pipeline = pipeline
+        self.model = pipeline.unet
+        self.vae, self.text_encoder, self.tokenizer = pipeline.vae, pipeline.text_encoder, pipeline.tokenizer
+        # Training noise follows the checkpoint's own schedule and prediction type, whatever sampler it ships.
+        self.noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
+        self.train_modules = config.train_modules
+        self.image_column, self.caption_column = config.image_column, config.caption_column
+        self.lora_save = config.lora_save
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.resolution = config.resolution or int(self.model.config.sample_size) * self.vae_scale_factor
+        self._check_resolution(self.resolution)
+        self.vae.requires_grad_(False).eval()
+        self.text_encoder.requires_grad_(False).eval()
+        for name, param in self.model.named_parameters():
+            if not self.trainable_parameter_filter(name):
+                param.requires_grad_(False)
+        self._embeddings: dict[tuple, torch.Tensor] = {}
+
+    # Loading and saving
+    @classmethod
+    def can_load(cls, model_or_path: Any) -> bool:
+        if type(model_or_path).__name__ == "UNet2DConditionModel":
+            return True
+        if hasattr(model_or_path, "components"):
+            return "text_encoder" in model_or_path.components
+        index = read_config_file(model_or_path, "model_index.json")
+        return bool(index) and "text_encoder" in index
+
+    @classmethod
+    def from_pretrained(cls, model_or_path, config, *, image_processor=None, transform=None, trust_remote_code=False,
+                        pipeline=None, **kwargs) -> TextToImageFamily:
+        """Loads a folder or repo id with `StableDiffusionPipeline.from_pretrained` (extra `kwargs` go there), or takes
+        a pipeline object, or a `UNet2DConditionModel` together with `pipeline=` (the rest of the components)."""
+        from diffusers import StableDiffusionPipeline  # noqa: PLC0415
+
+        source = None
+        if type(model_or_path).__name__ == "UNet2DConditionModel":
+            if pipeline is None:
+                raise ValueError("A bare UNet2DConditionModel has no VAE, text encoder or tokenizer: pass "
+                                 "`pipeline=` (a StableDiffusionPipeline whose other components go with this UNet).")
+            pipeline.unet = model_or_path
+        elif hasattr(model_or_path, "components"):
+            pipeline = model_or_path
+        else:
+            pipeline = StableDiffusionPipeline.from_pretrained(model_or_path, **kwargs)
+            source = str(model_or_path)
+        if getattr(pipeline, "_progress_bar_config", None) is None:
+            pipeline.set_progress_bar_config(disable=True)
+        family = cls(pipeline, config)
+        family.source = source or getattr(pipeline, "name_or_path", None)
+        return family
+
+    @property
+    def pipeline(self):
+        """The pipeline with the current UNet (after unlearning, the unlearned one): ready for evaluation."""
+        if self._pipeline.unet is not self.model:
+            self._pipeline.unet = self.model
+        return self._pipeline
+
+    def save_pretrained(self, model: nn.Module, save_directory: str | os.PathLike) -> None:
+        """A full diffusers pipeline folder; with a LoRA UNet, base weights plus `pytorch_lora_weights.safetensors`
+        (`lora_save="adapter"`, for `load_lora_weights`) or the adapter merged into the UNet (`"merged"`)."""
+        unet, lora_layers, metadata = model, None, None
+        if getattr(model, "peft_config", None):
+            from diffusers.utils import convert_state_dict_to_diffusers  # noqa: PLC0415
+            from peft.utils import get_peft_model_state_dict  # noqa: PLC0415
+
+            unet = copy.deepcopy(model)
+            if self.lora_save == "merged":
+                unet.fuse_lora()
+            else:
+                lora_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(model))
+                metadata = next(iter(model.peft_config.values())).to_dict()
+            unet.unload_lora()
+        pipeline = self.pipeline
+        try:
+            pipeline.unet = unet
+            pipeline.save_pretrained(save_directory, safe_serialization=True)
+        finally:
+            pipeline.unet = self.model
+        if lora_layers is not None:
+            type(pipeline).save_lora_weights(save_directory, unet_lora_layers=lora_layers, safe_serialization=True,
+                                             unet_lora_adapter_metadata=metadata)
+
+    def fresh_model(self, init: str = "config") -> nn.Module:
+        from diffusers import UNet2DConditionModel  # noqa: PLC0415
+
+        if init == "config":
+            return UNet2DConditionModel.from_config(self.model.config)
+        subfolder = "unet" if read_config_file(init, "config.json", subfolder="unet") is not None else None
+        return UNet2DConditionModel.from_pretrained(init, subfolder=subfolder)
+
+    def model_id(self) -> str:
+        """Identifies the generating model in the concept-image cache key (source, configs, a probe of the weights)."""
+        params = list(self.model.parameters())
+        probe = [float(params[0].detach().float().sum()), float(params[-1].detach().float().sum())]
+        return sha256_of(getattr(self, "source", None), dict(self.model.config), dict(self.text_encoder.config.to_dict()),
+                         type(self._pipeline.scheduler).__name__, probe)
+
+    # Data
+    def prepare_split(self, split, config):
+        from ..concept import ConceptSplit  # noqa: PLC0415
+        from ..methods import get_method  # noqa: PLC0415
+
+        if not isinstance(split, ConceptSplit):
+            if not (hasattr(split, "forget") and hasattr(split, "remain")):
+                raise ValueError("The text-to-image family unlearns a `ConceptSplit` (prompts or captioned images); "
+                                 f"got a {type(split).__name__}.")
+            return split
+        method = get_method(config.method)
+        if (method.remain_loss is not None or method.saliency is not None) and not split.has_remain:
+            raise ValueError(f"Method '{config.method}' needs a remain set: pass `remain_prompts` (e.g. ['a photo of "
+                             "a person wearing clothes']) or `remain_dataset` to ConceptSplit.")
+        cache_dir = split.cache_dir or os.path.join(config.output_dir, "concept_cache")
+        return split.materialize(self.pipeline, resolution=self.resolution, cache_dir=cache_dir,
+                                 image_column=self.image_column, caption_column=self.caption_column,
+                                 model_id=self.model_id())
+
+    def validate_split(self, split) -> None:
+        for name in ("forget", "remain"):
+            ds = getattr(split, name)
+            if len(ds) == 0 and name == "remain":
+                continue
+            for arg, column in (("image_column", self.image_column), ("caption_column", self.caption_column)):
+                if column not in ds.column_names:
+                    raise ValueError(f"`{arg}` is '{column}', but the {name} set has columns {ds.column_names}; "
+                                     f"pass {arg}=... in UnlearnConfig.")
+            bad = [c for c in ds[self.caption_column][:1000] if not isinstance(c, str)]
+            if bad:
+                raise ValueError(f"Column `{self.caption_column}` of the {name} set must hold strings, found {bad[:3]}.")
+        resolution = getattr(split, "resolution", None)
+        if resolution:
+            self._check_resolution(resolution)
+
+    def _check_resolution(self, resolution: int) -> None:
+        blocks = len(self.model.config.block_out_channels)
+        multiple = self.vae_scale_factor * 2 ** (blocks - 1)
+        if resolution % multiple:
+            raise ValueError(f"`resolution` is {resolution}, but this UNet and VAE need a multiple of {multiple} "
+                             f"(e.g. {max(multiple, resolution // multiple * multiple)}).")
+
+    def pixel_values(self, images: list) -> torch.Tensor:
+        """Resize the short side to `resolution`, centre-crop, scale to [-1, 1] (as diffusers' training scripts)."""
+        size, out = self.resolution, []
+        for image in images:
+            image = image.convert("RGB")
+            scale = size / min(image.size)
+            w, h = max(size, round(image.width * scale)), max(size, round(image.height * scale))
+            image = image.resize((w, h), resample=3)
+            left, top = (w - size) // 2, (h - size) // 2
+            array = np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.float32)
+            out.append(torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0)
+        return torch.stack(out)
+
+    def tokenize(self, prompts: list[str]) -> torch.Tensor:
+        return self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
+                              truncation=True, return_tensors="pt").input_ids
+
+    def collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        batch = {"pixel_values": self.pixel_values([r[self.image_column] for r in rows]),
+                 "input_ids": self.tokenize([r[self.caption_column] for r in rows])}
+        if rows and "anchor" in rows[0]:
+            batch["anchor_input_ids"] = self.tokenize([r["anchor"] for r in rows])
+        return batch
+
+    def make_dataloader(self, dataset, *, batch_size, shuffle, seed, drop_last=False) -> DataLoader:
+        columns = [c for c in (self.image_column, self.caption_column, "anchor") if c in dataset.column_names]
+        generator = torch.Generator().manual_seed(seed)
+        return DataLoader(dataset.select_columns(columns), batch_size=batch_size, shuffle=shuffle, generator=generator,
+                          drop_last=drop_last, collate_fn=self.collate)
+
+    def trainable_parameter_filter(self, name: str) -> bool:
+        """`train_modules`: "all"; "cross_attention" (ESD-x: every `attn2` weight, q/k/v/out); "non_cross_attention"
+        (ESD-u: all but `attn2`, the time embedding and the output layers, as the ESD code's `noxattn`)."""
+        if self.train_modules == "cross_attention":
+            return "attn2" in name
+        if self.train_modules == "non_cross_attention":
+            return not any(part in name for part in _NOT_IN_ESD_U)
+        return True
+
+    # Tensors the losses share
+    def _frozen_to(self, device: torch.device) -> None:
+        if self.vae.device != device:
+            self.vae.to(device)
+            self.text_encoder.to(device)
+
+    @torch.no_grad()
+    def encode_prompts(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Text-encoder states of token ids, cached per distinct prompt (the encoder is frozen, prompts are few)."""
+        self._frozen_to(input_ids.device)
+        keys = [tuple(row.tolist()) for row in input_ids]
+        todo = [i for i, k in enumerate(keys) if k not in self._embeddings]
+        if todo:
+            ids = input_ids[todo]
+            mask = None
+            if getattr(self.text_encoder.config, "use_attention_mask", False):
+                mask = (ids != self.tokenizer.pad_token_id).long()
+            states = self.text_encoder(ids, attention_mask=mask)[0]
+            if len(self._embeddings) > 4096:
+                self._embeddings.clear()
+            for i, state in zip(todo, states):
+                self._embeddings[keys[i]] = state
+        return torch.stack([self._embeddings[k] for k in keys])
+
+    @torch.no_grad()
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        self._frozen_to(pixel_values.device)
+        dist = self.vae.encode(pixel_values.to(self.vae.dtype)).latent_dist
+        return dist.sample() * self.vae.config.scaling_factor
+
+    def _noised(self, latents: torch.Tensor):
+        noise = torch.randn_like(latents)
+        steps = self.noise_scheduler.config.num_train_timesteps
+        timesteps = torch.randint(0, steps, (latents.shape[0],), device=latents.device)
+        return self.noise_scheduler.add_noise(latents, noise, timesteps), noise, timesteps
+
+    def predict(self, model: nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor, states: torch.Tensor):
+        """The UNet's output (ε or v, per the checkpoint) at x_t, t for text states `states`."""
+        return model(noisy, timesteps, encoder_hidden_states=states).sample
+
+    # Losses
+    def per_sample_loss(self, model, batch, *, labels=None):
+        if labels is not None:
+            raise ValueError("The text-to-image family has no labels; conditions are the batch's prompts.")
+        latents = self.encode_images(batch["pixel_values"])
+        noisy, noise, timesteps = self._noised(latents)
+        if self.noise_scheduler.config.prediction_type == "v_prediction":
+            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            target = noise
+        pred = self.predict(model, noisy, timesteps, self.encode_prompts(batch["input_ids"]))
+        return _row_mse(pred, target)
+
+    def remap_loss(self, model, batch, target_labels):
+        """MSE between ε(x_t, c_forget) and a detached ε(x_t, c_anchor) of the same (current) model, per row."""
+        if target_labels is not None:
+            raise ValueError("The text-to-image family remaps to anchor prompts, not labels.")
+        if "anchor_input_ids" not in batch:
+            raise ValueError("The forget batch carries no anchor prompts; build the split with ConceptSplit, whose "
+                             "forget rows get `anchor_prompts` (by default the remain prompts).")
+        noisy, _, timesteps = self._noised(self.encode_images(batch["pixel_values"]))
+        with torch.no_grad():
+            target = self.predict(_unwrap(model), noisy, timesteps, self.encode_prompts(batch["anchor_input_ids"]))
+        pred = self.predict(model, noisy, timesteps, self.encode_prompts(batch["input_ids"]))
+        return _row_mse(pred, target)
+
+    def negative_guidance_loss(self, model, frozen, batch, scale):
+        """ESD: pull ε(x_t, c) toward ε₀(x_t, "") − η·(ε₀(x_t, c) − ε₀(x_t, "")) of the frozen original, per row.
+
+        x_t noises the forget images (generated from the concept's prompts) rather than sampling x_t with the frozen
+        model as the ESD code does; the target is the same function of x_t.
+        """
+        noisy, _, timesteps = self._noised(self.encode_images(batch["pixel_values"]))
+        cond = self.encode_prompts(batch["input_ids"])
+        uncond = self.encode_prompts(self.tokenize([""]).to(cond.device)).expand_as(cond)
+        with torch.no_grad():
+            e_cond = self.predict(frozen, noisy, timesteps, cond)
+            e_uncond = self.predict(frozen, noisy, timesteps, uncond)
+            target = e_uncond - scale * (e_cond - e_uncond)
+        return _row_mse(self.predict(model, noisy, timesteps, cond), target)
+
+
+def _row_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    # A no-grad forward through the DDP wrapper would still synchronise buffers; the inner module is enough.
+    return getattr(model, "module", model)
+
+
+__all__ = ["TextToImageFamily"]

@@ -1,0 +1,265 @@
+"""LoRA-only unlearning (peft): adapters on every family, gradient checkpointing, adapter or merged saving.
+
+Default `lora_target_modules` when the config leaves it `None` (see docs/lora.md):
+
+| model | targets | also trained |
+|---|---|---|
+| transformers ViT, Swin, DeiT, BEiT (v5 names) | `q_proj`, `v_proj` | the classification head (`modules_to_save`) |
+| transformers ResNet | every `convolution` (3×3 and 1×1 convs of the stages and stem) | the head |
+| other transformers classifiers | `all-linear` (peft excludes the head itself) | the head |
+| diffusers UNet2DModel, DiT, UNet2DConditionModel | attention `to_q`, `to_k`, `to_v`, `to_out.0` | nothing |
+| diffusers UNet2DModel without attention blocks | the ResNet blocks' `conv1`, `conv2` | nothing |
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.utils.checkpoint
+from accelerate.logging import get_logger
+from torch import nn
+
+logger = get_logger(__name__)
+
+ADAPTER_CONFIG_NAME = "adapter_config.json"
+ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
+DIFFUSERS_LORA_NAME = "pytorch_lora_weights.safetensors"
+_ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+def _leaf_names(model: nn.Module) -> set[str]:
+    return {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+
+
+def _is_transformers(model: nn.Module) -> bool:
+    from transformers import PreTrainedModel  # noqa: PLC0415
+
+    return isinstance(model, PreTrainedModel)
+
+
+def classifier_head_name(model: nn.Module) -> Optional[str]:
+    """The top-level child holding the classification head (`classifier`, `head`, ...), kept fully trainable."""
+    for name in ("classifier", "head", "fc"):
+        if isinstance(getattr(model, name, None), nn.Module):
+            return name
+    num_labels = getattr(getattr(model, "config", None), "num_labels", None)
+    for name, module in reversed(list(model.named_modules())):
+        if isinstance(module, nn.Linear) and module.out_features == num_labels:
+            return name.split(".")[0]
+    return None
+
+
+def default_target_modules(model: nn.Module) -> Any:
+    """The documented default adapter targets for `model` (see the module docstring)."""
+    leaves = _leaf_names(model)
+    if _is_transformers(model):
+        if {"q_proj", "v_proj"} <= leaves:
+            return ["q_proj", "v_proj"]
+        if "convolution" in leaves:
+            return ["convolution"]
+        return "all-linear"
+    if {"to_q", "to_v"} <= leaves:
+        return [t for t in _ATTENTION if t.split(".")[0] in leaves]
+    if {"conv1", "conv2"} <= leaves:
+        return ["conv1", "conv2"]
+    return "all-linear"
+
+
+def has_lora(model: nn.Module) -> bool:
+    """Whether `model` (or a PeftModel wrapping it) already carries LoRA layers."""
+    from peft.tuners.tuners_utils import BaseTunerLayer  # noqa: PLC0415
+
+    return any(isinstance(m, BaseTunerLayer) for m in model.modules())
+
+
+def lora_config_for(model: nn.Module, config, *, with_head: bool):
+    """A `peft.LoraConfig` from the flat `UnlearnConfig` fields."""
+    from peft import LoraConfig  # noqa: PLC0415
+
+    targets = config.lora_target_modules or default_target_modules(model)
+    if isinstance(targets, (list, tuple)) and len(targets) == 1 and targets[0] == "all-linear":
+        targets = "all-linear"
+    head = classifier_head_name(model) if with_head else None
+    return LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=targets,
+        modules_to_save=[head] if head else None,
+    )
+
+
+def apply_lora(family, config) -> nn.Module:
+    """Adds LoRA adapters to `family.model` so that only they (and a classifier's head) are trainable.
+
+    Classifiers become a `peft.PeftModel` (`get_peft_model`); `UNet2DConditionModel` uses diffusers' `add_adapter`;
+    other diffusers models get adapters in place (`peft.inject_adapter_in_model`). A model that already carries
+    adapters (e.g. a reloaded adapter output) is returned as is. Raises `ValueError` naming `lora_target_modules`
+    when no module matches, before any weight changes.
+    """
+    model = family.model
+    if has_lora(model):
+        return model
+    lora_config = lora_config_for(model, config, with_head=family.name == "image_classifier")
+    try:
+        if family.name == "image_classifier":
+            from peft import get_peft_model  # noqa: PLC0415
+
+            model = get_peft_model(model, lora_config)
+        elif hasattr(model, "add_adapter"):
+            model.add_adapter(lora_config)
+        else:
+            from peft import inject_adapter_in_model  # noqa: PLC0415
+
+            inject_adapter_in_model(lora_config, model)
+    except ValueError as err:
+        raise ValueError(
+            f"`lora_target_modules` is {lora_config.target_modules!r}, which matches no layer of "
+            f"{type(model).__name__} ({err}). Name layers that exist (their last name part, e.g. "
+            f"{sorted(_leaf_names(model) - {''})[:8]}) or use ['all-linear']."
+        ) from None
+    for name, param in model.named_parameters():
+        # add_adapter / inject_adapter_in_model freeze the base already; make it explicit for every path.
+        param.requires_grad_("lora_" in name or "modules_to_save" in name)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    logger.info(f"LoRA r={config.lora_r} on {lora_config.target_modules}: {trainable:,} of {total:,} parameters train")
+    return model
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Turns on activation checkpointing so that adapters still receive gradients.
+
+    Reentrant checkpointing drops the gradient of a segment whose inputs do not require grad, which is every segment
+    when the base is frozen (LoRA): the adapters would silently never train. We use the non-reentrant variant and,
+    for transformers models, also make the input embeddings' output require grad.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(base, "supports_gradient_checkpointing", hasattr(base, "enable_gradient_checkpointing")):
+        raise ValueError(
+            f"`gradient_checkpointing` is True, but {type(base).__name__} does not support it; set "
+            "gradient_checkpointing=False."
+        )
+    if _is_transformers(base):
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        try:
+            base.enable_input_require_grads()
+        except NotImplementedError:
+            pass  # no input embeddings to hook; non-reentrant checkpointing needs none
+    elif "gradient_checkpointing_func" in inspect.signature(base.enable_gradient_checkpointing).parameters:
+        base.enable_gradient_checkpointing(
+            gradient_checkpointing_func=functools.partial(torch.utils.checkpoint.checkpoint, use_reentrant=False)
+        )
+    else:
+        base.enable_gradient_checkpointing()
+
+
+def prepare_model(family, config) -> nn.Module:
+    """Applies `config.lora` and `config.gradient_checkpointing` to `family.model`; returns the model to train."""
+    if config.lora and config.method == "retrain":
+        raise ValueError("`lora` is True with method 'retrain', which trains a fresh model; set lora=False for RT.")
+    model = apply_lora(family, config) if config.lora else family.model
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    return model
+
+
+def trainable_parameter_count(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    return (sum(p.numel() for p in model.parameters() if p.requires_grad), sum(p.numel() for p in model.parameters()))
+
+
+# Merging and saving
+def merged_copy(model: nn.Module) -> nn.Module:
+    """A copy of `model` with every adapter merged into its base weights and the LoRA layers removed."""
+    model = copy.deepcopy(model)
+    if hasattr(model, "merge_and_unload"):
+        return model.merge_and_unload()
+    from peft.tuners.tuners_utils import BaseTunerLayer  # noqa: PLC0415
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, BaseTunerLayer):
+            module.merge()
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, module.get_base_layer())
+    if hasattr(model, "peft_config"):
+        del model.peft_config
+    if hasattr(model, "_hf_peft_config_loaded"):
+        model._hf_peft_config_loaded = False
+    return model
+
+
+def save_model(family, model: nn.Module, directory: str | os.PathLike, config, base_model: Optional[str] = None):
+    """Writes `model` into `directory`: natively without LoRA, else per `config.lora_save` (adapter or merged).
+
+    Adapter outputs: a classifier's peft adapter (`PeftModel.from_pretrained(base, dir)`); an SD UNet's diffusers LoRA
+    (`pipe.load_lora_weights(dir)`); other diffusers models' peft adapter (see [`load_adapter`]).
+    """
+    if not has_lora(model):
+        family.save_pretrained(model, directory)
+        return
+    if config.lora_save == "merged":
+        family.save_pretrained(merged_copy(model), directory)
+        return
+    if hasattr(model, "peft_config") and hasattr(model, "get_base_model"):  # a PeftModel
+        model.peft_config["default"].base_model_name_or_path = base_model
+        model.save_pretrained(directory, safe_serialization=True)
+        processor = getattr(family, "image_processor", None)
+        if processor is not None:
+            processor.save_pretrained(directory)
+        return
+    from peft import get_peft_model_state_dict  # noqa: PLC0415
+    from safetensors.torch import save_file  # noqa: PLC0415
+
+    state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
+    if type(model).__name__ == "UNet2DConditionModel":
+        from diffusers import StableDiffusionPipeline  # noqa: PLC0415
+
+        StableDiffusionPipeline.save_lora_weights(directory, unet_lora_layers=state, safe_serialization=True)
+    save_file(state, os.path.join(directory, ADAPTER_WEIGHTS_NAME), metadata={"format": "pt"})
+    lora_config = _peft_config_of(model)
+    values = lora_config.to_dict()
+    values.update(base_model_name_or_path=base_model, base_model_class=type(model).__name__)
+    Path(directory, ADAPTER_CONFIG_NAME).write_text(json.dumps(_jsonable(values), indent=2, sort_keys=True) + "\n")
+
+
+def _peft_config_of(model):
+    configs = getattr(model, "peft_config", None)
+    if configs:
+        return next(iter(configs.values()))
+    raise ValueError(f"{type(model).__name__} carries LoRA layers but no peft_config; cannot save the adapter.")
+
+
+def _jsonable(value):
+    if isinstance(value, set):
+        return sorted(value)
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+
+
+def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
+    """Adds the adapter saved in `directory` (by an adapter-mode run on a diffusers model) to `model`, in place."""
+    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict  # noqa: PLC0415
+    from safetensors.torch import load_file  # noqa: PLC0415
+
+    values = json.loads(Path(directory, ADAPTER_CONFIG_NAME).read_text())
+    known = set(LoraConfig.__dataclass_fields__)
+    lora_config = LoraConfig(**{k: v for k, v in values.items() if k in known and k not in ("peft_type", "task_type")})
+    inject_adapter_in_model(lora_config, model)
+    set_peft_model_state_dict(model, load_file(os.path.join(directory, ADAPTER_WEIGHTS_NAME)))
+    return model
+
+
+def is_adapter_folder(path: str | os.PathLike) -> bool:
+    return Path(path, ADAPTER_CONFIG_NAME).is_file() and not Path(path, "config.json").is_file()

@@ -1,0 +1,74 @@
+"""Input checks run before any weight changes, beyond those of `UnlearnConfig`, `ForgetRemainSplit` and the families.
+
+Each raises `ValueError` naming the argument at fault and saying how to fix it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+# Weight files that are pickles: loading them can run arbitrary code, so they are never read.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def check_weights_files(path, argument: str = "model_or_path", subfolder: Optional[str] = None) -> None:
+    """Refuses a local model folder whose weights are only pickles, or whose safetensors files are truncated/corrupt.
+
+    Hub repo ids (not local folders) are left to the loader, which is called with `use_safetensors=True`.
+    """
+    if not isinstance(path, (str, os.PathLike)) or not os.path.isdir(path):
+        return
+    folder = Path(path) / (subfolder or "")
+    if not folder.is_dir():
+        return
+    safe = sorted(folder.glob("*.safetensors"))
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if not safe and pickles:
+        raise ValueError(
+            f"`{argument}` {path} holds only pickle weight files {pickles[:3]}, which hf_unlearn never loads "
+            "(loading a pickle can run arbitrary code). Convert them to safetensors once, from a source you trust, "
+            "e.g. "
+            "`model.save_pretrained(folder, safe_serialization=True)`, and pass that folder."
+        )
+    for file in safe:
+        check_safetensors_file(file, argument)
+
+
+def check_safetensors_file(file, argument: str) -> None:
+    """Reads the header and checks the data section covers every tensor (a truncated download fails here)."""
+    try:
+        with safe_open(os.fspath(file), framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 (safe_open handles are not mappings)
+                handle.get_slice(key)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(
+            f"`{argument}`: the weights file {file} is truncated or corrupt ({err}). Download or save the model again "
+            "(an interrupted copy is the usual cause)."
+        ) from err
+
+
+def check_finite_weights(model: torch.nn.Module, argument: str = "model_or_path") -> None:
+    """Refuses a model that already holds NaN/Inf weights: unlearning it would give a silently broken result."""
+    with torch.no_grad():
+        for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise ValueError(
+                    f"`{argument}`: the model's weight `{name}` holds NaN or Inf values before unlearning, so the "
+                    "model file is corrupt or was saved after a diverged run; load a good copy of the model."
+                )
+
+
+def check_run_output_dir(config) -> None:
+    """Checks that `output_dir` (where the run writes its mask and checkpoints) is ours or may be overwritten."""
+    from .hub import check_output_dir  # noqa: PLC0415
+
+    if config.output_dir:
+        check_output_dir(config.output_dir, config.overwrite_output_dir, argument="output_dir")
+
+
+__all__ = ["check_finite_weights", "check_run_output_dir", "check_safetensors_file", "check_weights_files"]

@@ -1,0 +1,121 @@
+"""Engine overhead: the SFR-on loop of `Unlearner` against a hand-written minimal PyTorch loop, in one process.
+
+Both loops run the same passes on the same model and the same batches (the same data loaders, seeds and order): the
+Fisher-ratio saliency over `saliency_max_batches` batches of each set, then per cycle one masked, loss-weighted ascent
+step on a forget batch followed by K descent steps on remain batches, one AdamW, gradient clipping, cosine schedules.
+The hand loop has none of the engine's bookkeeping (accelerate wrappers, finite checks, logging, history). The ratio
+engine / hand loop is what the engine costs on top of the arithmetic; the target is at most 1.10.
+
+    python scripts/bench_overhead.py --repeats 5 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import statistics
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from hf_unlearn import ForgetRemainSplit, UnlearnConfig, Unlearner, load_digits_dataset  # noqa: E402
+from hf_unlearn.models import digits_image_processor, tiny_classifier  # noqa: E402
+from hf_unlearn.training import Endless, alpha_at, lr_factor  # noqa: E402
+
+
+def engine_run(model, split, cfg) -> float:
+    start = time.perf_counter()
+    unlearner = Unlearner.from_pretrained(copy.deepcopy(model), cfg, image_processor=digits_image_processor())
+    unlearner.unlearn(split)
+    return time.perf_counter() - start
+
+
+def hand_run(model, split, cfg) -> float:
+    """The same passes written as a plain PyTorch loop (single process, fp32)."""
+    cfg = cfg.resolve("image_classifier")
+    start = time.perf_counter()
+    model = copy.deepcopy(model).train()
+    family = Unlearner.from_pretrained(model, cfg, image_processor=digits_image_processor()).family
+    torch.manual_seed(cfg.seed)
+    batch = cfg.per_device_train_batch_size
+    forget_dl = family.make_dataloader(split.forget, batch_size=batch, shuffle=True, seed=cfg.seed)
+    remain_dl = family.make_dataloader(split.remain, batch_size=batch, shuffle=True, seed=cfg.seed + 1)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def fisher(loader):
+        sums = [torch.zeros_like(p) for p in params]
+        count = 0
+        for i, b in enumerate(loader):
+            if i == cfg.saliency_max_batches:
+                break
+            model.zero_grad(set_to_none=True)
+            F.cross_entropy(model(pixel_values=b["pixel_values"]).logits, b["labels"]).backward()
+            for s, p in zip(sums, params):
+                s += p.grad * p.grad
+            count += 1
+        return [s / count for s in sums]
+
+    f_forget, f_remain = fisher(forget_dl), fisher(remain_dl)
+    masks = [(((a + cfg.mask_eps) / (b + cfg.mask_eps)) >= cfg.mask_threshold).float() for a, b in zip(f_forget, f_remain)]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    forget_it, remain_it = Endless(forget_dl), Endless(remain_dl)
+    for step in range(cfg.max_steps):
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.learning_rate * lr_factor(step, cfg.max_steps, cfg.lr_scheduler_type)
+        alpha = alpha_at(step, cfg.max_steps, cfg.forget_alpha, cfg.forget_alpha_schedule)
+        b = next(forget_it)
+        optimizer.zero_grad(set_to_none=True)
+        losses = F.cross_entropy(model(pixel_values=b["pixel_values"]).logits, b["labels"], reduction="none")
+        weights = torch.softmax(-cfg.temperature * torch.log(losses.detach() + 1e-8), dim=0)
+        (-alpha * (weights * losses).sum()).backward()
+        for p, m in zip(params, masks):
+            p.grad.mul_(m)
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        optimizer.step()
+        for _ in range(cfg.remain_steps_per_forget):
+            b = next(remain_it)
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(model(pixel_values=b["pixel_values"]).logits, b["labels"]).backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+    return time.perf_counter() - start
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="resnet", choices=["resnet", "vit"])
+    parser.add_argument("--steps", type=int, default=20, help="SFR-on cycles.")
+    parser.add_argument("--remain-steps", type=int, default=5, help="K remain steps per forget step.")
+    parser.add_argument("--repeats", type=int, default=5, help="Alternating timed runs of each loop (median kept).")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    ds = load_digits_dataset()
+    split = ForgetRemainSplit.from_dataset(ds["train"], forget_classes=[3], test_dataset=ds["test"])
+    model = tiny_classifier(args.model, seed=0)
+    cfg = UnlearnConfig(method="sfr_on", seed=0, output_dir="", max_steps=args.steps,
+                        remain_steps_per_forget=args.remain_steps, learning_rate=1e-3, logging_steps=10)
+    engine_run(model, split, cfg)  # warm-up: first-call costs (imports, allocator) are not the engine's
+    hand_run(model, split, cfg)
+    engine, hand = [], []
+    for _ in range(args.repeats):
+        engine.append(engine_run(model, split, cfg))
+        hand.append(hand_run(model, split, cfg))
+    e, h = statistics.median(engine), statistics.median(hand)
+    passes = args.steps * (1 + args.remain_steps)
+    print(f"model={args.model} cycles={args.steps} K={args.remain_steps} passes={passes} threads={args.threads}")
+    print(f"engine   median {e:.3f}s  runs {[round(t, 3) for t in engine]}")
+    print(f"hand     median {h:.3f}s  runs {[round(t, 3) for t in hand]}")
+    ratio = e / h
+    print(f"overhead ratio engine/hand = {ratio:.3f} (target <= 1.10): {'OK' if ratio <= 1.10 else 'ABOVE TARGET'}")
+    return 0 if math.isfinite(ratio) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,151 @@
+"""The Unlearner loop on real tiny classifiers: masks, fast-slow cycles, every method, save/load, seeds."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
+from transformers import AutoModelForImageClassification
+
+from hf_unlearn import ForgetRemainSplit, Unlearner, UnlearnConfig, detect_family, get_method, list_methods
+from hf_unlearn.evaluation import evaluate
+from hf_unlearn.metrics import per_class_accuracy
+from hf_unlearn.models import tiny_classifier
+
+CLASSIFIER_METHODS = list_methods("image_classifier")
+
+
+def _state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _changed(before, model):
+    return [k for k, v in model.state_dict().items() if not torch.equal(before[k], v)]
+
+
+def _quick(method, tmp_path, **kw):
+    values = dict(method=method, max_steps=2, per_device_train_batch_size=16, output_dir=str(tmp_path / "run"),
+                  saliency_max_batches=2, remain_steps_per_forget=1)
+    values.update(kw)
+    return UnlearnConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def small_split(digits_small):
+    return ForgetRemainSplit.from_dataset(digits_small["train"], forget_classes=[3], test_dataset=digits_small["test"])
+
+
+def test_registry_lists_every_classifier_method():
+    expected = {"sfr_on", "sfr_on_kl", "sfr_on_rl", "sfr_on_bound", "retrain", "finetune", "gradient_ascent",
+                "random_label", "salun", "bad_teacher", "scrub"}
+    assert expected <= set(CLASSIFIER_METHODS)
+    assert "esd" not in CLASSIFIER_METHODS and "esd" in list_methods()
+    with pytest.raises(ValueError, match="valid names: .*sfr_on"):
+        get_method("sfr-off")
+
+
+@pytest.mark.parametrize("kind", ["vit", "swin", "resnet"])
+@pytest.mark.parametrize("method", CLASSIFIER_METHODS)
+def test_every_method_runs_on_each_architecture_and_changes_weights(kind, method, small_split, processor, tmp_path):
+    model = tiny_classifier(kind, seed=1)
+    before = _state(model)
+    unlearner = Unlearner.from_pretrained(model, _quick(method, tmp_path), image_processor=processor)
+    result = unlearner.unlearn(small_split)
+    assert _changed(before, unlearner.model), f"{method} on {kind} left every weight unchanged"
+    assert len(result.history) == 2 and result.fingerprint == small_split.fingerprint
+    for row in result.history:
+        assert all(np.isfinite(v) for v in row.values())
+
+
+def test_masked_parameters_do_not_move_on_forget_steps(resnet_copy, small_split, processor, tmp_path):
+    # K = 0 leaves only forget steps, so every parameter the Fisher-ratio mask drops must stay bit-identical.
+    config = _quick("sfr_on", tmp_path, max_steps=3, remain_steps_per_forget=0, mask_threshold=3.0)
+    unlearner = Unlearner.from_pretrained(resnet_copy, config, image_processor=processor)
+    before = dict(unlearner.model.named_parameters())
+    before = {k: v.detach().clone() for k, v in before.items()}
+    unlearner.unlearn(small_split)
+    mask = unlearner.mask
+    assert 0 < unlearner.result.mask_fraction < 1
+    moved_outside = moved_inside = 0
+    for name, p in unlearner.model.named_parameters():
+        delta = (p.detach() - before[name]) != 0
+        moved_outside += int((delta & ~mask[name]).sum())
+        moved_inside += int((delta & mask[name]).sum())
+    assert moved_outside == 0 and moved_inside > 0
+
+
+def test_k_remain_steps_are_taken_per_forget_step(small_split, processor, tmp_path):
+    model = tiny_classifier("resnet", seed=2)
+    config = _quick("sfr_on", tmp_path, max_steps=3, remain_steps_per_forget=4, optim="adam")
+    unlearner = Unlearner.from_pretrained(model, config, image_processor=processor)
+    steps = []
+    hook = register_optimizer_step_post_hook(lambda opt, args, kwargs: steps.append(1))
+    try:
+        unlearner.unlearn(small_split)
+    finally:
+        hook.remove()
+    assert len(steps) == 3 * (1 + 4)
+
+
+def test_forget_steps_fraction_limits_forget_steps(small_split, processor, tmp_path):
+    config = _quick("scrub", tmp_path, max_steps=4)
+    unlearner = Unlearner.from_pretrained(tiny_classifier("resnet"), config, image_processor=processor)
+    history = unlearner.unlearn(small_split).history
+    assert ["forget_loss" in row for row in history] == [True, True, False, False]
+
+
+def test_sfr_on_forgets_a_digit_class_and_keeps_the_others(trained_resnet, digits, processor, tmp_path):
+    split = ForgetRemainSplit.from_dataset(digits["train"], forget_classes=[3], test_dataset=digits["test"])
+    before = evaluate(trained_resnet, split)
+    config = UnlearnConfig(method="sfr_on", output_dir=str(tmp_path / "run"))
+    unlearner = Unlearner.from_pretrained(copy.deepcopy(trained_resnet.model), config, image_processor=processor)
+    unlearner.unlearn(split)
+    after = unlearner.evaluate(split)
+    assert before["FA"] > 95 and after["FA"] < 10
+    assert after["TA"] > before["TA"] - 5 and after["RA"] > before["RA"] - 5
+    assert after["TA_forget"] < 15
+
+
+def test_same_seed_gives_the_same_weights(small_split, processor, tmp_path):
+    runs = []
+    for _ in range(2):
+        unlearner = Unlearner.from_pretrained(tiny_classifier("vit", seed=3), _quick("sfr_on", tmp_path, seed=7),
+                                              image_processor=processor)
+        unlearner.unlearn(small_split)
+        runs.append(_state(unlearner.model))
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+    other = Unlearner.from_pretrained(tiny_classifier("vit", seed=3), _quick("sfr_on", tmp_path, seed=8),
+                                      image_processor=processor)
+    other.unlearn(small_split)
+    assert any(not torch.equal(runs[0][k], v) for k, v in _state(other.model).items())
+
+
+def test_save_then_load_round_trips_exactly(trained_resnet, small_split, processor, tmp_path):
+    unlearner = Unlearner.from_pretrained(copy.deepcopy(trained_resnet.model), _quick("sfr_on", tmp_path),
+                                          image_processor=processor)
+    unlearner.unlearn(small_split)
+    out = tmp_path / "unlearned"
+    unlearner.save_pretrained(out)
+    assert (out / "model.safetensors").is_file() and (out / "unlearn_config.json").is_file()
+    reloaded = AutoModelForImageClassification.from_pretrained(out)
+    saved = unlearner.model.state_dict()
+    assert all(torch.equal(saved[k], v) for k, v in reloaded.state_dict().items())
+    assert detect_family(str(out)) == "image_classifier"
+    again = Unlearner.from_pretrained(str(out))  # the image processor was saved beside the model
+    assert again.config.method == "sfr_on"
+    logits = again.family.logits(again.model.eval(), again.family.collate([small_split.dataset[0]]))
+    assert logits.shape == (1, 10)
+
+
+def test_per_class_accuracy_of_forgotten_class_drops_only(trained_resnet, digits, processor, tmp_path):
+    split = ForgetRemainSplit.from_dataset(digits["train"], forget_classes=[7], test_dataset=digits["test"])
+    config = UnlearnConfig(method="sfr_on_kl", output_dir=str(tmp_path / "run"))
+    unlearner = Unlearner.from_pretrained(copy.deepcopy(trained_resnet.model), config, image_processor=processor)
+    unlearner.unlearn(split)
+    from hf_unlearn.evaluation import predict_logits
+
+    logits, labels = predict_logits(unlearner.family, unlearner.model, digits["test"])
+    per_class = per_class_accuracy(logits, labels, 10)
+    assert per_class[7] < 20
+    assert min(v for k, v in per_class.items() if k != 7) > 85

@@ -1,0 +1,86 @@
+"""A 2-process CPU run (torchrun, gloo; accelerate reports MULTI_CPU) against a single process with the same global batch.
+
+Stated tolerance: the saliency masks are identical, every weight within 1e-4 (float summation order differs between
+the DDP all-reduce and a single batch), and the gathered metrics equal to the single-process ones within one row.
+"""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+
+import mp_unlearn_helper  # noqa: E402
+
+PER_DEVICE_BATCH = 16
+
+
+def _launch(model_dir: Path, out_dir: Path, log_dir: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}  # the bar must show, on rank 0 only
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONPATH=str(HERE.parent))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "--log-dir",
+           str(log_dir), "--redirects", "3", str(HERE / "mp_unlearn_helper.py"), str(model_dir), str(out_dir),
+           str(PER_DEVICE_BATCH)]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+
+
+def _rank_file(log_dir: Path, rank: int, name: str) -> str:
+    (path,) = glob.glob(str(log_dir / "**" / "attempt_0" / str(rank) / name), recursive=True)
+    return Path(path).read_text()
+
+
+def _result(text: str) -> dict:
+    (line,) = [ln for ln in text.splitlines() if ln.startswith("RESULT ")]
+    return json.loads(line[len("RESULT "):])
+
+
+@pytest.mark.multiprocess
+def test_two_cpu_processes_match_one_process_with_the_same_global_batch(tmp_path, processor):
+    from hf_unlearn.models import tiny_classifier
+
+    model_dir = tmp_path / "original"
+    tiny_classifier("vit", seed=0).save_pretrained(model_dir)
+    processor.save_pretrained(model_dir)
+
+    proc = _launch(model_dir, tmp_path / "two", tmp_path / "logs")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [_result(_rank_file(tmp_path / "logs", r, "stdout.log")) for r in (0, 1)]
+    assert [r["rank"] for r in ranks] == [0, 1] and all(r["num_processes"] == 2 for r in ranks)
+
+    # Only the main process writes files and shows the progress bar.
+    assert ranks[1]["writes"] == []
+    assert any(path.endswith("unlearning_record.json.tmp") or "unlearning_record" in path
+               for _, path in ranks[0]["writes"])
+    assert "unlearn[sfr_on]" in _rank_file(tmp_path / "logs", 0, "stderr.log")
+    assert "unlearn[sfr_on]" not in _rank_file(tmp_path / "logs", 1, "stderr.log")
+    saved = tmp_path / "two" / "model"
+    assert {"model.safetensors", "config.json", "unlearning_record.json", "README.md"} <= set(os.listdir(saved))
+    assert not [p for p in os.listdir(tmp_path / "two") if p.startswith(".")]  # no half-written temp folders
+
+    # Gathered predictions: every test row exactly once, in order, on both ranks.
+    for view in ranks:
+        assert view["rows_seen"] == mp_unlearn_helper.NUM_TEST and view["labels_in_order"]
+    assert ranks[0]["metrics"] == ranks[1]["metrics"]
+
+    torch.set_num_threads(2)
+    single = mp_unlearn_helper.run(str(model_dir), str(tmp_path / "one"), 2 * PER_DEVICE_BATCH)
+    assert single["num_processes"] == 1
+    one_row = {"FA": 100 / mp_unlearn_helper.NUM_FORGET, "TA": 100 / mp_unlearn_helper.NUM_TEST,
+               "RA": 100 / (mp_unlearn_helper.NUM_ROWS - mp_unlearn_helper.NUM_FORGET)}
+    for key, tol in one_row.items():
+        assert abs(single["metrics"][key] - ranks[0]["metrics"][key]) <= tol + 1e-9, key
+    mask_one = load_file(tmp_path / "one" / "saliency_mask.safetensors")
+    mask_two = load_file(tmp_path / "two" / "saliency_mask.safetensors")
+    assert all(torch.equal(mask_one[k], mask_two[k]) for k in mask_one)
+    w_one, w_two = load_file(tmp_path / "one" / "model" / "model.safetensors"), load_file(saved / "model.safetensors")
+    original = load_file(model_dir / "model.safetensors")
+    assert max(float((w_one[k] - w_two[k]).abs().max()) for k in w_one) < 1e-4
+    assert max(float((w_one[k] - original[k]).abs().max()) for k in w_one) > 1e-3  # the run did change the weights

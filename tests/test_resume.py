@@ -1,0 +1,163 @@
+"""Checkpoints and resume: a run killed with SIGKILL and resumed ends with the weights of an uninterrupted run."""
+
+import importlib.util
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from hf_unlearn import UnlearnConfig
+from hf_unlearn.checkpointing import ENGINE_STATE_NAME, endless_at, list_checkpoints
+from hf_unlearn.models import digits_image_processor, tiny_classifier
+from hf_unlearn.training import Endless, make_accelerator
+
+WORKER = Path(__file__).with_name("resume_worker.py")
+
+
+def _load_worker():
+    spec = importlib.util.spec_from_file_location("resume_worker", WORKER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+worker = _load_worker()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny models run as fast on one thread, and far faster than on two when other jobs share the CPU.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("resume_model")
+    tiny_classifier("resnet", seed=0).save_pretrained(folder)
+    digits_image_processor().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def reference(model_dir, tmp_path_factory):
+    """The uninterrupted run, in this process, with the worker's settings and thread count."""
+    threads = torch.get_num_threads()
+    try:
+        unlearner = worker.run(str(model_dir), str(tmp_path_factory.mktemp("reference")))
+    finally:
+        torch.set_num_threads(threads)
+    return unlearner
+
+
+def _state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _assert_bitwise_equal(a, b):
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"tensors differ after resume: {different[:5]}"
+
+
+def test_sigkill_then_resume_is_bitwise_identical(model_dir, reference, tmp_path):
+    kill_after = random.randint(1, worker.TOTAL_CYCLES - 6)  # a random cycle, leaving the run time to still be going
+    out = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS=str(worker.THREADS))
+    proc = subprocess.Popen(
+        [sys.executable, str(WORKER), str(model_dir), str(out)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 240
+    while not (out / f"checkpoint-{kill_after}").is_dir():
+        assert proc.poll() is None, f"worker ended early: {proc.stderr.read().decode()[-2000:]}"
+        assert time.monotonic() < deadline, "worker too slow"
+        time.sleep(0.002)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    saved = list_checkpoints(out)
+    assert saved and not (out / f"checkpoint-{worker.TOTAL_CYCLES}").exists(), "the kill must land mid-run"
+    resumed_from = int(saved[-1].name.split("-")[1])
+    assert resumed_from >= kill_after
+
+    threads = torch.get_num_threads()
+    try:
+        resumed = worker.run(str(model_dir), str(out), resume=True)
+    finally:
+        torch.set_num_threads(threads)
+    # The saved mask was loaded (no saliency pass) and the history covers the whole run.
+    assert resumed.result.saliency_runtime_s == 0.0
+    assert [h["step"] for h in resumed.result.history] == list(range(worker.TOTAL_CYCLES))
+    assert torch.equal(
+        torch.tensor([h["remain_loss"] for h in resumed.result.history[resumed_from:]]),
+        torch.tensor([h["remain_loss"] for h in reference.result.history[resumed_from:]]),
+    )
+    _assert_bitwise_equal(_state(resumed.model), _state(reference.model))
+    assert all(torch.equal(resumed.mask[k], reference.mask[k]) for k in reference.mask)
+
+
+def test_checkpoint_limit_and_no_partial_folders(reference):
+    out = Path(reference.config.output_dir)
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["checkpoint-15", "checkpoint-16", "saliency_mask.safetensors"]
+    assert (out / "checkpoint-16" / ENGINE_STATE_NAME).is_file()
+    files = sorted(p.name for p in (out / "checkpoint-16").iterdir())
+    # accelerate's part (its optimizer/RNG files are reloaded with weights_only=True) and the engine's own state.
+    assert files == [
+        "engine_rng_0.safetensors",
+        "engine_state.json",
+        "engine_state.safetensors",
+        "model.safetensors",
+        "optimizer.bin",
+        "random_states_0.pkl",
+    ]
+
+
+def test_resume_from_the_final_checkpoint_runs_nothing(model_dir, reference):
+    threads = torch.get_num_threads()
+    try:
+        again = worker.run(str(model_dir), reference.config.output_dir, resume=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(again.result.history) == worker.TOTAL_CYCLES
+    _assert_bitwise_equal(_state(again.model), _state(reference.model))
+
+
+def test_resume_refuses_a_checkpoint_of_another_run(model_dir, reference):
+    from hf_unlearn import ForgetRemainSplit, Unlearner
+
+    cfg = UnlearnConfig(**(reference.config.to_dict() | {"resume_from_checkpoint": "latest", "seed": 8}))
+    unlearner = Unlearner.from_pretrained(str(model_dir), cfg, image_processor=digits_image_processor())
+    before = _state(unlearner.model)
+    split = ForgetRemainSplit.from_dataset(worker.make_split().dataset, forget_classes=[3])
+    with pytest.raises(ValueError, match="`resume_from_checkpoint`.*seed"):
+        unlearner.unlearn(split)
+    _assert_bitwise_equal(_state(unlearner.model), before)
+
+
+def test_skipping_batches_gives_the_replayed_order(reference, digits_small):
+    """`endless_at` (index-level skip) hands out the same batches as replaying them one by one."""
+    family = reference.family
+    accelerator = make_accelerator(UnlearnConfig(output_dir=""))
+    rows = digits_small["train"].select(range(70))  # 5 batches of 16 per epoch, the last one short
+
+    def loader():
+        return accelerator.prepare_data_loader(family.make_dataloader(rows, batch_size=16, shuffle=True, seed=3))
+
+    for consumed in (0, 3, 5, 12):
+        replayed, skipped = Endless(loader(), start=consumed), endless_at(loader(), consumed)
+        for _ in range(7):
+            a, b = next(replayed), next(skipped)
+            assert torch.equal(a["labels"], b["labels"]) and torch.equal(a["pixel_values"], b["pixel_values"])
+        assert replayed.consumed == skipped.consumed == consumed + 7
