@@ -62,7 +62,9 @@ def hand_run(model, split, cfg) -> float:
         return [s / count for s in sums]
 
     f_forget, f_remain = fisher(forget_dl), fisher(remain_dl)
-    masks = [(((a + cfg.mask_eps) / (b + cfg.mask_eps)) >= cfg.mask_threshold).float() for a, b in zip(f_forget, f_remain)]
+    masks = [
+        (((a + cfg.mask_eps) / (b + cfg.mask_eps)) >= cfg.mask_threshold).float() for a, b in zip(f_forget, f_remain)
+    ]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     forget_it, remain_it = Endless(forget_dl), Endless(remain_dl)
     for step in range(cfg.max_steps):
@@ -99,8 +101,15 @@ def main(argv=None) -> int:
     ds = load_digits_dataset()
     split = ForgetRemainSplit.from_dataset(ds["train"], forget_classes=[3], test_dataset=ds["test"])
     model = tiny_classifier(args.model, seed=0)
-    cfg = UnlearnConfig(method="sfr_on", seed=0, output_dir="", max_steps=args.steps,
-                        remain_steps_per_forget=args.remain_steps, learning_rate=1e-3, logging_steps=10)
+    cfg = UnlearnConfig(
+        method="sfr_on",
+        seed=0,
+        output_dir="",
+        max_steps=args.steps,
+        remain_steps_per_forget=args.remain_steps,
+        learning_rate=1e-3,
+        logging_steps=10,
+    )
     engine_run(model, split, cfg)  # warm-up: first-call costs (imports, allocator) are not the engine's
     hand_run(model, split, cfg)
     engine, hand = [], []

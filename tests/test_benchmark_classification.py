@@ -72,8 +72,16 @@ def test_select_picks_lowest_mean_and_reports_sensitivity():
     records = []
     for seed, (a, b) in enumerate([(1.0, 3.0), (5.0, 3.0), (0.0, 3.0)]):
         for point, value in zip(grids["m"], (a, b)):
-            records.append({"phase": "search", "tag": "t", "method": "m", "seed": seed, "avg_d": value,
-                            "config_hash": config_hash(point)})
+            records.append(
+                {
+                    "phase": "search",
+                    "tag": "t",
+                    "method": "m",
+                    "seed": seed,
+                    "avg_d": value,
+                    "config_hash": config_hash(point),
+                }
+            )
     chosen = select_tuned(records, "t", grids, ["m"])["m"]
     assert chosen["overrides"] == {"learning_rate": 0.1}  # mean 2.0 beats 3.0
     assert chosen["val_avg_d"] == pytest.approx(2.0)

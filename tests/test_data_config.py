@@ -142,7 +142,7 @@ def test_images_the_model_cannot_take_are_refused(digits_small, tmp_path):
     split = ForgetRemainSplit.from_dataset(digits_small["train"], forget_classes=[3])
     wrong_size = Unlearner.from_pretrained(tiny_classifier("vit"), UnlearnConfig(output_dir=str(tmp_path)),
                                            image_processor=digits_image_processor(size=24))
-    _unchanged_after_error(wrong_size, split, "cannot take")
+    _unchanged_after_error(wrong_size, split, "cannot feed the model")
 
 
 def test_method_family_mismatch_is_refused(processor):

@@ -78,7 +78,8 @@ def test_reference_as_unlearner_model_or_path_agree(small_split, processor, tmp_
 
 def test_result_carries_the_metrics_of_the_last_evaluation(small_split, processor):
     unl = Unlearner.from_pretrained(
-        tiny_classifier("resnet", seed=5), UnlearnConfig(method="finetune", max_steps=2, output_dir=""),
+        tiny_classifier("resnet", seed=5),
+        UnlearnConfig(method="finetune", max_steps=2, output_dir=""),
         image_processor=processor,
     )
     unl.unlearn(small_split)

@@ -46,7 +46,9 @@ def classifier_methods() -> list[str]:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="hf-unlearn benchmark", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="resnet", choices=["resnet", "vit"], help="Tiny classifier to train and unlearn.")
+    p.add_argument(
+        "--model", default="resnet", choices=["resnet", "vit"], help="Tiny classifier to train and unlearn."
+    )
     p.add_argument("--scenario", default="class", choices=["class", "random"], help="Class-wise or random rows.")
     p.add_argument("--forget-class", type=int, default=None, help="Class forgotten in the class scenario.")
     p.add_argument("--forget-fraction", type=float, default=None, help="Share of rows forgotten in the random one.")
@@ -97,7 +99,10 @@ def _methods(args) -> list[str]:
 def make_context(args, cfg) -> BenchmarkContext:
     recipe = QUICK_RECIPE if args.quick else TrainingRecipe(**cfg["recipes"][args.model])
     return BenchmarkContext(
-        args.output, args.model, args.scenario, recipe,
+        args.output,
+        args.model,
+        args.scenario,
+        recipe,
         forget_class=args.forget_class if args.forget_class is not None else cfg.get("forget_class", 3),
         forget_fraction=args.forget_fraction if args.forget_fraction is not None else cfg.get("forget_fraction", 0.5),
         train_rows=QUICK_TRAIN_ROWS if args.quick else None,
@@ -142,8 +147,11 @@ def execute(tasks, args, ctx) -> list[dict]:
     mine = [t for i, t in enumerate(tasks) if i % args.shard_count == args.shard_index]
     for n, (phase, seed, method, overrides, label) in enumerate(mine):
         record = run_one(ctx, phase, seed, method, overrides, resume=args.resume)
-        print(f"[{n + 1}/{len(mine)}] {phase} {ctx.tag} seed={seed} {method} {label} {overrides} "
-              f"avg_d={record.get('avg_d')} rte={record.get('rte_s')}", flush=True)
+        print(
+            f"[{n + 1}/{len(mine)}] {phase} {ctx.tag} seed={seed} {method} {label} {overrides} "
+            f"avg_d={record.get('avg_d')} rte={record.get('rte_s')}",
+            flush=True,
+        )
         records.append({**record, "config": label})
     return records
 

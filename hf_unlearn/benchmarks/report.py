@@ -45,8 +45,14 @@ def select_tuned(records: list[dict], tag: str, grids: dict, methods: list[str])
         scores = []
         for index, point in enumerate(grids.get(method) or []):
             key = config_hash(dict(point))
-            runs = [r for r in records if r.get("phase") == "search" and r.get("tag") == tag
-                    and r["method"] == method and r["config_hash"] == key]
+            runs = [
+                r
+                for r in records
+                if r.get("phase") == "search"
+                and r.get("tag") == tag
+                and r["method"] == method
+                and r["config_hash"] == key
+            ]
             if runs:
                 avg = [r["avg_d"] for r in runs]
                 scores.append((_mean(avg), _std(avg), index, dict(point), len(runs)))
@@ -54,9 +60,13 @@ def select_tuned(records: list[dict], tag: str, grids: dict, methods: list[str])
             continue
         best = min(scores, key=lambda s: (s[0], s[1]))
         chosen[method] = {
-            "overrides": best[3], "grid_index": best[2], "val_avg_d": round(best[0], 3),
-            "val_avg_d_std": round(best[1], 3), "val_seeds": best[4],
-            "sensitivity": round(_mean([s[0] for s in scores]), 3), "grid_points": len(scores),
+            "overrides": best[3],
+            "grid_index": best[2],
+            "val_avg_d": round(best[0], 3),
+            "val_avg_d_std": round(best[1], 3),
+            "val_seeds": best[4],
+            "sensitivity": round(_mean([s[0] for s in scores]), 3),
+            "grid_points": len(scores),
         }
     return chosen
 
@@ -111,8 +121,16 @@ def write_outputs(output: str | os.PathLike, records: list[dict], cfg: dict, tag
     output = Path(output)
     path = output / "results.json"
     kept = [r for r in json.loads(path.read_text()) if r.get("tag") != tag] if path.exists() else []
-    mine = [{**{k: r.get(k) for k in RECORD_KEYS}, "tag": tag, "config": r.get("config"), "status": r.get("status"),
-             "overrides": r.get("overrides")} for r in records]
+    mine = [
+        {
+            **{k: r.get(k) for k in RECORD_KEYS},
+            "tag": tag,
+            "config": r.get("config"),
+            "status": r.get("status"),
+            "overrides": r.get("overrides"),
+        }
+        for r in records
+    ]
     everything = kept + mine
     atomic_write_json(path, everything)
     sections, tables = [], {}
@@ -123,10 +141,12 @@ def write_outputs(output: str | os.PathLike, records: list[dict], cfg: dict, tag
         tables[table_tag] = rows
         seeds = sorted({r["seed"] for r in group})
         sections.append(f"## {table_tag} (seeds {', '.join(map(str, seeds))})\n\n{markdown_table(rows)}\n")
-    intro = ("Mean ± std over seeds. Accuracies and MIA in %, KL/JS in nats on the forget set against RT, Avg.D = mean "
-             "|Δ| to RT over FA, RA, TA, MIA. `retrain_seed2` is the noise floor. RTE/RT: method time over RT's time "
-             "on the same seed, both measured as the CPU time of a 1-thread process (wall time `RTE s` depends on "
-             "how busy the machine was). sens.: mean Avg.D over the method's whole grid on the validation seeds.\n\n")
+    intro = (
+        "Mean ± std over seeds. Accuracies and MIA in %, KL/JS in nats on the forget set against RT, Avg.D = mean "
+        "|Δ| to RT over FA, RA, TA, MIA. `retrain_seed2` is the noise floor. RTE/RT: method time over RT's time "
+        "on the same seed, both measured as the CPU time of a 1-thread process (wall time `RTE s` depends on "
+        "how busy the machine was). sens.: mean Avg.D over the method's whole grid on the validation seeds.\n\n"
+    )
     atomic_write_text(output / "results.md", "# Digits classification benchmark\n\n" + intro + "\n".join(sections))
     plot(tables, output / "results.png")
 
@@ -138,10 +158,17 @@ def plot(tables: dict[str, list[dict]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    metrics = [("FA", "|ΔFA| to RT"), ("RA", "|ΔRA| to RT"), ("TA", "|ΔTA| to RT"), ("MIA", "|ΔMIA| to RT"),
-               ("KL", "KL(RT ‖ model) on D_f"), ("avg_d", "Avg.D to RT")]
-    fig, axes = plt.subplots(len(tables), len(metrics), figsize=(3.3 * len(metrics), 0.32 * 16 * len(tables) + 1),
-                             squeeze=False)
+    metrics = [
+        ("FA", "|ΔFA| to RT"),
+        ("RA", "|ΔRA| to RT"),
+        ("TA", "|ΔTA| to RT"),
+        ("MIA", "|ΔMIA| to RT"),
+        ("KL", "KL(RT ‖ model) on D_f"),
+        ("avg_d", "Avg.D to RT"),
+    ]
+    fig, axes = plt.subplots(
+        len(tables), len(metrics), figsize=(3.3 * len(metrics), 0.32 * 16 * len(tables) + 1), squeeze=False
+    )
     for r, (tag, rows) in enumerate(tables.items()):
         ref = next((row for row in rows if row["row"] == "retrain"), None)
         floor = next((row for row in rows if row["row"] == "retrain_seed2"), None)

@@ -40,15 +40,18 @@ def _digits():
     return load_digits_dataset()
 
 
-def make_split(scenario: str, seed: int, forget_class: int = 3, forget_fraction: float = 0.5,
-               train_rows: Optional[int] = None) -> ForgetRemainSplit:
+def make_split(
+    scenario: str, seed: int, forget_class: int = 3, forget_fraction: float = 0.5, train_rows: Optional[int] = None
+) -> ForgetRemainSplit:
     """The forget / remain / test split of the digits benchmark; random forgetting draws its rows from `seed`."""
     ds = _digits()
     train = ds["train"] if train_rows is None else ds["train"].select(range(train_rows))
     if scenario == "class":
         return ForgetRemainSplit.from_dataset(train, forget_classes=[forget_class], test_dataset=ds["test"])
     if scenario == "random":
-        return ForgetRemainSplit.from_dataset(train, forget_fraction=forget_fraction, seed=seed, test_dataset=ds["test"])
+        return ForgetRemainSplit.from_dataset(
+            train, forget_fraction=forget_fraction, seed=seed, test_dataset=ds["test"]
+        )
     raise ValueError(f"`scenario` is '{scenario}'; choose 'class' or 'random'.")
 
 
@@ -70,8 +73,16 @@ def _file_lock(path: Path):
 class BenchmarkContext:
     """What every run of one (model, scenario) table shares: the recipe, the split options, the model cache."""
 
-    def __init__(self, output: str | os.PathLike, model: str, scenario: str, recipe: TrainingRecipe,
-                 forget_class: int = 3, forget_fraction: float = 0.5, train_rows: Optional[int] = None):
+    def __init__(
+        self,
+        output: str | os.PathLike,
+        model: str,
+        scenario: str,
+        recipe: TrainingRecipe,
+        forget_class: int = 3,
+        forget_fraction: float = 0.5,
+        train_rows: Optional[int] = None,
+    ):
         self.output = Path(output)
         self.model, self.scenario, self.recipe = model, scenario, recipe
         self.forget_class, self.forget_fraction, self.train_rows = forget_class, forget_fraction, train_rows
@@ -103,8 +114,13 @@ class BenchmarkContext:
                     data = split.dataset
                 train_seed = seed + SEED2_OFFSET if name == "retrain_seed2" else seed
                 cpu = time.process_time()
-                trained = train_classifier(tiny_classifier(self.model, seed=train_seed), data, self.recipe,
-                                           seed=train_seed, image_processor=self.processor)
+                trained = train_classifier(
+                    tiny_classifier(self.model, seed=train_seed),
+                    data,
+                    self.recipe,
+                    seed=train_seed,
+                    image_processor=self.processor,
+                )
                 cpu = time.process_time() - cpu
                 with atomic_directory(folder) as tmp:
                     trained.model.save_pretrained(tmp, safe_serialization=True)
@@ -117,8 +133,10 @@ class BenchmarkContext:
 
     # Scoring
     def logits(self, family, model, split) -> dict:
-        return {name: predict_logits(family, model, ds, 512, desc=f"eval {name}")
-                for name, ds in [("forget", split.forget), ("remain", split.remain), ("test", split.test_dataset)]}
+        return {
+            name: predict_logits(family, model, ds, 512, desc=f"eval {name}")
+            for name, ds in [("forget", split.forget), ("remain", split.remain), ("test", split.test_dataset)]
+        }
 
     def score(self, family, model, split, seed: int, reference: bool = True) -> dict:
         """`classification_metrics` of `model` on the split, against RT of the same seed (cached per process)."""
@@ -136,10 +154,15 @@ class BenchmarkContext:
 
 def _metrics(outs, split, seed, **kwargs) -> dict:
     return classification_metrics(
-        forget_logits=outs["forget"][0], forget_labels=outs["forget"][1],
-        remain_logits=outs["remain"][0], remain_labels=outs["remain"][1],
-        test_logits=outs["test"][0], test_labels=outs["test"][1],
-        forget_classes=split.forget_classes, seed=seed, **kwargs,
+        forget_logits=outs["forget"][0],
+        forget_labels=outs["forget"][1],
+        remain_logits=outs["remain"][0],
+        remain_labels=outs["remain"][1],
+        test_logits=outs["test"][0],
+        test_labels=outs["test"][1],
+        forget_classes=split.forget_classes,
+        seed=seed,
+        **kwargs,
     )
 
 
@@ -147,15 +170,25 @@ def run_file(ctx: BenchmarkContext, phase: str, seed: int, method: str, override
     return ctx.output / "runs" / f"{phase}-{ctx.tag}-s{seed}-{method}-{config_hash(overrides)}.json"
 
 
-def run_one(ctx: BenchmarkContext, phase: str, seed: int, method: str, overrides: dict[str, Any],
-            resume: bool = True) -> dict:
+def run_one(
+    ctx: BenchmarkContext, phase: str, seed: int, method: str, overrides: dict[str, Any], resume: bool = True
+) -> dict:
     """Runs `method` (or a reference row) with `overrides` on `seed`, writes its record, returns it."""
     path = run_file(ctx, phase, seed, method, overrides)
     if resume and path.exists():
         return json.loads(path.read_text())
     split = ctx.split(seed)
-    base = {"method": method, "model": ctx.model, "scenario": ctx.scenario, "tag": ctx.tag, "seed": seed, "phase": phase,
-            "overrides": overrides, "config_hash": config_hash(overrides), "num_forget": len(split.forget_indices)}
+    base = {
+        "method": method,
+        "model": ctx.model,
+        "scenario": ctx.scenario,
+        "tag": ctx.tag,
+        "seed": seed,
+        "phase": phase,
+        "overrides": overrides,
+        "config_hash": config_hash(overrides),
+        "num_forget": len(split.forget_indices),
+    }
     if method in REFERENCE_ROWS:
         model, _, timing = ctx.reference_model(seed, method)
         family = Unlearner.from_pretrained(model, UnlearnConfig(output_dir=""), image_processor=ctx.processor).family
@@ -177,8 +210,14 @@ def run_one(ctx: BenchmarkContext, phase: str, seed: int, method: str, overrides
         # machine, so RTE ratios stay comparable between runs made at different loads.
         cpu = time.process_time() - cpu
         metrics = ctx.score(unlearner.family, unlearner.model, split, seed)
-        record = {**base, **metrics, "rte_s": rte, "cpu_s": cpu if status == "ok" else None, "status": status,
-                  "resolved": {k: getattr(unlearner.config, k) for k in _REPORTED_FIELDS}}
+        record = {
+            **base,
+            **metrics,
+            "rte_s": rte,
+            "cpu_s": cpu if status == "ok" else None,
+            "status": status,
+            "resolved": {k: getattr(unlearner.config, k) for k in _REPORTED_FIELDS},
+        }
     record["threads"] = torch.get_num_threads()
     record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     atomic_write_json(path, record)
@@ -186,5 +225,14 @@ def run_one(ctx: BenchmarkContext, phase: str, seed: int, method: str, overrides
 
 
 # Resolved hyperparameters written into every record, so a table row says exactly what ran.
-_REPORTED_FIELDS = ("learning_rate", "max_steps", "remain_steps_per_forget", "forget_alpha", "temperature",
-                    "max_grad_norm", "salun_sparsity", "forget_steps_fraction", "per_device_train_batch_size")
+_REPORTED_FIELDS = (
+    "learning_rate",
+    "max_steps",
+    "remain_steps_per_forget",
+    "forget_alpha",
+    "temperature",
+    "max_grad_norm",
+    "salun_sparsity",
+    "forget_steps_fraction",
+    "per_device_train_batch_size",
+)
