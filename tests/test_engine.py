@@ -149,3 +149,27 @@ def test_per_class_accuracy_of_forgotten_class_drops_only(trained_resnet, digits
     per_class = per_class_accuracy(logits, labels, 10)
     assert per_class[7] < 20
     assert min(v for k, v in per_class.items() if k != 7) > 85
+
+
+def test_gradient_accumulation_keeps_one_optimizer_step_per_cycle(small_split, processor, tmp_path):
+    config = _quick("sfr_on", tmp_path, max_steps=2, remain_steps_per_forget=2, gradient_accumulation_steps=3,
+                    per_device_train_batch_size=8)
+    unlearner = Unlearner.from_pretrained(tiny_classifier("resnet"), config, image_processor=processor)
+    steps = []
+    hook = register_optimizer_step_post_hook(lambda opt, args, kwargs: steps.append(1))
+    try:
+        before = _state(unlearner.model)
+        unlearner.unlearn(small_split)
+    finally:
+        hook.remove()
+    assert len(steps) == 2 * (1 + 2) and _changed(before, unlearner.model)
+
+
+def test_bf16_mixed_precision_runs_and_then_fp32_again(small_split, processor, tmp_path):
+    for precision in ("bf16", "no"):
+        unlearner = Unlearner.from_pretrained(tiny_classifier("resnet"), _quick("sfr_on", tmp_path,
+                                              mixed_precision=precision), image_processor=processor)
+        before = _state(unlearner.model)
+        unlearner.unlearn(small_split)
+        assert _changed(before, unlearner.model)
+        assert all(p.dtype == torch.float32 for p in unlearner.model.parameters())
