@@ -20,7 +20,11 @@ COMMANDS = {
     "unlearn": ("hf_unlearn.cli", "unlearn_main", "Unlearn a forget set from a model and save the result."),
     "evaluate": ("hf_unlearn.cli", "evaluate_main", "Score a classifier on a forget/remain/test split."),
     "benchmark": ("hf_unlearn.benchmarks.classification", "main", "Digits classification benchmark against RT."),
-    "benchmark-diffusion": ("hf_unlearn.benchmarks.diffusion", "main", "Digits class-conditional diffusion benchmark."),
+    "benchmark-diffusion": (
+        "hf_unlearn.benchmarks.diffusion",
+        "main",
+        "Digits class-conditional diffusion benchmark.",
+    ),
 }
 
 
@@ -35,7 +39,9 @@ class DataArguments:
         metadata={"help": "A save_to_disk folder, a Hub dataset id, or 'digits' (the bundled scikit-learn digits)."},
     )
     split: str = field(default="train", metadata={"help": "Split the model was trained on."})
-    test_split: Optional[str] = field(default="test", metadata={"help": "Held-out split for TA and MIA ('' for none)."})
+    test_split: Optional[str] = field(
+        default="test", metadata={"help": "Held-out split for TA and MIA ('' for none)."}
+    )
     forget_classes: Optional[list[int]] = field(default=None, metadata={"help": "Forget every row of these classes."})
     forget_ids: Optional[list[int]] = field(default=None, metadata={"help": "Forget these row ids."})
     forget_fraction: Optional[float] = field(default=None, metadata={"help": "Forget a random fraction of the rows."})
@@ -60,7 +66,9 @@ def parse_with_config(dataclass_types, argv, prog: str):
         valid = {f.name for t in dataclass_types for f in dataclasses.fields(t)}
         unknown = sorted(set(values) - valid)
         if unknown:
-            raise SystemExit(f"error: unknown keys {unknown} in {known.config}; valid keys: {', '.join(sorted(valid))}")
+            raise SystemExit(
+                f"error: unknown keys {unknown} in {known.config}; valid keys: {', '.join(sorted(valid))}"
+            )
         parser.set_defaults(**values)
     parsed = parser.parse_args_into_dataclasses(args=rest, look_for_args_file=False)
     return parsed[: len(dataclass_types)]
@@ -76,8 +84,12 @@ def _load_data(args: DataArguments):
         train = load_any_dataset(args.dataset, args.split)
         test = load_any_dataset(args.dataset, args.test_split) if args.test_split else None
     return ForgetRemainSplit.from_dataset(
-        train, forget_classes=args.forget_classes, forget_ids=args.forget_ids, forget_fraction=args.forget_fraction,
-        seed=args.forget_seed, test_dataset=test,
+        train,
+        forget_classes=args.forget_classes,
+        forget_ids=args.forget_ids,
+        forget_fraction=args.forget_fraction,
+        seed=args.forget_seed,
+        test_dataset=test,
     )
 
 
@@ -107,8 +119,17 @@ def unlearn_main(argv=None) -> int:
     if classifier:
         rows = {"before": before, "after": unlearner.evaluate(split, reference=args.reference)}
         _print_metrics(rows)
-    print(json.dumps({"method": result.method, "runtime_s": round(result.runtime_s, 2), "fingerprint": result.fingerprint,
-                      "num_forget": result.num_forget, "mask_fraction": result.mask_fraction}))
+    print(
+        json.dumps(
+            {
+                "method": result.method,
+                "runtime_s": round(result.runtime_s, 2),
+                "fingerprint": result.fingerprint,
+                "num_forget": result.num_forget,
+                "mask_fraction": result.mask_fraction,
+            }
+        )
+    )
     if args.output:
         unlearner.save_pretrained(args.output)
         print(f"saved to {args.output}")
@@ -141,8 +162,9 @@ def demo_main(argv=None) -> int:
     ds = load_digits_dataset()
     split = ForgetRemainSplit.from_dataset(ds["train"], forget_classes=[args.forget_class], test_dataset=ds["test"])
     print(f"Training a tiny {args.model} on {len(ds['train'])} real digits (scikit-learn's bundled set)...")
-    original = train_classifier(tiny_classifier(args.model, seed=args.seed), ds["train"], RECIPES[args.model],
-                                seed=args.seed)
+    original = train_classifier(
+        tiny_classifier(args.model, seed=args.seed), ds["train"], RECIPES[args.model], seed=args.seed
+    )
     original_dir = os.path.join(args.output, "original")
     original.save_pretrained(original_dir, overwrite=True)
     before = original.evaluate(split)
@@ -153,9 +175,11 @@ def demo_main(argv=None) -> int:
     after = unlearner.evaluate(split)
     _print_metrics({"original": before, args.method: after})
     unlearner.save_pretrained(os.path.join(args.output, "unlearned"), overwrite=True)
-    print(f"{args.method} took {result.runtime_s:.1f}s; FA {before['FA']:.1f}% -> {after['FA']:.1f}% on class "
-          f"{args.forget_class}, TA on the other classes {before['TA']:.1f}% -> {after['TA']:.1f}%. "
-          f"Unlearned model saved to {os.path.join(args.output, 'unlearned')}.")
+    print(
+        f"{args.method} took {result.runtime_s:.1f}s; FA {before['FA']:.1f}% -> {after['FA']:.1f}% on class "
+        f"{args.forget_class}, TA on the other classes {before['TA']:.1f}% -> {after['TA']:.1f}%. "
+        f"Unlearned model saved to {os.path.join(args.output, 'unlearned')}."
+    )
     return 0
 
 

@@ -42,56 +42,88 @@ class UnlearnConfig:
     α 500, λ 0.6; class-conditional DDPM: Adam lr 1e-4, 150 steps, α 10, clip 1, λ 0.5.
     """
 
-    method: str = field(default="sfr_on", metadata={"help": "Registered method name (see `hf_unlearn.list_methods()`)."})
+    method: str = field(
+        default="sfr_on", metadata={"help": "Registered method name (see `hf_unlearn.list_methods()`)."}
+    )
     family: Optional[str] = field(
         default=None,
-        metadata={"help": "Model family: image_classifier, class_conditional_diffusion or text_to_image. Detected if unset."},
+        metadata={
+            "help": "Model family: image_classifier, class_conditional_diffusion or text_to_image. Detected if unset."
+        },
     )
-    output_dir: str = field(default="hf_unlearn_output", metadata={"help": "Where checkpoints and outputs are written."})
+    output_dir: str = field(
+        default="hf_unlearn_output", metadata={"help": "Where checkpoints and outputs are written."}
+    )
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Allow writing into an output folder that holds something that is not ours."}
     )
     seed: int = field(default=42, metadata={"help": "Seed of the run: data order, random labels, noise."})
     # Optimisation (names as in transformers.TrainingArguments)
-    optim: str = field(default="adamw", metadata={"help": f"Optimizer, one of {OPTIMIZERS}; shared by forget and remain steps."})
-    learning_rate: Optional[float] = field(default=None, metadata={"help": "Peak learning rate (method default if unset)."})
+    optim: str = field(
+        default="adamw", metadata={"help": f"Optimizer, one of {OPTIMIZERS}; shared by forget and remain steps."}
+    )
+    learning_rate: Optional[float] = field(
+        default=None, metadata={"help": "Peak learning rate (method default if unset)."}
+    )
     weight_decay: float = field(default=0.0, metadata={"help": "Weight decay of the optimizer."})
     momentum: float = field(default=0.9, metadata={"help": "Momentum, with `optim='sgd'`."})
     max_steps: Optional[int] = field(
         default=None, metadata={"help": "Number of unlearning cycles (one forget step + K remain steps each)."}
     )
     per_device_train_batch_size: Optional[int] = field(
-        default=None, metadata={"help": "Batch size per process, forget and remain (family default if unset: 64; SD 2)."}
+        default=None,
+        metadata={"help": "Batch size per process, forget and remain (family default if unset: 64; SD 2)."},
     )
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches accumulated per optimizer step."})
+    gradient_accumulation_steps: int = field(
+        default=1, metadata={"help": "Micro-batches accumulated per optimizer step."}
+    )
     max_grad_norm: Optional[float] = field(default=None, metadata={"help": "Gradient clipping norm (0 disables)."})
     lr_scheduler_type: str = field(default="cosine", metadata={"help": f"Learning-rate schedule, one of {SCHEDULES}."})
     warmup_steps: int = field(default=0, metadata={"help": "Linear warm-up cycles of the learning rate."})
     mixed_precision: str = field(default="no", metadata={"help": f"Mixed precision as in accelerate: {PRECISIONS}."})
     # SFR-on and the shared parts
-    forget_alpha: Optional[float] = field(default=None, metadata={"help": "α: scale of the forgetting loss at step 0."})
-    forget_alpha_schedule: str = field(default="cosine", metadata={"help": "Decay of α over the run: cosine or constant."})
+    forget_alpha: Optional[float] = field(
+        default=None, metadata={"help": "α: scale of the forgetting loss at step 0."}
+    )
+    forget_alpha_schedule: str = field(
+        default="cosine", metadata={"help": "Decay of α over the run: cosine or constant."}
+    )
     temperature: Optional[float] = field(
         default=None, metadata={"help": "λ of the adaptive forget weights softmax(-λ·log ℓ); 0 is plain ascent."}
     )
-    mask_threshold: float = field(default=1.0, metadata={"help": "γ: keep parameters whose forget/remain Fisher ratio ≥ γ."})
+    mask_threshold: float = field(
+        default=1.0, metadata={"help": "γ: keep parameters whose forget/remain Fisher ratio ≥ γ."}
+    )
     mask_eps: float = field(default=1e-12, metadata={"help": "ε added to both Fisher estimates in the ratio."})
     saliency_max_batches: Optional[int] = field(
         default=16, metadata={"help": "Batches per set used to estimate saliency (None: the whole set)."}
     )
     mask_path: Optional[str] = field(default=None, metadata={"help": "Load a saved saliency mask (safetensors)."})
-    remain_steps_per_forget: Optional[int] = field(default=None, metadata={"help": "K: fast remain steps per forget step."})
-    interpolation_beta: float = field(default=1.0, metadata={"help": "β of θ ← βθ_new + (1-β)θ_prev after a cycle; 1 = off."})
+    remain_steps_per_forget: Optional[int] = field(
+        default=None, metadata={"help": "K: fast remain steps per forget step."}
+    )
+    interpolation_beta: float = field(
+        default=1.0, metadata={"help": "β of θ ← βθ_new + (1-β)θ_prev after a cycle; 1 = off."}
+    )
     forget_bound: Optional[float] = field(
-        default=None, metadata={"help": "Bounded ascent: stop pushing a row once its loss exceeds this (log C if unset)."}
+        default=None,
+        metadata={"help": "Bounded ascent: stop pushing a row once its loss exceeds this (log C if unset)."},
     )
     forget_steps_fraction: Optional[float] = field(
         default=None, metadata={"help": "Fraction of the cycles that take a forget step (SCRUB's max steps); 1 = all."}
     )
-    salun_sparsity: float = field(default=0.5, metadata={"help": "SalUn: fraction of parameters kept by the top-k mask."})
-    kl_temperature: float = field(default=1.0, metadata={"help": "Softmax temperature of teacher distillation (BT, SCRUB)."})
-    distill_ce_weight: float = field(default=1.0, metadata={"help": "SCRUB: weight of the cross-entropy beside the KL."})
-    ewc_lambda: float = field(default=100.0, metadata={"help": "Selective amnesia: weight of the Fisher (EWC) penalty."})
+    salun_sparsity: float = field(
+        default=0.5, metadata={"help": "SalUn: fraction of parameters kept by the top-k mask."}
+    )
+    kl_temperature: float = field(
+        default=1.0, metadata={"help": "Softmax temperature of teacher distillation (BT, SCRUB)."}
+    )
+    distill_ce_weight: float = field(
+        default=1.0, metadata={"help": "SCRUB: weight of the cross-entropy beside the KL."}
+    )
+    ewc_lambda: float = field(
+        default=100.0, metadata={"help": "Selective amnesia: weight of the Fisher (EWC) penalty."}
+    )
     retrain_init: str = field(
         default="config", metadata={"help": "Retrain start: 'config' (fresh init) or a checkpoint path / repo id."}
     )
@@ -99,11 +131,16 @@ class UnlearnConfig:
     remap_anchor: str = field(
         default="random", metadata={"help": "Diffusion remap target: 'random' other class, 'null', or a class id."}
     )
-    null_class_id: Optional[int] = field(default=None, metadata={"help": "Class id of the unconditional (null) label."})
-    condition_dropout: float = field(default=0.1, metadata={"help": "Share of remain rows trained with the null label."})
+    null_class_id: Optional[int] = field(
+        default=None, metadata={"help": "Class id of the unconditional (null) label."}
+    )
+    condition_dropout: float = field(
+        default=0.1, metadata={"help": "Share of remain rows trained with the null label."}
+    )
     esd_negative_guidance: float = field(default=1.0, metadata={"help": "ESD: negative guidance scale of the target."})
     train_modules: str = field(
-        default="all", metadata={"help": "Trainable subset: all, cross_attention (ESD-x) or non_cross_attention (ESD-u)."}
+        default="all",
+        metadata={"help": "Trainable subset: all, cross_attention (ESD-x) or non_cross_attention (ESD-u)."},
     )
     # Data and evaluation
     image_column: str = field(default="image", metadata={"help": "Dataset column holding the images."})
@@ -115,7 +152,9 @@ class UnlearnConfig:
     # Logging, checkpoints
     logging_steps: int = field(default=10, metadata={"help": "Log every N cycles."})
     log_with: Optional[str] = field(default=None, metadata={"help": "accelerate tracker (tensorboard, wandb, ...)."})
-    checkpointing_steps: Optional[int] = field(default=None, metadata={"help": "Save a resumable checkpoint every N cycles."})
+    checkpointing_steps: Optional[int] = field(
+        default=None, metadata={"help": "Save a resumable checkpoint every N cycles."}
+    )
     checkpoints_total_limit: Optional[int] = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
     resume_from_checkpoint: Optional[str] = field(default=None, metadata={"help": "A checkpoint folder or 'latest'."})
     # LoRA
@@ -126,7 +165,9 @@ class UnlearnConfig:
     lora_target_modules: Optional[list[str]] = field(
         default=None, metadata={"help": "Modules given adapters (a per-family default if unset; 'all-linear' works)."}
     )
-    lora_save: str = field(default="adapter", metadata={"help": "Save the LoRA 'adapter' alone or the 'merged' model."})
+    lora_save: str = field(
+        default="adapter", metadata={"help": "Save the LoRA 'adapter' alone or the 'merged' model."}
+    )
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory."})
 
     def __post_init__(self):

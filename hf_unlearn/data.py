@@ -16,8 +16,8 @@ from .utils import sha256_of
 class ForgetRemainSplit:
     r"""The rows to forget and the rows to keep, over one training dataset.
 
-    Build it with [`ForgetRemainSplit.from_dataset`]. The forget set's fingerprint is a sha256 over the sorted forget row
-    ids together with the dataset's own fingerprint; the data itself is never stored in a record.
+    Build it with [`ForgetRemainSplit.from_dataset`]. The forget set's fingerprint is a sha256 over the sorted forget
+    row ids together with the dataset's own fingerprint; the data itself is never stored in a record.
 
     Args:
         dataset (`datasets.Dataset`): the training data the model saw.
@@ -38,8 +38,10 @@ class ForgetRemainSplit:
         n = len(self.dataset)
         ids = [int(i) for i in self.forget_indices]
         if not ids:
-            raise ValueError("The forget set is empty: pass `forget_classes`, `forget_ids`, `forget_fraction` or "
-                             "`forget_filter` that selects at least one row.")
+            raise ValueError(
+                "The forget set is empty: pass `forget_classes`, `forget_ids`, `forget_fraction` or "
+                "`forget_filter` that selects at least one row."
+            )
         bad = [i for i in ids if i < 0 or i >= n]
         if bad:
             raise ValueError(f"`forget_ids` contains {bad[:5]}, but the dataset has rows 0..{n - 1}.")
@@ -70,7 +72,9 @@ class ForgetRemainSplit:
     ) -> ForgetRemainSplit:
         """Selects the forget set by exactly one of classes, row ids, a seeded random fraction, or a predicate."""
         if isinstance(dataset, DatasetDict):
-            raise ValueError(f"`dataset` is a DatasetDict with splits {list(dataset)}; pass one split, e.g. ds['train'].")
+            raise ValueError(
+                f"`dataset` is a DatasetDict with splits {list(dataset)}; pass one split, e.g. ds['train']."
+            )
         given = {
             "forget_classes": forget_classes,
             "forget_ids": forget_ids,

@@ -54,9 +54,13 @@ def _resolve_reference(reference, like) -> Optional[Any]:
         return reference.family, reference.model
     if isinstance(reference, torch.nn.Module):
         return like.family, reference
-    loaded = Unlearner.from_pretrained(reference, like.config, family=like.family.name,
-                                       image_processor=getattr(like.family, "image_processor", None),
-                                       transform=getattr(like.family, "transform", None))
+    loaded = Unlearner.from_pretrained(
+        reference,
+        like.config,
+        family=like.family.name,
+        image_processor=getattr(like.family, "image_processor", None),
+        transform=getattr(like.family, "transform", None),
+    )
     return loaded.family, loaded.model
 
 
@@ -84,8 +88,10 @@ def evaluate(model_or_unlearner, split, reference=None, *, batch_size: Optional[
     resolved = _resolve_reference(reference, unl)
     if resolved is not None:
         ref_family, ref_model = resolved
-        ref = {name: None if ds is None else predict_logits(ref_family, ref_model, ds, bs, desc=f"ref {name}")
-               for name, ds in [("forget", split.forget), ("remain", split.remain), ("test", split.test_dataset)]}
+        ref = {
+            name: None if ds is None else predict_logits(ref_family, ref_model, ds, bs, desc=f"ref {name}")
+            for name, ds in [("forget", split.forget), ("remain", split.remain), ("test", split.test_dataset)]
+        }
         ref_forget = ref["forget"][0]
         ref_metrics = _metrics(ref, split, seed)
     return _metrics(outs, split, seed, reference_forget_logits=ref_forget, reference_metrics=ref_metrics)
@@ -94,8 +100,13 @@ def evaluate(model_or_unlearner, split, reference=None, *, batch_size: Optional[
 def _metrics(outs, split, seed, **kwargs) -> dict:
     test = outs.get("test")
     return classification_metrics(
-        forget_logits=outs["forget"][0], forget_labels=outs["forget"][1],
-        remain_logits=outs["remain"][0], remain_labels=outs["remain"][1],
-        test_logits=None if test is None else test[0], test_labels=None if test is None else test[1],
-        forget_classes=split.forget_classes, seed=seed, **kwargs,
+        forget_logits=outs["forget"][0],
+        forget_labels=outs["forget"][1],
+        remain_logits=outs["remain"][0],
+        remain_labels=outs["remain"][1],
+        test_logits=None if test is None else test[0],
+        test_labels=None if test is None else test[1],
+        forget_classes=split.forget_classes,
+        seed=seed,
+        **kwargs,
     )

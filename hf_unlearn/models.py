@@ -36,16 +36,42 @@ def tiny_classifier(kind: str = "resnet", num_labels: int = 10, seed: int = 0, s
     torch.manual_seed(seed)
     labels = {"id2label": {i: str(i) for i in range(num_labels)}, "label2id": {str(i): i for i in range(num_labels)}}
     if kind == "vit":
-        config = ViTConfig(image_size=size, patch_size=4, num_channels=1, hidden_size=64, num_hidden_layers=2,
-                           num_attention_heads=4, intermediate_size=128, num_labels=num_labels, **labels)
+        config = ViTConfig(
+            image_size=size,
+            patch_size=4,
+            num_channels=1,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=128,
+            num_labels=num_labels,
+            **labels,
+        )
         return ViTForImageClassification(config)
     if kind == "resnet":
-        config = ResNetConfig(num_channels=1, embedding_size=16, hidden_sizes=[32, 64], depths=[1, 1],
-                              layer_type="basic", downsample_in_first_stage=False, num_labels=num_labels, **labels)
+        config = ResNetConfig(
+            num_channels=1,
+            embedding_size=16,
+            hidden_sizes=[32, 64],
+            depths=[1, 1],
+            layer_type="basic",
+            downsample_in_first_stage=False,
+            num_labels=num_labels,
+            **labels,
+        )
         return ResNetForImageClassification(config)
     if kind == "swin":
-        config = SwinConfig(image_size=size, patch_size=2, num_channels=1, embed_dim=16, depths=[1, 1],
-                            num_heads=[2, 2], window_size=4, num_labels=num_labels, **labels)
+        config = SwinConfig(
+            image_size=size,
+            patch_size=2,
+            num_channels=1,
+            embed_dim=16,
+            depths=[1, 1],
+            num_heads=[2, 2],
+            window_size=4,
+            num_labels=num_labels,
+            **labels,
+        )
         return SwinForImageClassification(config)
     raise ValueError(f"`kind` is '{kind}'; choose vit, resnet or swin.")
 
@@ -63,9 +89,16 @@ class TrainingRecipe:
         from .config import UnlearnConfig  # noqa: PLC0415
 
         return UnlearnConfig(
-            method="retrain", retrain_init="config", seed=seed, max_steps=self.max_steps,
-            learning_rate=self.learning_rate, per_device_train_batch_size=self.batch_size,
-            weight_decay=self.weight_decay, max_grad_norm=0.0, output_dir=output_dir or "", logging_steps=50,
+            method="retrain",
+            retrain_init="config",
+            seed=seed,
+            max_steps=self.max_steps,
+            learning_rate=self.learning_rate,
+            per_device_train_batch_size=self.batch_size,
+            weight_decay=self.weight_decay,
+            max_grad_norm=0.0,
+            output_dir=output_dir or "",
+            logging_steps=50,
         )
 
 

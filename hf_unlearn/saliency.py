@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import itertools
 import os
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 import torch
 from safetensors import SafetensorError
@@ -90,7 +91,9 @@ def load_mask(path: str | os.PathLike, named_params: list[tuple[str, torch.nn.Pa
     try:
         tensors = load_file(os.fspath(path))
     except (SafetensorError, OSError) as err:
-        raise ValueError(f"`mask_path` {path} is not a readable safetensors file ({err}); recompute the mask.") from err
+        raise ValueError(
+            f"`mask_path` {path} is not a readable safetensors file ({err}); recompute the mask."
+        ) from err
     shapes = {name: tuple(p.shape) for name, p in named_params}
     missing = sorted(set(shapes) - set(tensors))
     extra = sorted(set(tensors) - set(shapes))

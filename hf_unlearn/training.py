@@ -14,8 +14,9 @@ from accelerate.utils import DataLoaderConfiguration
 def build_optimizer(params: list[torch.nn.Parameter], config) -> torch.optim.Optimizer:
     """One optimizer for forget and remain steps, so that momentum / Adam state is shared as SFR-on prescribes."""
     if config.optim == "sgd":
-        return torch.optim.SGD(params, lr=config.learning_rate, momentum=config.momentum,
-                               weight_decay=config.weight_decay)
+        return torch.optim.SGD(
+            params, lr=config.learning_rate, momentum=config.momentum, weight_decay=config.weight_decay
+        )
     if config.optim == "adam":
         return torch.optim.Adam(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)

@@ -7,7 +7,7 @@ import torch
 from datasets import Dataset
 from transformers import HfArgumentParser
 
-from hf_unlearn import ForgetRemainSplit, Unlearner, UnlearnConfig, detect_family
+from hf_unlearn import ForgetRemainSplit, UnlearnConfig, Unlearner, detect_family
 from hf_unlearn.models import tiny_classifier
 
 
@@ -39,7 +39,9 @@ def test_fingerprint_is_stable_and_depends_on_rows(digits_small):
 
 
 def test_class_wise_test_rows_are_split(digits_small):
-    split = ForgetRemainSplit.from_dataset(digits_small["train"], forget_classes=[3], test_dataset=digits_small["test"])
+    split = ForgetRemainSplit.from_dataset(
+        digits_small["train"], forget_classes=[3], test_dataset=digits_small["test"]
+    )
     assert set(split.test_forget["label"]) == {3}
     assert 3 not in set(split.test_remain["label"])
 
@@ -68,8 +70,16 @@ def test_forgetting_every_row_is_refused():
 
 @pytest.mark.parametrize(
     "field, value",
-    [("learning_rate", -1.0), ("learning_rate", float("nan")), ("max_steps", 0), ("temperature", -0.5),
-     ("mask_threshold", float("inf")), ("forget_alpha", -2.0), ("optim", "lion"), ("mixed_precision", "fp8")],
+    [
+        ("learning_rate", -1.0),
+        ("learning_rate", float("nan")),
+        ("max_steps", 0),
+        ("temperature", -0.5),
+        ("mask_threshold", float("inf")),
+        ("forget_alpha", -2.0),
+        ("optim", "lion"),
+        ("mixed_precision", "fp8"),
+    ],
 )
 def test_bad_hyperparameters_name_the_field(field, value):
     with pytest.raises(ValueError, match=f"`{field}`"):
@@ -127,12 +137,15 @@ def _unchanged_after_error(unlearner, split, message):
 
 def test_num_labels_mismatch_and_missing_columns_refused_before_weights_change(digits_small, processor, tmp_path):
     split = ForgetRemainSplit.from_dataset(digits_small["train"], forget_classes=[3])
-    five = Unlearner.from_pretrained(tiny_classifier("resnet", num_labels=5), UnlearnConfig(output_dir=str(tmp_path)),
-                                     image_processor=processor)
+    five = Unlearner.from_pretrained(
+        tiny_classifier("resnet", num_labels=5), UnlearnConfig(output_dir=str(tmp_path)), image_processor=processor
+    )
     _unchanged_after_error(five, split, "num_labels=5, but the dataset has 10 classes")
-    renamed = Unlearner.from_pretrained(tiny_classifier("resnet"),
-                                        UnlearnConfig(image_column="img", output_dir=str(tmp_path)),
-                                        image_processor=processor)
+    renamed = Unlearner.from_pretrained(
+        tiny_classifier("resnet"),
+        UnlearnConfig(image_column="img", output_dir=str(tmp_path)),
+        image_processor=processor,
+    )
     _unchanged_after_error(renamed, split, "`image_column` is 'img'")
 
 
@@ -140,8 +153,11 @@ def test_images_the_model_cannot_take_are_refused(digits_small, tmp_path):
     from hf_unlearn.models import digits_image_processor
 
     split = ForgetRemainSplit.from_dataset(digits_small["train"], forget_classes=[3])
-    wrong_size = Unlearner.from_pretrained(tiny_classifier("vit"), UnlearnConfig(output_dir=str(tmp_path)),
-                                           image_processor=digits_image_processor(size=24))
+    wrong_size = Unlearner.from_pretrained(
+        tiny_classifier("vit"),
+        UnlearnConfig(output_dir=str(tmp_path)),
+        image_processor=digits_image_processor(size=24),
+    )
     _unchanged_after_error(wrong_size, split, "cannot feed the model")
 
 

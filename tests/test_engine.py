@@ -8,7 +8,7 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 from transformers import AutoModelForImageClassification
 
-from hf_unlearn import ForgetRemainSplit, Unlearner, UnlearnConfig, detect_family, get_method, list_methods
+from hf_unlearn import ForgetRemainSplit, UnlearnConfig, Unlearner, detect_family, get_method, list_methods
 from hf_unlearn.evaluation import evaluate
 from hf_unlearn.metrics import per_class_accuracy
 from hf_unlearn.models import tiny_classifier
@@ -25,8 +25,14 @@ def _changed(before, model):
 
 
 def _quick(method, tmp_path, **kw):
-    values = dict(method=method, max_steps=2, per_device_train_batch_size=16, output_dir=str(tmp_path / "run"),
-                  saliency_max_batches=2, remain_steps_per_forget=1)
+    values = dict(
+        method=method,
+        max_steps=2,
+        per_device_train_batch_size=16,
+        output_dir=str(tmp_path / "run"),
+        saliency_max_batches=2,
+        remain_steps_per_forget=1,
+    )
     values.update(kw)
     return UnlearnConfig(**values)
 
@@ -37,8 +43,19 @@ def small_split(digits_small):
 
 
 def test_registry_lists_every_classifier_method():
-    expected = {"sfr_on", "sfr_on_kl", "sfr_on_rl", "sfr_on_bound", "retrain", "finetune", "gradient_ascent",
-                "random_label", "salun", "bad_teacher", "scrub"}
+    expected = {
+        "sfr_on",
+        "sfr_on_kl",
+        "sfr_on_rl",
+        "sfr_on_bound",
+        "retrain",
+        "finetune",
+        "gradient_ascent",
+        "random_label",
+        "salun",
+        "bad_teacher",
+        "scrub",
+    }
     assert expected <= set(CLASSIFIER_METHODS)
     assert "esd" not in CLASSIFIER_METHODS and "esd" in list_methods()
     with pytest.raises(ValueError, match="valid names: .*sfr_on"):
@@ -110,20 +127,23 @@ def test_sfr_on_forgets_a_digit_class_and_keeps_the_others(trained_resnet, digit
 def test_same_seed_gives_the_same_weights(small_split, processor, tmp_path):
     runs = []
     for _ in range(2):
-        unlearner = Unlearner.from_pretrained(tiny_classifier("vit", seed=3), _quick("sfr_on", tmp_path, seed=7),
-                                              image_processor=processor)
+        unlearner = Unlearner.from_pretrained(
+            tiny_classifier("vit", seed=3), _quick("sfr_on", tmp_path, seed=7), image_processor=processor
+        )
         unlearner.unlearn(small_split)
         runs.append(_state(unlearner.model))
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
-    other = Unlearner.from_pretrained(tiny_classifier("vit", seed=3), _quick("sfr_on", tmp_path, seed=8),
-                                      image_processor=processor)
+    other = Unlearner.from_pretrained(
+        tiny_classifier("vit", seed=3), _quick("sfr_on", tmp_path, seed=8), image_processor=processor
+    )
     other.unlearn(small_split)
     assert any(not torch.equal(runs[0][k], v) for k, v in _state(other.model).items())
 
 
 def test_save_then_load_round_trips_exactly(trained_resnet, small_split, processor, tmp_path):
-    unlearner = Unlearner.from_pretrained(copy.deepcopy(trained_resnet.model), _quick("sfr_on", tmp_path),
-                                          image_processor=processor)
+    unlearner = Unlearner.from_pretrained(
+        copy.deepcopy(trained_resnet.model), _quick("sfr_on", tmp_path), image_processor=processor
+    )
     unlearner.unlearn(small_split)
     out = tmp_path / "unlearned"
     unlearner.save_pretrained(out)
@@ -152,8 +172,14 @@ def test_per_class_accuracy_of_forgotten_class_drops_only(trained_resnet, digits
 
 
 def test_gradient_accumulation_keeps_one_optimizer_step_per_cycle(small_split, processor, tmp_path):
-    config = _quick("sfr_on", tmp_path, max_steps=2, remain_steps_per_forget=2, gradient_accumulation_steps=3,
-                    per_device_train_batch_size=8)
+    config = _quick(
+        "sfr_on",
+        tmp_path,
+        max_steps=2,
+        remain_steps_per_forget=2,
+        gradient_accumulation_steps=3,
+        per_device_train_batch_size=8,
+    )
     unlearner = Unlearner.from_pretrained(tiny_classifier("resnet"), config, image_processor=processor)
     steps = []
     hook = register_optimizer_step_post_hook(lambda opt, args, kwargs: steps.append(1))
@@ -167,8 +193,9 @@ def test_gradient_accumulation_keeps_one_optimizer_step_per_cycle(small_split, p
 
 def test_bf16_mixed_precision_runs_and_then_fp32_again(small_split, processor, tmp_path):
     for precision in ("bf16", "no"):
-        unlearner = Unlearner.from_pretrained(tiny_classifier("resnet"), _quick("sfr_on", tmp_path,
-                                              mixed_precision=precision), image_processor=processor)
+        unlearner = Unlearner.from_pretrained(
+            tiny_classifier("resnet"), _quick("sfr_on", tmp_path, mixed_precision=precision), image_processor=processor
+        )
         before = _state(unlearner.model)
         unlearner.unlearn(small_split)
         assert _changed(before, unlearner.model)

@@ -11,11 +11,17 @@ from .detect import read_config_file
 # family id -> (module, class); modules are imported on first use so optional stacks load lazily.
 _FAMILIES: dict[str, tuple[str, str]] = {
     "image_classifier": ("hf_unlearn.families.image_classifier", "ImageClassifierFamily"),
-    "class_conditional_diffusion": ("hf_unlearn.families.class_conditional_diffusion", "ClassConditionalDiffusionFamily"),
+    "class_conditional_diffusion": (
+        "hf_unlearn.families.class_conditional_diffusion",
+        "ClassConditionalDiffusionFamily",
+    ),
     "text_to_image": ("hf_unlearn.families.text_to_image", "TextToImageFamily"),
 }
-_ALIASES = {"text-to-image": "text_to_image", "image-classifier": "image_classifier",
-            "class-conditional-diffusion": "class_conditional_diffusion"}
+_ALIASES = {
+    "text-to-image": "text_to_image",
+    "image-classifier": "image_classifier",
+    "class-conditional-diffusion": "class_conditional_diffusion",
+}
 
 
 def list_families() -> list[str]:

@@ -51,8 +51,10 @@ class ModelFamily:
     def validate_split(self, split) -> None:
         """Raises `ValueError` naming the argument when the data cannot feed this model (before any weight change)."""
 
-    def make_dataloader(self, dataset, *, batch_size: int, shuffle: bool, seed: int, drop_last: bool = False) -> DataLoader:
-        """A loader of dict batches; every batch has `labels` (class ids, or condition ids) where the family has them."""
+    def make_dataloader(
+        self, dataset, *, batch_size: int, shuffle: bool, seed: int, drop_last: bool = False
+    ) -> DataLoader:
+        """A loader of dict batches; each batch has `labels` (class or condition ids) where the family has them."""
         raise NotImplementedError
 
     @property

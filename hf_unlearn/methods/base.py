@@ -105,7 +105,9 @@ def register_method(method: UnlearnMethod, *, overwrite: bool = False) -> Unlear
 def get_method(name: str, family: Optional[str] = None) -> UnlearnMethod:
     """The registered method `name`; with `family`, an error if the method does not support it."""
     if name not in _REGISTRY:
-        raise ValueError(f"`method` is '{name}', which is not registered; valid names: {', '.join(sorted(_REGISTRY))}.")
+        raise ValueError(
+            f"`method` is '{name}', which is not registered; valid names: {', '.join(sorted(_REGISTRY))}."
+        )
     method = _REGISTRY[name]
     if not method.supports(family):
         raise ValueError(
