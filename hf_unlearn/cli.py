@@ -49,6 +49,16 @@ class DataArguments:
     reference: Optional[str] = field(default=None, metadata={"help": "Retrained model (RT) for KL/JS/Avg.D."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the Hub repo to run."})
     do_eval: bool = field(default=True, metadata={"help": "Evaluate before and after (classifiers)."})
+    forget_prompts: Optional[list[str]] = field(
+        default=None, metadata={"help": "Text-to-image: prompts of the concept to forget (images are generated)."}
+    )
+    remain_prompts: Optional[list[str]] = field(
+        default=None, metadata={"help": "Text-to-image: prompts of what to keep; also the forget prompts' anchors."}
+    )
+    num_concept_images: int = field(default=8, metadata={"help": "Text-to-image: images generated per prompt set."})
+    dataset_name: Optional[str] = field(
+        default=None, metadata={"help": "Hub dataset id for the model card (default: --dataset when it is a repo id)."}
+    )
 
 
 def parse_with_config(dataclass_types, argv, prog: str):
@@ -77,6 +87,11 @@ def parse_with_config(dataclass_types, argv, prog: str):
 def _load_data(args: DataArguments):
     from .data import ForgetRemainSplit, load_any_dataset, load_digits_dataset  # noqa: PLC0415
 
+    if args.forget_prompts:
+        from .concept import ConceptSplit  # noqa: PLC0415
+
+        return ConceptSplit(forget_prompts=args.forget_prompts, remain_prompts=args.remain_prompts,
+                            num_images=args.num_concept_images, seed=args.forget_seed)
     if args.dataset == "digits":
         ds = load_digits_dataset()
         train, test = ds[args.split], (ds[args.test_split] if args.test_split else None)
@@ -131,7 +146,11 @@ def unlearn_main(argv=None) -> int:
         )
     )
     if args.output:
-        unlearner.save_pretrained(args.output)
+        import shlex  # noqa: PLC0415
+
+        hub_id = args.dataset if args.dataset.count("/") == 1 and not os.path.exists(args.dataset) else None
+        command = "hf-unlearn unlearn " + shlex.join(sys.argv[1:] if argv is None else argv)
+        unlearner.save_pretrained(args.output, dataset_name=args.dataset_name or hub_id, command=command)
         print(f"saved to {args.output}")
     return 0
 

@@ -158,8 +158,8 @@ def _labels(dataset: Dataset, label_column: str) -> np.ndarray:
             f"`label_column` is '{label_column}', but the dataset has columns {dataset.column_names}; "
             "pass label_column=... with the right name."
         )
-    # Read through Arrow as one array (a memory-mapped column stays on disk until read, with no Python ints).
-    return np.asarray(dataset.select_columns([label_column]).with_format("numpy")[label_column])
+    # One batch read through Arrow: `dataset[column]` would iterate row by row in Python (minutes at 10^5 rows).
+    return np.asarray(dataset.select_columns([label_column]).with_format("numpy")[:][label_column])
 
 
 def _describe_labels(known: list[int]) -> str:

@@ -57,9 +57,10 @@ def build_request(unlearner) -> dict:
     )
 
 
-# What a run writes into its `output_dir` (mask, checkpoints, partial folders of a killed save, tracker logs).
+# What a run writes into its `output_dir`: mask, checkpoints, partial folders of a killed save, tracker logs
+# (`hf_unlearn-{method}`, see tracking.py).
 _RUN_ARTIFACTS = re.compile(
-    r"^(\.?checkpoint-\d+(\.partial|\.old)?|saliency_mask\.safetensors|runs|unlearn_config\.(yaml|json))$"
+    r"^(\.?checkpoint-\d+(\.partial|\.old)?|saliency_mask\.safetensors|hf_unlearn-[\w.-]+|unlearn_config\.(yaml|json))$"
 )
 
 

@@ -48,7 +48,7 @@ def default_null_class_id(model) -> int:
 
 
 def predict_noise(model, sample: torch.Tensor, timesteps: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
-    """ε(x_t, c) of a UNet2DModel or DiT; DiT's learned-variance channels are dropped, as diffusers' DiTPipeline does."""
+    """ε(x_t, c) of a UNet2DModel or DiT; DiT's learned-variance channels are dropped, as in diffusers' DiTPipeline."""
     inner = getattr(model, "module", model)
     out = model(sample, timesteps, class_labels=class_labels, return_dict=False)[0]
     if getattr(inner.config, "patch_size", None) is not None and out.shape[1] == 2 * sample.shape[1]:

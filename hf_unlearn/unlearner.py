@@ -132,6 +132,7 @@ class Unlearner:
                                     ewc=ewc, generator_state=ctx.generator.get_state())
                 save_checkpoint(accelerator, cfg.output_dir, state, cfg.checkpoints_total_limit)
         accelerator.wait_for_everyone()
+        self._guarded = self._last_good = None  # the divergence guard's copy is only needed inside the loop
         stop_tracking(accelerator)
         self.family.model = accelerator.unwrap_model(ctx.model)
         self.family.model.eval()
@@ -273,8 +274,8 @@ class Unlearner:
     def _keep_last_good(self, params) -> None:
         # One reused copy of the trainable parameters (the adapters alone under LoRA): the divergence guard's fallback.
         with torch.no_grad():
-            if getattr(self, "_last_good", None) is None or len(self._last_good) != len(params):
-                self._last_good = [p.detach().clone() for p in params]
+            if getattr(self, "_guarded", None) is not params:  # a new run: new parameter list
+                self._guarded, self._last_good = params, [p.detach().clone() for p in params]
             else:
                 for saved, p in zip(self._last_good, params):
                     saved.copy_(p.detach())

@@ -21,8 +21,16 @@ def small_dit(seed=0):
     from diffusers import DiTTransformer2DModel
 
     torch.manual_seed(seed)
-    return DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=1, out_channels=1,
-                                 num_layers=1, sample_size=8, patch_size=2, num_embeds_ada_norm=10)
+    return DiTTransformer2DModel(
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=1,
+        out_channels=1,
+        num_layers=1,
+        sample_size=8,
+        patch_size=2,
+        num_embeds_ada_norm=10,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +78,9 @@ def test_null_class_rules_raise_before_any_weight_change(small_split):
     config = UnlearnConfig(method="sfr_on_remap", max_steps=1, null_class_id=5, output_dir="")
     with pytest.raises(ValueError, match="null_class_id"):
         Unlearner.from_pretrained(tiny_unet(num_classes=11), config).unlearn(small_split)
-    config = UnlearnConfig(method="sfr_on_remap", max_steps=1, null_class_id=11, output_dir="",
-                           per_device_train_batch_size=8)
+    config = UnlearnConfig(
+        method="sfr_on_remap", max_steps=1, null_class_id=11, output_dir="", per_device_train_batch_size=8
+    )
     explicit = Unlearner.from_pretrained(tiny_unet(num_classes=11), config)
     explicit.unlearn(small_split)
     assert explicit.family.null_class_id == 11 and explicit.family.num_classes == 10
@@ -79,9 +88,16 @@ def test_null_class_rules_raise_before_any_weight_change(small_split):
 
 def test_latent_dit_pipeline_folder_round_trips(tmp_path, small_split):
     torch.manual_seed(0)
-    vae = AutoencoderKL(in_channels=1, out_channels=1, latent_channels=2, block_out_channels=(8, 16),
-                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                        norm_num_groups=8, sample_size=8)
+    vae = AutoencoderKL(
+        in_channels=1,
+        out_channels=1,
+        latent_channels=2,
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=8,
+        sample_size=8,
+    )
     dit = tiny_dit(size=4)
     dit = type(dit)(**{**dit.config, "in_channels": 2, "out_channels": 4})  # learned-sigma channels, as DiT-XL/2
     DiTPipeline(transformer=dit, vae=vae, scheduler=DDIMScheduler()).save_pretrained(tmp_path / "dit")
@@ -119,8 +135,9 @@ def test_dit_forward_never_drops_labels_and_remain_drops_to_null():
 
 @pytest.mark.parametrize("method", list_methods(FAMILY))
 def test_every_method_runs_and_changes_the_weights(method, unet_dir, small_split, tmp_path):
-    config = UnlearnConfig(method=method, max_steps=2, per_device_train_batch_size=8, saliency_max_batches=2,
-                           output_dir=str(tmp_path))
+    config = UnlearnConfig(
+        method=method, max_steps=2, per_device_train_batch_size=8, saliency_max_batches=2, output_dir=str(tmp_path)
+    )
     unlearner = Unlearner.from_pretrained(str(unet_dir), config)
     before = weights(unlearner.model)
     result = unlearner.unlearn(small_split)
@@ -138,10 +155,19 @@ def test_dit_remap_and_esd_change_the_weights(small_split):
 
 
 def test_masked_weights_do_not_move_on_forget_steps(unet_dir, small_split, tmp_path):
-    register_method(UnlearnMethod("_test_masked_ascent", Ascent(weighted=True), None, saliency="fisher_ratio"),
-                    overwrite=True)
-    config = UnlearnConfig(method="_test_masked_ascent", max_steps=3, optim="sgd", momentum=0.0, learning_rate=1e-2,
-                           per_device_train_batch_size=16, saliency_max_batches=2, output_dir=str(tmp_path))
+    register_method(
+        UnlearnMethod("_test_masked_ascent", Ascent(weighted=True), None, saliency="fisher_ratio"), overwrite=True
+    )
+    config = UnlearnConfig(
+        method="_test_masked_ascent",
+        max_steps=3,
+        optim="sgd",
+        momentum=0.0,
+        learning_rate=1e-2,
+        per_device_train_batch_size=16,
+        saliency_max_batches=2,
+        output_dir=str(tmp_path),
+    )
     unlearner = Unlearner.from_pretrained(str(unet_dir), config)
     before = weights(unlearner.model)
     unlearner.unlearn(small_split)
@@ -164,8 +190,13 @@ def test_pipeline_round_trip_is_deterministic(kind, tmp_path):
     loaded.set_progress_bar_config(disable=True)
 
     def sample(p, scale=2.0, labels=(3, 5)):
-        return p(list(labels), guidance_scale=scale, num_inference_steps=4, generator=torch.Generator().manual_seed(0),
-                 output_type="pt").images
+        return p(
+            list(labels),
+            guidance_scale=scale,
+            num_inference_steps=4,
+            generator=torch.Generator().manual_seed(0),
+            output_type="pt",
+        ).images
 
     first = sample(pipe)
     assert torch.equal(first, sample(pipe)) and first.shape == (2, 1, 8, 8)
@@ -182,9 +213,27 @@ def test_cli_unlearn_saves_a_pipeline(unet_dir, tmp_path):
     from hf_unlearn.cli import main
 
     out = tmp_path / "out"
-    code = main(["unlearn", "--model", str(unet_dir), "--forget_classes", "3", "--method", "sfr_on_remap",
-                 "--max_steps", "1", "--per_device_train_batch_size", "8", "--output", str(out),
-                 "--output_dir", str(tmp_path / "run")])
+    code = main(
+        [
+            "unlearn",
+            "--model",
+            str(unet_dir),
+            "--forget_classes",
+            "3",
+            "--method",
+            "sfr_on_remap",
+            "--max_steps",
+            "1",
+            "--per_device_train_batch_size",
+            "8",
+            "--saliency_max_batches",
+            "2",
+            "--output",
+            str(out),
+            "--output_dir",
+            str(tmp_path / "run"),
+        ]
+    )
     assert code == 0
     record = json.loads((out / "unlearning_record.json").read_text())
     assert record["family"] == FAMILY and record["requests"][-1]["method"] == "sfr_on_remap"
@@ -210,8 +259,15 @@ def test_digits_forget_one_class(trained_ddpm, trained_resnet, digits, tmp_path)
     config = UnlearnConfig(method="sfr_on_remap", max_steps=50, output_dir=str(tmp_path))
     unlearner = Unlearner.from_pretrained(copy.deepcopy(trained_ddpm.model), config, scheduler=tiny_scheduler())
     unlearner.unlearn(split)
-    after = generation_metrics(unlearner.family.pipeline(), judge, [3], real, grid_path=str(tmp_path / "g.png"),
-                               reference_histogram=np.array(before["forget_histogram"]), **kwargs)
+    after = generation_metrics(
+        unlearner.family.pipeline(),
+        judge,
+        [3],
+        real,
+        grid_path=str(tmp_path / "g.png"),
+        reference_histogram=np.array(before["forget_histogram"]),
+        **kwargs,
+    )
     assert after["FA"] < 0.2, after
     assert after["remain_acc"] >= before["remain_acc"] - 0.10, (before, after)
     assert after["hist_kl"] > 0 and (tmp_path / "g.png").stat().st_size > 0

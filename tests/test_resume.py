@@ -105,6 +105,7 @@ def test_sigkill_then_resume_is_bitwise_identical(model_dir, reference, tmp_path
     )
     _assert_bitwise_equal(_state(resumed.model), _state(reference.model))
     assert all(torch.equal(resumed.mask[k], reference.mask[k]) for k in reference.mask)
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")], "a partial checkpoint was left behind"
 
 
 def test_checkpoint_limit_and_no_partial_folders(reference):

@@ -25,11 +25,12 @@ from typing import Any, Optional
 import yaml
 from accelerate.logging import get_logger
 
+from ..config import UnlearnConfig
 from ..methods import list_methods
 from ..models import TrainingRecipe
 from ..utils import atomic_write_text
 from .report import load_records, select_tuned, write_outputs
-from .runner import REFERENCE_ROWS, BenchmarkContext, run_one
+from .runner import REFERENCE_ROWS, BenchmarkContext, config_hash, run_one
 
 logger = get_logger(__name__)
 
@@ -138,15 +139,25 @@ def plan(args, cfg, ctx, phase: str, tuned: Optional[dict] = None) -> list[tuple
             else:
                 logger.warning(f"No frozen tuned config for {method} on {ctx.tag}; only its default row is run.")
             if not (args.no_defaults or args.quick):
-                tasks.append(("report", seed, method, {}, "default"))
+                same = entry is not None and _resolved(method, entry["overrides"]) == _resolved(method, {})
+                # Defaults that resolve to the tuned values are the same run: reuse it instead of running it twice.
+                tasks.append(("report", seed, method, dict(entry["overrides"]) if same else {}, "default"))
     return tasks
 
 
+def _resolved(method: str, overrides: dict) -> dict:
+    values = UnlearnConfig(method=method, output_dir="", **overrides).resolve("image_classifier").to_dict()
+    return {k: v for k, v in values.items() if k not in ("output_dir", "seed")}
+
+
 def execute(tasks, args, ctx) -> list[dict]:
-    records = []
+    records, done = [], {}
     mine = [t for i, t in enumerate(tasks) if i % args.shard_count == args.shard_index]
     for n, (phase, seed, method, overrides, label) in enumerate(mine):
-        record = run_one(ctx, phase, seed, method, overrides, resume=args.resume)
+        key = (phase, seed, method, config_hash(overrides))
+        if key not in done:
+            done[key] = run_one(ctx, phase, seed, method, overrides, resume=args.resume)
+        record = done[key]
         print(
             f"[{n + 1}/{len(mine)}] {phase} {ctx.tag} seed={seed} {method} {label} {overrides} "
             f"avg_d={record.get('avg_d')} rte={record.get('rte_s')}",
@@ -167,8 +178,10 @@ def freeze(path, cfg, tag: str, tuned: dict) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     import torch  # noqa: PLC0415
+    from accelerate import PartialState  # noqa: PLC0415
 
     torch.set_num_threads(args.threads)
+    PartialState()  # the accelerate logger needs the state before the first warning
     os.environ.setdefault("TQDM_DISABLE", "1")
     cfg = load_config(args.config)
     ctx = make_context(args, cfg)

@@ -23,8 +23,10 @@ from ..utils import atomic_directory, atomic_write_json, atomic_write_text, set_
 
 METHODS = ("sfr_on", "sfr_on_remap", "gradient_ascent", "random_label", "salun", "selective_amnesia", "esd")
 # Recipes of the original model and of RT (same loop, same numbers): steps, learning rate, batch size.
-RECIPES = {"unet": {"max_steps": 500, "learning_rate": 2e-3, "batch": 128},
-           "dit": {"max_steps": 1200, "learning_rate": 1e-3, "batch": 128}}
+RECIPES = {
+    "unet": {"max_steps": 400, "learning_rate": 2e-3, "batch": 128},
+    "dit": {"max_steps": 1200, "learning_rate": 1e-3, "batch": 128},
+}
 
 
 def tiny_unet(num_classes: int = 10, size: int = 8, seed: int = 0):
@@ -32,10 +34,17 @@ def tiny_unet(num_classes: int = 10, size: int = 8, seed: int = 0):
     from diffusers import UNet2DModel  # noqa: PLC0415
 
     torch.manual_seed(seed)
-    return UNet2DModel(sample_size=size, in_channels=1, out_channels=1, block_out_channels=(32, 64),
-                       layers_per_block=1, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-                       up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8,
-                       num_class_embeds=num_classes + 1)
+    return UNet2DModel(
+        sample_size=size,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+        num_class_embeds=num_classes + 1,
+    )
 
 
 def tiny_dit(num_classes: int = 10, size: int = 16, seed: int = 0):
@@ -43,8 +52,16 @@ def tiny_dit(num_classes: int = 10, size: int = 16, seed: int = 0):
     from diffusers import DiTTransformer2DModel  # noqa: PLC0415
 
     torch.manual_seed(seed)
-    return DiTTransformer2DModel(num_attention_heads=4, attention_head_dim=16, in_channels=1, out_channels=1,
-                                 num_layers=4, sample_size=size, patch_size=2, num_embeds_ada_norm=num_classes)
+    return DiTTransformer2DModel(
+        num_attention_heads=4,
+        attention_head_dim=16,
+        in_channels=1,
+        out_channels=1,
+        num_layers=4,
+        sample_size=size,
+        patch_size=2,
+        num_embeds_ada_norm=num_classes,
+    )
 
 
 def tiny_scheduler():
@@ -58,9 +75,18 @@ def train_diffusion(kind: str, dataset, *, seed: int, max_steps: int, learning_r
     from ..unlearner import Unlearner  # noqa: PLC0415
 
     model = tiny_unet(seed=seed) if kind == "unet" else tiny_dit(seed=seed)
-    config = UnlearnConfig(method="retrain", family="class_conditional_diffusion", retrain_init="config", seed=seed,
-                           max_steps=max_steps, learning_rate=learning_rate, per_device_train_batch_size=batch,
-                           max_grad_norm=1.0, output_dir="", logging_steps=100)
+    config = UnlearnConfig(
+        method="retrain",
+        family="class_conditional_diffusion",
+        retrain_init="config",
+        seed=seed,
+        max_steps=max_steps,
+        learning_rate=learning_rate,
+        per_device_train_batch_size=batch,
+        max_grad_norm=1.0,
+        output_dir="",
+        logging_steps=100,
+    )
     unlearner = Unlearner.from_pretrained(model, config, scheduler=tiny_scheduler())
     unlearner.unlearn(TrainingSet(dataset))
     return unlearner
@@ -74,8 +100,9 @@ class DiffusionBenchmark:
         self.output = Path(args.output)
         ds = load_digits_dataset()
         self.train, self.test = ds["train"], ds["test"]
-        self.split = ForgetRemainSplit.from_dataset(self.train, forget_classes=[args.forget_class],
-                                                    test_dataset=self.test)
+        self.split = ForgetRemainSplit.from_dataset(
+            self.train, forget_classes=[args.forget_class], test_dataset=self.test
+        )
         self.num_classes = 10
         self._judge = None
         self._rt_hist: dict[str, np.ndarray] = {}
@@ -133,9 +160,16 @@ class DiffusionBenchmark:
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
         a = self.args
         return generation_metrics(
-            pipe, self.judge(), [a.forget_class], self.real_remain(family), num_classes=self.num_classes,
-            samples_per_class=a.samples_per_class, guidance_scale=a.guidance_scale,
-            num_inference_steps=a.inference_steps, seed=sample_seed, grid_path=grid,
+            pipe,
+            self.judge(),
+            [a.forget_class],
+            self.real_remain(family),
+            num_classes=self.num_classes,
+            samples_per_class=a.samples_per_class,
+            guidance_scale=a.guidance_scale,
+            num_inference_steps=a.inference_steps,
+            seed=sample_seed,
+            grid_path=grid,
             reference_histogram=self._rt_hist.get(kind),
         )
 
@@ -152,14 +186,35 @@ class DiffusionBenchmark:
         a = self.args
         original = self.reference(kind, "original", 0)
         for i in range(a.fid_seeds):
-            self.result(kind, f"original-e{i}", lambda i=i: {"name": "original", "sample_seed": 1000 + i, **self.score(
-                kind, original, 1000 + i, str(self.output / "grids" / kind / "original.png") if i == 0 else None)})
+            self.result(
+                kind,
+                f"original-e{i}",
+                lambda i=i: {
+                    "name": "original",
+                    "sample_seed": 1000 + i,
+                    **self.score(
+                        kind,
+                        original,
+                        1000 + i,
+                        str(self.output / "grids" / kind / "original.png") if i == 0 else None,
+                    ),
+                },
+            )
         rts = []
         for seed in a.seeds:
             folder = self.reference(kind, "retrain", seed)
-            rts.append(self.result(kind, f"retrain-s{seed}", lambda s=seed, f=folder: {
-                "name": "retrain", "seed": s, "train_s": json.loads((f / "timing.json").read_text())["train_s"],
-                **self.score(kind, f, s, str(self.output / "grids" / kind / f"retrain-s{s}.png"))}))
+            rts.append(
+                self.result(
+                    kind,
+                    f"retrain-s{seed}",
+                    lambda s=seed, f=folder: {
+                        "name": "retrain",
+                        "seed": s,
+                        "train_s": json.loads((f / "timing.json").read_text())["train_s"],
+                        **self.score(kind, f, s, str(self.output / "grids" / kind / f"retrain-s{s}.png")),
+                    },
+                )
+            )
         self._rt_hist[kind] = np.sum([r["forget_histogram"] for r in rts], axis=0)
 
     def unlearn(self, kind: str, method: str, seed: int, budget: int) -> dict:
@@ -170,18 +225,32 @@ class DiffusionBenchmark:
         def compute():
             set_seed(seed)
             folder = self.output / "tmp" / f"{kind}-{method}-s{seed}-b{budget}"
-            config = UnlearnConfig(method=method, seed=seed, max_steps=budget, output_dir=str(folder / "run"),
-                                   per_device_train_batch_size=self.args.batch_size)
+            config = UnlearnConfig(
+                method=method,
+                seed=seed,
+                max_steps=budget,
+                output_dir=str(folder / "run"),
+                per_device_train_batch_size=self.args.batch_size,
+            )
             unlearner = Unlearner.from_pretrained(str(original), config)
             try:
                 result = unlearner.unlearn(self.split)
             except DivergenceError as err:
                 return {"name": method, "seed": seed, "budget": budget, "diverged": str(err)}
             unlearner.family.save_pretrained(unlearner.model, folder / "model")
-            grid = str(self.output / "grids" / kind / f"{method}-b{budget}.png") if seed == self.args.seeds[0] else None
+            grid = (
+                str(self.output / "grids" / kind / f"{method}-b{budget}.png") if seed == self.args.seeds[0] else None
+            )
             metrics = self.score(kind, folder / "model", seed, grid)
-            return {"name": method, "seed": seed, "budget": budget, "runtime_s": result.runtime_s,
-                    "saliency_s": result.saliency_runtime_s, "mask_fraction": result.mask_fraction, **metrics}
+            return {
+                "name": method,
+                "seed": seed,
+                "budget": budget,
+                "runtime_s": result.runtime_s,
+                "saliency_s": result.saliency_runtime_s,
+                "mask_fraction": result.mask_fraction,
+                **metrics,
+            }
 
         return self.result(kind, f"{method}-s{seed}-b{budget}", compute)
 
@@ -195,42 +264,61 @@ def _mean_std(values: list[float], digits: int = 2, scale: float = 1.0) -> str:
     return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
 
 
-def _row(label: str, runs: list[dict], steps: str, time_key: str) -> str:
+def _row(label: str, runs: list[dict], steps: str, time_key: str, fid0: float) -> str:
     ok = [r for r in runs if "diverged" not in r]
     if not ok:
-        return f"| {label} | diverged ({len(runs)} runs) | | | | | {steps} | |"
-    cells = [_mean_std([r["FA"] for r in ok], 1, 100), _mean_std([r.get("hist_kl") for r in ok], 2),
-             _mean_std([r["remain_acc"] for r in ok], 1, 100), _mean_std([r["FID"] for r in ok], 2)]
-    fid_pct = ""
-    return (f"| {label} | " + " | ".join(cells) + f"{fid_pct} | {len(ok)}/{len(runs)} | {steps} | "
-            f"{_mean_std([r.get(time_key) for r in ok], 1)} |")
+        return f"| {label} | diverged ({len(runs)} runs) | | | | | | {steps} | |"
+    cells = [
+        _mean_std([r["FA"] for r in ok], 1, 100),
+        _mean_std([r.get("hist_kl") for r in ok], 2),
+        _mean_std([r["remain_acc"] for r in ok], 1, 100),
+        _mean_std([r["FID"] for r in ok], 2),
+        f"{(np.mean([r['FID'] for r in ok]) / fid0 - 1) * 100:+.0f}%",
+    ]
+    return (
+        f"| {label} | " + " | ".join(cells) + f" | {len(ok)}/{len(runs)} | {steps} | "
+        f"{_mean_std([r.get(time_key) for r in ok], 1)} |"
+    )
 
 
 def report(bench: DiffusionBenchmark, results: dict[str, dict], command: str) -> str:
     """The markdown tables of the benchmark, from the stored results."""
     a = bench.args
-    lines = [f"Command: `{command}`", "",
-             f"Forget class {a.forget_class}; {a.samples_per_class} samples per class, DDIM {a.inference_steps} steps, "
-             f"guidance {a.guidance_scale}; FID over kept classes against the real {a.fid_reference} images of those "
-             "classes, features: the judge's penultimate layer (Inception weights cannot download here). "
-             "FA and remaining-class accuracy in %, mean ± std over seeds; hist KL = KL(RT ‖ method) between the "
-             "judge's class histograms of forget-class samples (RT pooled over its seeds; for RT rows, each seed "
-             "against the pooled histogram).", ""]
+    lines = [
+        f"Command: `{command}`",
+        "",
+        f"Forget class {a.forget_class}; {a.samples_per_class} samples per class, DDIM {a.inference_steps} steps, "
+        f"guidance {a.guidance_scale}; FID over kept classes against the real {a.fid_reference} images of those "
+        "classes, features: the judge's penultimate layer (Inception weights cannot download here). "
+        "FA and remaining-class accuracy in %, mean ± std over seeds; hist KL = KL(RT ‖ method) between the "
+        "judge's class histograms of forget-class samples (RT pooled over its seeds; for RT rows, each seed "
+        "against the other seeds: RT's own noise floor).",
+        "",
+    ]
     for kind, res in results.items():
         orig = res["original"]
+        if not orig:
+            continue
         fids = [r["FID"] for r in orig]
         noise = np.std(fids, ddof=1) / np.mean(fids) * 100 if len(fids) > 1 else float("nan")
-        lines += [f"## {kind}", "", f"Original model FID over {len(fids)} sampling seeds: {_mean_std(fids, 2)} "
-                  f"(noise {noise:.1f}% of the mean).", "",
-                  "| model | FA % | hist KL to RT | remaining acc % | FID | runs ok | steps | time (s) |",
-                  "|---|---|---|---|---|---|---|---|"]
-        lines.append(_row("original", orig, "–", "none"))
-        lines.append(_row("RT (retrain)", res["retrain"], str(RECIPES[kind]["max_steps"]), "train_s"))
+        lines += [
+            f"## {kind}",
+            "",
+            f"Original model FID over {len(fids)} sampling seeds: {_mean_std(fids, 2)} "
+            f"(noise {noise:.1f}% of the mean).",
+            "",
+            "| model | FA % | hist KL to RT | remaining acc % | FID | FID vs original | runs ok | steps | time (s) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        fid0 = float(np.mean(fids))
+        lines.append(_row("original", orig, "–", "none", fid0))
+        rt_steps = str(a.train_steps or RECIPES[kind]["max_steps"])
+        lines.append(_row("RT (retrain)", res["retrain"], rt_steps, "train_s", fid0))
         for budget in a.budgets:
             for method in a.methods:
                 runs = res["methods"].get((method, budget), [])
                 if runs:
-                    lines.append(_row(method, runs, str(budget), "runtime_s"))
+                    lines.append(_row(method, runs, str(budget), "runtime_s", fid0))
         lines.append("")
     return "\n".join(lines)
 
@@ -251,7 +339,10 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=64, help="Unlearning batch size.")
     p.add_argument("--train-steps", type=int, default=None, help="Override the training steps of original and RT.")
     p.add_argument("--threads", type=int, default=None, help="torch threads.")
-    p.add_argument("--report", default=None, help="Write the markdown report here (e.g. docs/benchmarks_diffusion.md).")
+    p.add_argument(
+        "--report", default=None, help="Write the markdown report here (e.g. docs/benchmarks_diffusion.md)."
+    )
+    p.add_argument("--report-only", action="store_true", help="Only tabulate the results already stored.")
     p.add_argument("--quick", action="store_true", help="Smoke run: UNet, 2 methods, budget 3, tiny training.")
     args = p.parse_args(argv)
     if args.quick:
@@ -269,26 +360,45 @@ def parse_args(argv=None):
 
 
 def run(args) -> dict[str, Any]:
+    """Computes every missing result (seed-major, so an interrupted run has whole seeds), then collects them all."""
     from ..methods import get_method  # noqa: PLC0415
 
     for method in args.methods:
         get_method(method, "class_conditional_diffusion")  # fails before any training
     bench = DiffusionBenchmark(args)
-    results: dict[str, dict] = {}
-    for kind in args.models:
-        bench.references(kind)
-        res = {"original": [bench.result(kind, f"original-e{i}", None) for i in range(args.fid_seeds)],
-               "retrain": [bench.result(kind, f"retrain-s{s}", None) for s in args.seeds], "methods": {}}
-        for budget in args.budgets:
-            for method in args.methods:
-                res["methods"][(method, budget)] = [bench.unlearn(kind, method, s, budget) for s in args.seeds]
-        pooled = bench._rt_hist[kind]
-        from ..metrics.generation import histogram_kl  # noqa: PLC0415
+    if not args.report_only:
+        for kind in args.models:
+            bench.references(kind)
+            for seed in args.seeds:
+                for budget in args.budgets:
+                    for method in args.methods:
+                        bench.unlearn(kind, method, seed, budget)
+    return {"bench": bench, "results": {kind: collect(bench, kind) for kind in args.models}}
 
-        for r in res["retrain"]:
-            r["hist_kl"] = histogram_kl(pooled, r["forget_histogram"])
-        results[kind] = res
-    return {"bench": bench, "results": results}
+
+def collect(bench: DiffusionBenchmark, kind: str) -> dict:
+    """The stored results of `kind` (missing runs are left out), with RT's own histogram KL as its noise floor."""
+    from ..metrics.generation import histogram_kl  # noqa: PLC0415
+
+    a = bench.args
+
+    def stored(key):
+        file = bench.output / "results" / kind / f"{key}.json"
+        return json.loads(file.read_text()) if file.exists() else None
+
+    res = {
+        "original": [r for i in range(a.fid_seeds) if (r := stored(f"original-e{i}"))],
+        "retrain": [r for s in a.seeds if (r := stored(f"retrain-s{s}"))],
+        "methods": {},
+    }
+    for budget in a.budgets:
+        for method in a.methods:
+            res["methods"][(method, budget)] = [r for s in a.seeds if (r := stored(f"{method}-s{s}-b{budget}"))]
+    if len(res["retrain"]) > 1:  # leave-one-out: each RT seed against the others, RT's own noise floor
+        for i, r in enumerate(res["retrain"]):
+            others = np.sum([o["forget_histogram"] for j, o in enumerate(res["retrain"]) if j != i], axis=0)
+            r["hist_kl"] = histogram_kl(others, r["forget_histogram"])
+    return res
 
 
 def main(argv=None) -> int:

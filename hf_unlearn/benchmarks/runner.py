@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from accelerate import PartialState
 from accelerate.logging import get_logger
 
 from ..config import UnlearnConfig
@@ -61,6 +62,10 @@ def config_hash(overrides: dict[str, Any]) -> str:
 
 @contextlib.contextmanager
 def _file_lock(path: Path):
+    if PartialState().num_processes > 1:
+        # Under `accelerate launch` every rank trains the same model together: a lock would deadlock them.
+        yield
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
@@ -122,9 +127,14 @@ class BenchmarkContext:
                     image_processor=self.processor,
                 )
                 cpu = time.process_time() - cpu
-                with atomic_directory(folder) as tmp:
-                    trained.model.save_pretrained(tmp, safe_serialization=True)
-                    atomic_write_json(Path(tmp) / "timing.json", {"train_s": trained.result.runtime_s, "cpu_s": cpu})
+                state = PartialState()
+                if state.is_main_process:
+                    with atomic_directory(folder) as tmp:
+                        trained.model.save_pretrained(tmp, safe_serialization=True)
+                        atomic_write_json(
+                            Path(tmp) / "timing.json", {"train_s": trained.result.runtime_s, "cpu_s": cpu}
+                        )
+                state.wait_for_everyone()
         from transformers import AutoModelForImageClassification  # noqa: PLC0415
 
         model = AutoModelForImageClassification.from_pretrained(folder, use_safetensors=True).eval()
@@ -220,7 +230,8 @@ def run_one(
         }
     record["threads"] = torch.get_num_threads()
     record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    atomic_write_json(path, record)
+    if PartialState().is_main_process:
+        atomic_write_json(path, record)
     return record
 
 

@@ -82,7 +82,9 @@ class ClassConditionalDiffusionFamily(ModelFamily):
         """The data classes (the null class excluded): set by `validate_split`, else the model's default."""
         if self.data_num_classes is not None:
             return self.data_num_classes
-        return int(self.model.config.num_embeds_ada_norm) if self.is_dit else int(self.model.config.num_class_embeds) - 1
+        return (
+            int(self.model.config.num_embeds_ada_norm) if self.is_dit else int(self.model.config.num_class_embeds) - 1
+        )
 
     # Loading and saving
     @classmethod
@@ -115,8 +117,8 @@ class ClassConditionalDiffusionFamily(ModelFamily):
             name = cfg.get("_class_name")
             if name not in _MODEL_CLASSES:
                 raise ValueError(
-                    f"`{model_or_path}` holds a {name} model; the class_conditional_diffusion family loads UNet2DModel "
-                    "or DiTTransformer2DModel folders, or pipeline folders with model_index.json."
+                    f"`{model_or_path}` holds a {name} model; the class_conditional_diffusion family loads "
+                    "UNet2DModel or DiTTransformer2DModel folders, or pipeline folders with model_index.json."
                 )
             model = _MODEL_CLASSES[name].from_pretrained(model_or_path, use_safetensors=True)
             family = cls(model, scheduler or _scheduler_beside(model_or_path), config, vae=vae)
@@ -185,32 +187,44 @@ class ClassConditionalDiffusionFamily(ModelFamily):
     def make_dataloader(self, dataset, *, batch_size, shuffle, seed, drop_last=False) -> DataLoader:
         dataset = dataset.select_columns([self.image_column, self.label_column])
         generator = torch.Generator().manual_seed(seed)
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last,
-                          collate_fn=self.collate)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            drop_last=drop_last,
+            collate_fn=self.collate,
+        )
 
     def validate_split(self, split) -> None:
         dataset = split.dataset
         for arg, column in [("image_column", self.image_column), ("label_column", self.label_column)]:
             if column not in dataset.column_names:
-                raise ValueError(f"`{arg}` is '{column}', but the dataset has columns {dataset.column_names}; pass "
-                                 f"{arg}=... in UnlearnConfig.")
+                raise ValueError(
+                    f"`{arg}` is '{column}', but the dataset has columns {dataset.column_names}; pass "
+                    f"{arg}=... in UnlearnConfig."
+                )
         feature = dataset.features.get(self.label_column)
         labels = np.asarray(dataset[self.label_column])
         data_classes = feature.num_classes if isinstance(feature, ClassLabel) else int(labels.max()) + 1
         self._check_null_class(data_classes)
         channels, height, width = self.image_shape
         if self.resolution is not None and (height, width) != (self.resolution, self.resolution):
-            raise ValueError(f"`resolution` is {self.resolution}, but the model generates {height}×{width} images; "
-                             f"drop `resolution` or set it to {height}.")
+            raise ValueError(
+                f"`resolution` is {self.resolution}, but the model generates {height}×{width} images; "
+                f"drop `resolution` or set it to {height}."
+            )
         self.data_num_classes = data_classes
         batch = self.collate([dataset[0]])
         try:
             with torch.no_grad():
                 self.per_sample_loss(self.model, batch)
         except Exception as err:  # noqa: BLE001 (re-raised with the shape that caused it)
-            raise ValueError(f"Images of column `{self.image_column}` become tensors of shape "
-                             f"{tuple(batch['pixel_values'].shape[1:])}, which the {type(self.model).__name__} cannot "
-                             f"take: {err}.") from err
+            raise ValueError(
+                f"Images of column `{self.image_column}` become tensors of shape "
+                f"{tuple(batch['pixel_values'].shape[1:])}, which the {type(self.model).__name__} cannot "
+                f"take: {err}."
+            ) from err
 
     def _check_null_class(self, data_classes: int) -> None:
         cfg = self.model.config
@@ -224,8 +238,8 @@ class ClassConditionalDiffusionFamily(ModelFamily):
             )
         if not data_classes <= null < rows:
             raise ValueError(
-                f"`null_class_id` is {null}, but it must be an unused embedding row: at least the number of data labels "
-                f"({data_classes}) and below the model's {rows} class embeddings."
+                f"`null_class_id` is {null}, but it must be an unused embedding row: at least the number of data "
+                f"labels ({data_classes}) and below the model's {rows} class embeddings."
             )
 
     def _embedding_rows(self) -> int:
@@ -273,7 +287,9 @@ class ClassConditionalDiffusionFamily(ModelFamily):
 
     def remap_loss(self, model, batch, target_labels):
         if target_labels is None:
-            raise ValueError("The class_conditional_diffusion family needs anchor labels for a remap; set `remap_anchor`.")
+            raise ValueError(
+                "The class_conditional_diffusion family needs anchor labels for a remap; set `remap_anchor`."
+            )
         x_t, _, t = self._noisy(batch)
         with torch.no_grad():
             target = self.eps(getattr(model, "module", model), x_t, t, target_labels)

@@ -123,7 +123,7 @@ class ImageClassifierFamily(ModelFamily):
         if isinstance(feature, ClassLabel):
             data_classes = feature.num_classes
         else:
-            labels = split.dataset.select_columns([self.label_column]).with_format("numpy")[self.label_column]
+            labels = split.dataset.select_columns([self.label_column]).with_format("numpy")[:][self.label_column]
             data_classes = int(np.max(labels)) + 1
         if data_classes != self.num_classes:
             raise ValueError(

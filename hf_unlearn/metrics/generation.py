@@ -30,8 +30,15 @@ class Judge(nn.Module):
         head (`str`, *optional*, defaults to `"classifier"`): the submodule whose input is the penultimate feature.
     """
 
-    def __init__(self, model: nn.Module, image_size: Optional[int] = None, mean: float = 0.5, std: float = 0.5,
-                 channels: Optional[int] = None, head: str = "classifier"):
+    def __init__(
+        self,
+        model: nn.Module,
+        image_size: Optional[int] = None,
+        mean: float = 0.5,
+        std: float = 0.5,
+        channels: Optional[int] = None,
+        head: str = "classifier",
+    ):
         super().__init__()
         self.model = model.eval()
         self.image_size, self.mean, self.std, self.channels, self.head = image_size, mean, std, channels, head
@@ -39,8 +46,9 @@ class Judge(nn.Module):
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         images = images.float()
         if self.image_size is not None and images.shape[-1] != self.image_size:
-            images = F.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear",
-                                   align_corners=False)
+            images = F.interpolate(
+                images, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False
+            )
         if self.channels is not None and images.shape[1] != self.channels:
             images = images.repeat(1, self.channels // images.shape[1], 1, 1)
         return (images - self.mean) / self.std
@@ -52,8 +60,9 @@ class Judge(nn.Module):
     @torch.no_grad()
     def logits(self, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
         device = next(self.model.parameters()).device
-        return torch.cat([self._run(self.prepare(chunk.to(device))).float().cpu()
-                          for chunk in images.split(batch_size)])
+        return torch.cat(
+            [self._run(self.prepare(chunk.to(device))).float().cpu() for chunk in images.split(batch_size)]
+        )
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -101,8 +110,9 @@ def per_class_accuracy(preds: torch.Tensor, labels: torch.Tensor, classes: Optio
     return {int(c): float((preds[labels == c] == c).float().mean()) for c in classes if (labels == c).any()}
 
 
-def frechet_distance(real: torch.Tensor, fake: torch.Tensor, feature: nn.Module | int = 2048,
-                     batch_size: int = 512) -> float:
+def frechet_distance(
+    real: torch.Tensor, fake: torch.Tensor, feature: nn.Module | int = 2048, batch_size: int = 512
+) -> float:
     r"""FID between two image sets in [0, 1] with torchmetrics' `FrechetInceptionDistance`.
 
     Args:
@@ -137,7 +147,9 @@ def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: Optional[int]
     grid = torch.ones(channels, rows * (height + 1) + 1, nrow * (width + 1) + 1)
     for i, image in enumerate(images.float().cpu()):
         r, c = divmod(i, nrow)
-        grid[:, 1 + r * (height + 1): 1 + r * (height + 1) + height, 1 + c * (width + 1): 1 + c * (width + 1) + width] = image
+        grid[
+            :, 1 + r * (height + 1) : 1 + r * (height + 1) + height, 1 + c * (width + 1) : 1 + c * (width + 1) + width
+        ] = image
     array = (grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
     picture = Image.fromarray(array[..., 0] if channels == 1 else array)
     picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
@@ -149,21 +161,46 @@ def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: Optional[int]
 
 
 @torch.no_grad()
-def generate(pipe, class_labels: Sequence[int], *, guidance_scale: float = 2.0, num_inference_steps: int = 25,
-             seed: int = 0, batch_size: int = 500) -> torch.Tensor:
+def generate(
+    pipe,
+    class_labels: Sequence[int],
+    *,
+    guidance_scale: float = 2.0,
+    num_inference_steps: int = 25,
+    seed: int = 0,
+    batch_size: int = 500,
+) -> torch.Tensor:
     """Samples in [0, 1] for `class_labels` from a [`ClassConditionalPipeline`], in batches, reproducibly."""
     generator = torch.Generator().manual_seed(seed)
     labels = list(class_labels)
-    chunks = [pipe(labels[i: i + batch_size], guidance_scale=guidance_scale, num_inference_steps=num_inference_steps,
-                   generator=generator, output_type="pt").images.cpu() for i in range(0, len(labels), batch_size)]
+    chunks = [
+        pipe(
+            labels[i : i + batch_size],
+            guidance_scale=guidance_scale,
+            num_inference_steps=num_inference_steps,
+            generator=generator,
+            output_type="pt",
+        ).images.cpu()
+        for i in range(0, len(labels), batch_size)
+    ]
     return torch.cat(chunks)
 
 
 def generation_metrics(
-    pipe, judge: Judge, forget_classes: Sequence[int], real_remain: torch.Tensor, *, num_classes: int,
-    samples_per_class: int = 50, guidance_scale: float = 2.0, num_inference_steps: int = 25, seed: int = 0,
-    feature: Optional[nn.Module | int] = None, grid_path: Optional[str] = None,
-    reference_histogram: Optional[np.ndarray] = None, on_samples: Optional[Callable] = None,
+    pipe,
+    judge: Judge,
+    forget_classes: Sequence[int],
+    real_remain: torch.Tensor,
+    *,
+    num_classes: int,
+    samples_per_class: int = 50,
+    guidance_scale: float = 2.0,
+    num_inference_steps: int = 25,
+    seed: int = 0,
+    feature: Optional[nn.Module | int] = None,
+    grid_path: Optional[str] = None,
+    reference_histogram: Optional[np.ndarray] = None,
+    on_samples: Optional[Callable] = None,
 ) -> dict:
     r"""Scores a class-conditional model: FA, the forget-class histogram (and its KL to `reference_histogram`, e.g.
     RT's), per-class judge accuracy, the mean over kept classes (`remain_acc`), and FID of kept-class samples.
@@ -180,8 +217,9 @@ def generation_metrics(
         reference_histogram (`np.ndarray`, *optional*): the forget-class histogram of RT, for `hist_kl`.
     """
     labels = torch.arange(num_classes).repeat_interleave(samples_per_class)
-    images = generate(pipe, labels.tolist(), guidance_scale=guidance_scale, num_inference_steps=num_inference_steps,
-                      seed=seed)
+    images = generate(
+        pipe, labels.tolist(), guidance_scale=guidance_scale, num_inference_steps=num_inference_steps, seed=seed
+    )
     preds = predictions(judge, images)
     forget = torch.isin(labels, torch.tensor(list(forget_classes)))
     accuracy = per_class_accuracy(preds, labels)
@@ -201,7 +239,9 @@ def generation_metrics(
         metrics["hist_kl"] = histogram_kl(reference_histogram, histogram)
     if grid_path is not None:
         shown = min(samples_per_class, 10)
-        picks = torch.cat([torch.arange(c * samples_per_class, c * samples_per_class + shown) for c in range(num_classes)])
+        picks = torch.cat(
+            [torch.arange(c * samples_per_class, c * samples_per_class + shown) for c in range(num_classes)]
+        )
         save_grid(images[picks], grid_path, nrow=shown)
     if on_samples is not None:
         on_samples(images, labels, preds)
