@@ -28,7 +28,7 @@ from accelerate.logging import get_logger
 from safetensors.torch import load_file, save_file
 
 from .training import Endless
-from .utils import atomic_write_json, to_jsonable
+from .utils import atomic_write_json, sha256_of, to_jsonable
 
 logger = get_logger(__name__)
 
@@ -38,7 +38,19 @@ ENGINE_TENSORS_NAME = "engine_state.safetensors"
 ENGINE_RNG_NAME = "engine_rng_{rank}.safetensors"
 STATE_FORMAT = "hf_unlearn/engine-state-v1"
 # What must match between the interrupted run and the one resuming it, or the resumed result would be silently wrong.
-IDENTITY_KEYS = ("method", "seed", "max_steps", "fingerprint", "parameters")
+IDENTITY_KEYS = ("method", "seed", "max_steps", "fingerprint", "parameters", "hyperparameters")
+# Fields that may differ on resume: where and how often the run writes and logs, not what it computes.
+_FREE_FIELDS = (
+    "output_dir",
+    "overwrite_output_dir",
+    "resume_from_checkpoint",
+    "checkpointing_steps",
+    "checkpoints_total_limit",
+    "logging_steps",
+    "log_with",
+    "eval_batch_size",
+    "dataloader_num_workers",
+)
 _CHECKPOINT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
 
 
@@ -136,6 +148,8 @@ class EngineState:
                 saved, now = self.identity.get(key), expected.get(key)
                 if key == "parameters":
                     saved, now = f"{len(saved or [])} tensors", f"{len(now or [])} tensors (or other names)"
+                if key == "hyperparameters":
+                    saved, now = f"hash {str(saved)[:12]}", f"hash {str(now)[:12]} (a hyperparameter differs)"
                 raise ValueError(
                     f"`resume_from_checkpoint` {folder} belongs to another run: its {key} is {saved!r}, this run's is "
                     f"{now!r}. Resume with the same config and forget set, or start a fresh run (another output_dir)."
@@ -146,12 +160,14 @@ class EngineState:
 
 def run_identity(config, method_name: str, fingerprint: str, param_names: list[str]) -> dict[str, Any]:
     """What a checkpoint must share with the run that resumes it."""
+    values = {k: v for k, v in config.to_dict().items() if k not in _FREE_FIELDS}
     return {
         "method": method_name,
         "seed": config.seed,
         "max_steps": config.max_steps,
         "fingerprint": fingerprint,
         "parameters": list(param_names),
+        "hyperparameters": sha256_of(values),
     }
 
 

@@ -266,7 +266,7 @@ _SNIPPETS = {
     ],
     ("text_to_image", True): [
         "from diffusers import StableDiffusionPipeline",
-        'pipe = StableDiffusionPipeline.from_pretrained("BASE_MODEL")',
+        'pipe = StableDiffusionPipeline.from_pretrained("PATH")  # the base weights, saved beside the adapter',
         'pipe.load_lora_weights("PATH")',
     ],
     ("class_conditional_diffusion", False): [

@@ -128,10 +128,29 @@ def apply_lora(family, config) -> nn.Module:
     for name, param in model.named_parameters():
         # add_adapter / inject_adapter_in_model freeze the base already; make it explicit for every path.
         param.requires_grad_("lora_" in name or "modules_to_save" in name)
+    freeze_batch_norm_statistics(model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     logger.info(f"LoRA r={config.lora_r} on {lora_config.target_modules}: {trainable:,} of {total:,} parameters train")
     return model
+
+
+def _keep_eval(module: nn.Module, args) -> None:
+    module.training = False
+
+
+def freeze_batch_norm_statistics(model: nn.Module) -> int:
+    """Keeps the base's batch-norm layers in eval mode: their running statistics are base weights too.
+
+    In train mode they would drift with every unlearning batch, so the saved adapter alone (which does not hold
+    them) would no longer reproduce the model, and the base would not stay byte-identical. Returns the count.
+    """
+    frozen = 0
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and "modules_to_save" not in name:
+            module.register_forward_pre_hook(_keep_eval)
+            frozen += 1
+    return frozen
 
 
 def enable_gradient_checkpointing(model: nn.Module) -> None:
@@ -203,7 +222,8 @@ def save_model(family, model: nn.Module, directory: str | os.PathLike, config, b
     Adapter outputs: a classifier's peft adapter (`PeftModel.from_pretrained(base, dir)`); an SD UNet's diffusers LoRA
     (`pipe.load_lora_weights(dir)`); other diffusers models' peft adapter (see [`load_adapter`]).
     """
-    if not has_lora(model):
+    if not has_lora(model) or getattr(family, "lora_save", None) is not None:
+        # A family that keeps `lora_save` itself (text-to-image: base pipeline + diffusers LoRA file) saves it.
         family.save_pretrained(model, directory)
         return
     if config.lora_save == "merged":

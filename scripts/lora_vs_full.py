@@ -37,8 +37,15 @@ def run_variant(args) -> dict:
     ds = load_digits_dataset()
     split = ForgetRemainSplit.from_dataset(ds["train"], forget_classes=[args.forget_class], test_dataset=ds["test"])
     lora = args.run == "lora"
-    config = UnlearnConfig(method="sfr_on", seed=args.seed, lora=lora, lora_r=args.lora_r, lora_alpha=2 * args.lora_r,
-                           learning_rate=args.lora_lr if lora else None, output_dir=os.path.join(args.output, "runs"))
+    config = UnlearnConfig(
+        method="sfr_on",
+        seed=args.seed,
+        lora=lora,
+        lora_r=args.lora_r,
+        lora_alpha=2 * args.lora_r,
+        learning_rate=args.lora_lr if lora else None,
+        output_dir=os.path.join(args.output, "runs"),
+    )
     unlearner = Unlearner.from_pretrained(args.model, config)
     before = _rss_mib()
     start = time.perf_counter()
@@ -47,10 +54,19 @@ def run_variant(args) -> dict:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     trainable, total = trainable_parameter_count(unlearner.model)
     metrics = unlearner.evaluate(split)
-    return {"variant": args.run, "seed": args.seed, "trainable": trainable, "total": total,
-            "optimizer_state_kib": 2 * 4 * trainable / 1024, "rss_before_mib": before, "peak_rss_mib": peak,
-            "peak_increase_mib": peak - before, "runtime_s": runtime, "learning_rate": unlearner.config.learning_rate,
-            **{k: metrics[k] for k in ("FA", "RA", "TA", "MIA")}}
+    return {
+        "variant": args.run,
+        "seed": args.seed,
+        "trainable": trainable,
+        "total": total,
+        "optimizer_state_kib": 2 * 4 * trainable / 1024,
+        "rss_before_mib": before,
+        "peak_rss_mib": peak,
+        "peak_increase_mib": peak - before,
+        "runtime_s": runtime,
+        "learning_rate": unlearner.config.learning_rate,
+        **{k: metrics[k] for k in ("FA", "RA", "TA", "MIA")},
+    }
 
 
 def main(argv=None) -> int:
@@ -82,19 +98,40 @@ def main(argv=None) -> int:
             original = train_classifier(tiny_classifier("vit", seed=seed), ds["train"], RECIPES["vit"], seed=seed)
             original.save_pretrained(model_dir, overwrite=True)
         for variant in ("full", "lora"):
-            cmd = [sys.executable, __file__, "--run", variant, "--model", model_dir, "--seed", str(seed),
-                   "--forget-class", str(args.forget_class), "--lora-r", str(args.lora_r), "--lora-lr",
-                   str(args.lora_lr), "--threads", str(args.threads), "--output", args.output]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--run",
+                variant,
+                "--model",
+                model_dir,
+                "--seed",
+                str(seed),
+                "--forget-class",
+                str(args.forget_class),
+                "--lora-r",
+                str(args.lora_r),
+                "--lora-lr",
+                str(args.lora_lr),
+                "--threads",
+                str(args.threads),
+                "--output",
+                args.output,
+            ]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             rows.append(json.loads(next(ln for ln in out.splitlines() if ln.startswith("RESULT "))[7:]))
     with open(os.path.join(args.output, "results.json"), "w") as fh:
         json.dump(rows, fh, indent=2)
-    print("| variant | seed | lr | trainable params | of total | Adam state (KiB) | peak RSS +MiB | time (s) | FA | RA | TA |")
+    print(
+        "| variant | seed | lr | trainable | of total | Adam state (KiB) | peak RSS +MiB | time (s) | FA | RA | TA |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['variant']} | {r['seed']} | {r['learning_rate']:g} | {r['trainable']:,} | {r['total']:,} | "
-              f"{r['optimizer_state_kib']:.0f} | {r['peak_increase_mib']:.1f} | {r['runtime_s']:.1f} | {r['FA']:.2f} | "
-              f"{r['RA']:.2f} | {r['TA']:.2f} |")
+        print(
+            f"| {r['variant']} | {r['seed']} | {r['learning_rate']:g} | {r['trainable']:,} | {r['total']:,} | "
+            f"{r['optimizer_state_kib']:.0f} | {r['peak_increase_mib']:.1f} | {r['runtime_s']:.1f} | {r['FA']:.2f} | "
+            f"{r['RA']:.2f} | {r['TA']:.2f} |"
+        )
     return 0
 
 

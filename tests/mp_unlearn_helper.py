@@ -1,9 +1,9 @@
 """One SFR-on run on the bundled digits, used by tests/test_multiprocess.py under 1 and 2 processes.
 
-`torchrun --nproc_per_node 2 tests/mp_unlearn_helper.py MODEL_DIR OUT_DIR BATCH` runs it on two CPU ranks (gloo); the
-test calls `run()` in-process with twice the batch for the single-process reference. Each rank prints one
-`RESULT {...}` line: its metrics, the rows and labels it saw in a gathered prediction pass, and every file write it made
-under OUT_DIR (recorded by a Python audit hook, so a non-main rank's writes would show up).
+`accelerate launch --config_file configs/accelerate/cpu_2proc.yaml tests/mp_unlearn_helper.py MODEL_DIR OUT_DIR BATCH`
+runs it on two CPU ranks (gloo); the test calls `run()` in-process with twice the batch for the single-process
+reference. Each rank prints one `RESULT {...}` line: its metrics, the rows and labels it saw in a gathered prediction
+pass, and every file write it made under OUT_DIR (recorded by a Python audit hook, so a non-main rank's writes show).
 """
 
 import json
@@ -55,9 +55,18 @@ def run(model_dir: str, out_dir: str, batch: int) -> dict:
 
     split = make_split()
     config = UnlearnConfig(
-        method="sfr_on", max_steps=4, per_device_train_batch_size=batch, learning_rate=2e-3, forget_alpha=1.0,
-        temperature=2.0, remain_steps_per_forget=1, saliency_max_batches=2, max_grad_norm=0.0, output_dir=out_dir,
-        eval_batch_size=32, seed=0,
+        method="sfr_on",
+        max_steps=4,
+        per_device_train_batch_size=batch,
+        learning_rate=2e-3,
+        forget_alpha=1.0,
+        temperature=2.0,
+        remain_steps_per_forget=1,
+        saliency_max_batches=2,
+        max_grad_norm=0.0,
+        output_dir=out_dir,
+        eval_batch_size=32,
+        seed=0,
     )
     unlearner = Unlearner.from_pretrained(model_dir, config)
     result = unlearner.unlearn(split)
@@ -66,8 +75,11 @@ def run(model_dir: str, out_dir: str, batch: int) -> dict:
     unlearner.save_pretrained(os.path.join(out_dir, "model"))
     state = partial_state()
     return {
-        "rank": state.process_index, "num_processes": state.num_processes, "metrics": metrics,
-        "rows_seen": len(labels), "labels_in_order": labels.tolist() == list(split.test_dataset["label"]),
+        "rank": state.process_index,
+        "num_processes": state.num_processes,
+        "metrics": metrics,
+        "rows_seen": len(labels),
+        "labels_in_order": labels.tolist() == list(split.test_dataset["label"]),
         "mask_fraction": result.mask_fraction,
         "forget_losses": [h.get("forget_loss") for h in result.history],
         "weight_sum": float(sum(p.detach().double().abs().sum() for p in unlearner.model.parameters())),

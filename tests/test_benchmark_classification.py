@@ -5,7 +5,15 @@ import struct
 
 import pytest
 
-from hf_unlearn.benchmarks.classification import classifier_methods, load_config, main, parse_args, plan
+from hf_unlearn.benchmarks.classification import (
+    _shard_of,
+    classifier_methods,
+    load_config,
+    main,
+    make_context,
+    parse_args,
+    plan,
+)
 from hf_unlearn.benchmarks.report import RECORD_KEYS, select_tuned
 from hf_unlearn.benchmarks.runner import config_hash
 from hf_unlearn.methods import list_methods
@@ -46,13 +54,10 @@ def test_resume_skips_finished_runs(quick_output):
 
 def test_shards_partition_the_runs():
     cfg = load_config(parse_args([]).config)
-    tasks = {}
-    for i in range(3):
-        args = parse_args(["--phase", "search", "--shard", f"{i}/3"])
-        from hf_unlearn.benchmarks.classification import make_context
-
-        all_tasks = plan(args, cfg, make_context(args, cfg), "search")
-        tasks[i] = [t for k, t in enumerate(all_tasks) if k % 3 == i]
+    args = parse_args(["--phase", "search"])
+    all_tasks = plan(args, cfg, make_context(args, cfg), "search")
+    tasks = {i: [t for t in all_tasks if _shard_of(t, all_tasks, 3) == i] for i in range(3)}
+    assert all(tasks.values())
     flat = [t for i in range(3) for t in tasks[i]]
     assert len(flat) == len(all_tasks) and sorted(map(repr, flat)) == sorted(map(repr, all_tasks))
     # Same search budget for every method: as many grid points each, on every validation seed.

@@ -1,4 +1,4 @@
-"""The CLI: every config field as a flag with its help, YAML configs overridden by flags, shipped configs, entry points."""
+"""The CLI: every config field as a flag with its help, YAML overridden by flags, shipped configs, entry points."""
 
 import dataclasses
 import json
@@ -16,8 +16,11 @@ from hf_unlearn.cli import DataArguments, main, parse_with_config
 from hf_unlearn.utils import RECORD_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name in
-                  ("image_classifier", "class_conditional_diffusion", "text_to_image"))
+EXAMPLES = sorted(
+    p
+    for p in (ROOT / "configs").rglob("*.yaml")
+    if p.parent.name in ("image_classifier", "class_conditional_diffusion", "text_to_image")
+)
 ACCELERATE = sorted((ROOT / "configs" / "accelerate").glob("*.yaml"))
 
 
@@ -40,10 +43,23 @@ def test_help_lists_every_field_with_its_help_text(command, capsys):
 
 def test_flags_override_the_yaml_file(tmp_path):
     path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump({"method": "random_label", "learning_rate": 0.05, "max_steps": 7, "lora": True,
-                                    "lora_target_modules": ["q_proj", "v_proj"], "forget_classes": [1, 2]}))
-    args, config = parse_with_config((DataArguments, UnlearnConfig), ["--config", str(path), "--model", "m",
-                                      "--learning_rate", "0.01", "--forget_classes", "4"], "test")
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "method": "random_label",
+                "learning_rate": 0.05,
+                "max_steps": 7,
+                "lora": True,
+                "lora_target_modules": ["q_proj", "v_proj"],
+                "forget_classes": [1, 2],
+            }
+        )
+    )
+    args, config = parse_with_config(
+        (DataArguments, UnlearnConfig),
+        ["--config", str(path), "--model", "m", "--learning_rate", "0.01", "--forget_classes", "4"],
+        "test",
+    )
     assert config.learning_rate == 0.01 and args.forget_classes == [4]  # the flags win
     assert config.method == "random_label" and config.max_steps == 7 and config.lora is True  # the file's values
     assert config.lora_target_modules == ["q_proj", "v_proj"] and args.model == "m"
@@ -70,11 +86,30 @@ def test_shipped_example_configs_parse_and_resolve(path):
 
 def test_example_configs_carry_the_published_sfr_on_settings():
     cifar = yaml.safe_load((ROOT / "configs/image_classifier/cifar10_resnet18_random10_sfr_on.yaml").read_text())
-    assert (cifar["optim"], cifar["learning_rate"], cifar["momentum"], cifar["weight_decay"]) == ("sgd", 0.01, 0.9, 5e-4)
-    assert (cifar["max_steps"], cifar["remain_steps_per_forget"], cifar["per_device_train_batch_size"]) == (1500, 5, 128)
-    assert (cifar["forget_alpha"], cifar["max_grad_norm"], cifar["temperature"], cifar["mask_threshold"]) == (25, 7, 0.5, 1)
+    assert (cifar["optim"], cifar["learning_rate"], cifar["momentum"], cifar["weight_decay"]) == (
+        "sgd",
+        0.01,
+        0.9,
+        5e-4,
+    )
+    assert (cifar["max_steps"], cifar["remain_steps_per_forget"], cifar["per_device_train_batch_size"]) == (
+        1500,
+        5,
+        128,
+    )
+    assert (cifar["forget_alpha"], cifar["max_grad_norm"], cifar["temperature"], cifar["mask_threshold"]) == (
+        25,
+        7,
+        0.5,
+        1,
+    )
     swin = yaml.safe_load((ROOT / "configs/image_classifier/tinyimagenet_swin_t_random10_sfr_on.yaml").read_text())
-    assert (swin["learning_rate"], swin["max_steps"], swin["forget_alpha"], swin["temperature"]) == (2e-5, 500, 500, 0.6)
+    assert (swin["learning_rate"], swin["max_steps"], swin["forget_alpha"], swin["temperature"]) == (
+        2e-5,
+        500,
+        500,
+        0.6,
+    )
     ddpm = yaml.safe_load((ROOT / "configs/class_conditional_diffusion/cifar10_ddpm_class_sfr_on.yaml").read_text())
     assert (ddpm["optim"], ddpm["learning_rate"], ddpm["max_steps"], ddpm["forget_alpha"]) == ("adam", 1e-4, 150, 10)
     sd = yaml.safe_load((ROOT / "configs/text_to_image/sd14_nudity_sfr_on.yaml").read_text())
@@ -86,8 +121,13 @@ def test_accelerate_configs_load(path):
     from accelerate.commands.config.config_args import load_config_from_file
 
     config = load_config_from_file(str(path))
-    expected = {"single_gpu.yaml": ("NO", 1), "multi_gpu_ddp.yaml": ("MULTI_GPU", 8), "fsdp.yaml": ("FSDP", 8),
-                "deepspeed_zero2.yaml": ("DEEPSPEED", 8), "cpu_2proc.yaml": ("MULTI_GPU", 2)}[path.name]
+    expected = {
+        "single_gpu.yaml": ("NO", 1),
+        "multi_gpu_ddp.yaml": ("MULTI_GPU", 8),
+        "fsdp.yaml": ("FSDP", 8),
+        "deepspeed_zero2.yaml": ("DEEPSPEED", 8),
+        "cpu_2proc.yaml": ("MULTI_GPU", 2),
+    }[path.name]
     assert (str(config.distributed_type).split(".")[-1], config.num_processes) == expected
     if path.name == "fsdp.yaml":
         assert config.fsdp_config["fsdp_sharding_strategy"] == "FULL_SHARD"
@@ -102,12 +142,37 @@ def test_unlearn_and_evaluate_entry_points_end_to_end(tmp_path, trained_resnet, 
     trained_resnet.model.save_pretrained(original)
     processor.save_pretrained(original)
     yaml_path = tmp_path / "run.yaml"
-    yaml_path.write_text(yaml.safe_dump({"method": "sfr_on", "max_steps": 50, "forget_classes": [3],
-                                         "remain_steps_per_forget": 1, "saliency_max_batches": 2}))
+    yaml_path.write_text(
+        yaml.safe_dump(
+            {
+                "method": "sfr_on",
+                "max_steps": 50,
+                "forget_classes": [3],
+                "remain_steps_per_forget": 1,
+                "saliency_max_batches": 2,
+            }
+        )
+    )
     out = tmp_path / "unlearned"
-    monkeypatch.setattr(sys, "argv", ["scripts/unlearn.py", "--config", str(yaml_path), "--model", str(original),
-                                      "--output", str(out), "--max_steps", "2", "--output_dir", str(tmp_path / "run"),
-                                      "--per_device_train_batch_size", "32"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "scripts/unlearn.py",
+            "--config",
+            str(yaml_path),
+            "--model",
+            str(original),
+            "--output",
+            str(out),
+            "--max_steps",
+            "2",
+            "--output_dir",
+            str(tmp_path / "run"),
+            "--per_device_train_batch_size",
+            "32",
+        ],
+    )
     with pytest.raises(SystemExit) as exit_info:
         runpy.run_path(str(ROOT / "scripts" / "unlearn.py"), run_name="__main__")
     assert exit_info.value.code == 0

@@ -17,8 +17,15 @@ SECRET = "hf_NotARealTokenButSecret1234567890"
 
 
 def _config(tmp, **kw):
-    values = dict(method="sfr_on", max_steps=3, remain_steps_per_forget=1, per_device_train_batch_size=32,
-                  saliency_max_batches=2, output_dir=str(tmp / "run"), seed=0)
+    values = dict(
+        method="sfr_on",
+        max_steps=3,
+        remain_steps_per_forget=1,
+        per_device_train_batch_size=32,
+        saliency_max_batches=2,
+        output_dir=str(tmp / "run"),
+        seed=0,
+    )
     return UnlearnConfig(**(values | kw))
 
 
@@ -29,20 +36,34 @@ def saved(tmp_path_factory, trained_resnet, digits_small, processor):
     original = tmp / "original"
     trained_resnet.model.save_pretrained(original)
     processor.save_pretrained(original)
-    split = ForgetRemainSplit.from_dataset(digits_small["train"], forget_classes=[3], test_dataset=digits_small["test"])
+    split = ForgetRemainSplit.from_dataset(
+        digits_small["train"], forget_classes=[3], test_dataset=digits_small["test"]
+    )
     unlearner = Unlearner.from_pretrained(str(original), _config(tmp))
     unlearner.unlearn(split)
     metrics = unlearner.evaluate(split)
     first = tmp / "first"
     unlearner.save_pretrained(first, dataset_name="someone/digits", command="hf-unlearn unlearn --forget_classes 3")
-    return {"tmp": tmp, "original": original, "first": first, "unlearner": unlearner, "split": split,
-            "metrics": metrics}
+    return {
+        "tmp": tmp,
+        "original": original,
+        "first": first,
+        "unlearner": unlearner,
+        "split": split,
+        "metrics": metrics,
+    }
 
 
 def test_save_writes_native_model_config_record_and_card(saved):
     first, unlearner, split = saved["first"], saved["unlearner"], saved["split"]
-    assert {"model.safetensors", "config.json", "preprocessor_config.json", CONFIG_NAME, RECORD_NAME,
-            "README.md"} <= set(os.listdir(first))
+    assert {
+        "model.safetensors",
+        "config.json",
+        "preprocessor_config.json",
+        CONFIG_NAME,
+        RECORD_NAME,
+        "README.md",
+    } <= set(os.listdir(first))
     reloaded = AutoModelForImageClassification.from_pretrained(first).eval()
     pixels = torch.randn(4, 1, 16, 16)
     with torch.no_grad():
@@ -56,7 +77,9 @@ def test_save_writes_native_model_config_record_and_card(saved):
     assert request["forget_set"]["num_forget"] == len(split.forget_indices)
     assert request["metrics"]["FA"] == pytest.approx(saved["metrics"]["FA"])
     assert request["runtime_s"] > 0 and request["seed"] == 0
-    assert request["library_versions"]["torch"] == torch.__version__.split("+")[0] or request["library_versions"]["torch"]
+    assert (
+        request["library_versions"]["torch"] == torch.__version__.split("+")[0] or request["library_versions"]["torch"]
+    )
     assert request["dataset"] == "someone/digits"
     # Never the data: no pixel or label values of the forget rows, only the hash.
     text = (first / RECORD_NAME).read_text()
@@ -82,7 +105,9 @@ def test_model_card_metadata_history_and_reproduce_command(saved):
 def test_second_deletion_request_appends_to_the_history(saved, digits_small):
     tmp = saved["tmp"]
     first_record = (saved["first"] / RECORD_NAME).read_text()
-    split = ForgetRemainSplit.from_dataset(digits_small["train"], forget_classes=[5], test_dataset=digits_small["test"])
+    split = ForgetRemainSplit.from_dataset(
+        digits_small["train"], forget_classes=[5], test_dataset=digits_small["test"]
+    )
     again = Unlearner.from_pretrained(str(saved["first"]), _config(tmp, method="random_label"))
     again.unlearn(split)
     again.evaluate(split)
@@ -114,3 +139,13 @@ def test_push_to_hub_offline_fails_clearly_keeps_folder_and_never_writes_the_tok
     AutoModelForImageClassification.from_pretrained(local)
     for name in os.listdir(local):
         assert SECRET.encode() not in (local / name).read_bytes(), name
+
+
+def test_sample_grids_are_saved_beside_the_card(saved):
+    from PIL import Image
+
+    grid = Image.new("RGB", (32, 16), (200, 30, 30))
+    saved["unlearner"].save_pretrained(saved["tmp"] / "with_grid", images={"samples_forgotten_class": grid})
+    folder = saved["tmp"] / "with_grid"
+    assert Image.open(folder / "samples_forgotten_class.png").size == (32, 16)
+    assert "![samples_forgotten_class](samples_forgotten_class.png)" in (folder / "README.md").read_text()

@@ -30,8 +30,17 @@ def _base_key(name: str) -> str:
 
 
 def _lora_config(tmp, **kw):
-    values = dict(method="sfr_on", lora=True, learning_rate=1e-2, max_steps=8, remain_steps_per_forget=1,
-                  per_device_train_batch_size=32, saliency_max_batches=2, output_dir=str(tmp / "run"), seed=0)
+    values = dict(
+        method="sfr_on",
+        lora=True,
+        learning_rate=1e-2,
+        max_steps=8,
+        remain_steps_per_forget=1,
+        per_device_train_batch_size=32,
+        saliency_max_batches=2,
+        output_dir=str(tmp / "run"),
+        seed=0,
+    )
     return UnlearnConfig(**(values | kw))
 
 
@@ -41,15 +50,23 @@ def lora_run(tmp_path_factory, trained_resnet, digits_small, processor):
     original = tmp / "original"
     trained_resnet.model.save_pretrained(original)
     processor.save_pretrained(original)
-    split = ForgetRemainSplit.from_dataset(digits_small["train"], forget_classes=[3], test_dataset=digits_small["test"])
+    split = ForgetRemainSplit.from_dataset(
+        digits_small["train"], forget_classes=[3], test_dataset=digits_small["test"]
+    )
     unlearner = Unlearner.from_pretrained(str(original), _lora_config(tmp))
     before = unlearner.evaluate(split)
     file_hash = _sha(original / "model.safetensors")
     unlearner.unlearn(split)
     after = unlearner.evaluate(split)
     unlearner.save_pretrained(tmp / "adapter")
-    return {"tmp": tmp, "original": original, "unlearner": unlearner, "before": before, "after": after,
-            "file_hash": file_hash}
+    return {
+        "tmp": tmp,
+        "original": original,
+        "unlearner": unlearner,
+        "before": before,
+        "after": after,
+        "file_hash": file_hash,
+    }
 
 
 def test_lora_forgets_with_5x_fewer_trainable_parameters_and_masks_over_adapters(lora_run):
@@ -66,8 +83,11 @@ def test_lora_forgets_with_5x_fewer_trainable_parameters_and_masks_over_adapters
 
 def test_base_weights_stay_byte_identical_in_adapter_mode(lora_run, trained_resnet):
     original = trained_resnet.model.state_dict()
-    base = {_base_key(n): t for n, t in lora_run["unlearner"].model.state_dict().items()
-            if "lora_" not in n and "modules_to_save" not in n}
+    base = {
+        _base_key(n): t
+        for n, t in lora_run["unlearner"].model.state_dict().items()
+        if "lora_" not in n and "modules_to_save" not in n
+    }
     assert set(base) == set(original)
     assert all(torch.equal(base[k], original[k]) for k in original)
     assert _sha(lora_run["original"] / "model.safetensors") == lora_run["file_hash"]
@@ -79,13 +99,15 @@ def test_adapter_output_reloads_with_peft_and_carries_a_card(lora_run):
     assert {"adapter_model.safetensors", "adapter_config.json", "unlearning_record.json", "README.md"} <= files
     assert "model.safetensors" not in files  # the adapter alone, not a copy of the base
     assert json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"] == str(
-        lora_run["original"])
+        lora_run["original"]
+    )
     base = AutoModelForImageClassification.from_pretrained(lora_run["original"])
     reloaded = PeftModel.from_pretrained(base, folder).eval()
     with torch.no_grad():
         expected = unlearner.model(pixel_values=PIXELS).logits
         assert torch.allclose(reloaded(pixel_values=PIXELS).logits, expected, atol=1e-5)
-        assert not torch.allclose(base(pixel_values=PIXELS).logits, expected, atol=1e-3)
+        untouched = AutoModelForImageClassification.from_pretrained(lora_run["original"]).eval()
+        assert not torch.allclose(untouched(pixel_values=PIXELS).logits, expected, atol=1e-3)  # the adapter matters
     card = ModelCard.load(folder / "README.md")
     assert card.data.library_name == "peft" and "lora" in card.data.tags and "PeftModel.from_pretrained" in card.text
     request = json.loads((folder / "unlearning_record.json").read_text())["requests"][-1]
@@ -103,8 +125,9 @@ def test_merged_output_is_a_plain_model_with_the_same_predictions(lora_run):
     merged = AutoModelForImageClassification.from_pretrained(lora_run["tmp"] / "merged").eval()
     assert not any("lora" in n for n, _ in merged.named_parameters())
     with torch.no_grad():
-        assert torch.allclose(merged(pixel_values=PIXELS).logits, unlearner.model(pixel_values=PIXELS).logits,
-                              atol=1e-4)
+        assert torch.allclose(
+            merged(pixel_values=PIXELS).logits, unlearner.model(pixel_values=PIXELS).logits, atol=1e-4
+        )
 
 
 def test_gradient_checkpointing_still_trains_the_adapters(tmp_path, digits_small, processor):
@@ -114,8 +137,9 @@ def test_gradient_checkpointing_still_trains_the_adapters(tmp_path, digits_small
     split = ForgetRemainSplit.from_dataset(digits_small["train"], forget_classes=[3])
     grads = {}
     for checkpointing in (False, True):
-        unlearner = Unlearner.from_pretrained(str(folder), _lora_config(tmp_path, gradient_checkpointing=checkpointing,
-                                                                         max_steps=2))
+        unlearner = Unlearner.from_pretrained(
+            str(folder), _lora_config(tmp_path, gradient_checkpointing=checkpointing, max_steps=2)
+        )
         torch.manual_seed(0)
         model = prepare_model(unlearner.family, unlearner.config)
         unlearner.family.model = model
@@ -144,8 +168,10 @@ def test_gradient_checkpointing_still_trains_the_adapters(tmp_path, digits_small
 
 def test_bad_targets_and_unsupported_checkpointing_raise_before_any_weight_change(tmp_path, lora_run, digits_small):
     split = ForgetRemainSplit.from_dataset(digits_small["train"], forget_classes=[3])
-    for config, match in [(_lora_config(tmp_path, lora_target_modules=["query", "value"]), "lora_target_modules"),
-                          (_lora_config(tmp_path, lora=False, gradient_checkpointing=True), "gradient_checkpointing")]:
+    for config, match in [
+        (_lora_config(tmp_path, lora_target_modules=["query", "value"]), "lora_target_modules"),
+        (_lora_config(tmp_path, lora=False, gradient_checkpointing=True), "gradient_checkpointing"),
+    ]:
         unlearner = Unlearner.from_pretrained(str(lora_run["original"]), config)
         before = {n: p.detach().clone() for n, p in unlearner.model.named_parameters()}
         with pytest.raises(ValueError, match=match):
@@ -180,13 +206,54 @@ def test_class_conditional_unet_gets_injected_adapters_and_saves_them(tmp_path, 
     load_adapter(fresh, tmp_path / "unet_adapter")
     sample, t, labels = torch.randn(2, 1, 8, 8), torch.tensor([10, 500]), torch.tensor([3, 4])
     with torch.no_grad():
-        assert torch.allclose(fresh(sample, t, class_labels=labels).sample,
-                              unlearner.model(sample, t, class_labels=labels).sample, atol=1e-5)
+        assert torch.allclose(
+            fresh(sample, t, class_labels=labels).sample,
+            unlearner.model(sample, t, class_labels=labels).sample,
+            atol=1e-5,
+        )
 
     unlearner.config = dataclasses.replace(unlearner.config, lora_save="merged")
     unlearner.save_pretrained(tmp_path / "unet_merged")
     merged = Unlearner.from_pretrained(str(tmp_path / "unet_merged"), UnlearnConfig()).model
     assert not any("lora" in n for n, _ in merged.named_parameters())
     with torch.no_grad():
-        assert torch.allclose(merged(sample, t, class_labels=labels).sample,
-                              unlearner.model(sample, t, class_labels=labels).sample, atol=1e-4)
+        assert torch.allclose(
+            merged(sample, t, class_labels=labels).sample,
+            unlearner.model(sample, t, class_labels=labels).sample,
+            atol=1e-4,
+        )
+
+
+def test_stable_diffusion_unet_adapter_saves_in_diffusers_format_and_reloads(tmp_path):
+    from diffusers import StableDiffusionPipeline
+    from test_text_to_image import ANCHOR, FORGET, _captioned, _tiny_sd_pipeline
+
+    from hf_unlearn import ConceptSplit
+
+    _tiny_sd_pipeline().save_pretrained(tmp_path / "sd")
+    data = _captioned(4, seed=1)
+    split = ConceptSplit(forget_dataset=data.filter(lambda r: r["text"] == FORGET),
+                         remain_dataset=data.filter(lambda r: r["text"] != FORGET), anchor_prompts=[ANCHOR])
+    config = _lora_config(tmp_path, method="sfr_on_remap", max_steps=2, learning_rate=1e-2,
+                          per_device_train_batch_size=4)
+    unlearner = Unlearner.from_pretrained(str(tmp_path / "sd"), config)
+    original = {n: p.detach().clone() for n, p in unlearner.model.named_parameters()}
+    unlearner.unlearn(split)
+    named = dict(unlearner.model.named_parameters())
+    trainable = [n for n, p in named.items() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    for name, weight in original.items():
+        prefix, leaf = name.rsplit(".", 1)
+        assert torch.equal(weight, named.get(name, named.get(f"{prefix}.base_layer.{leaf}")).detach()), name
+
+    unlearner.save_pretrained(tmp_path / "out")
+    assert "pytorch_lora_weights.safetensors" in os.listdir(tmp_path / "out")
+    pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "out", safety_checker=None)
+    base_unet = {n: p.detach().clone() for n, p in pipe.unet.named_parameters()}
+    assert all(torch.equal(original[n], base_unet[n]) for n in original)  # the saved base is the original
+    pipe.load_lora_weights(tmp_path / "out")
+    sample, t, states = torch.randn(2, 4, 8, 8), torch.tensor([10, 500]), torch.randn(2, 8, 32)
+    with torch.no_grad():
+        expected = unlearner.model(sample, t, encoder_hidden_states=states).sample
+        assert torch.allclose(pipe.unet(sample, t, encoder_hidden_states=states).sample, expected, atol=1e-5)
+    assert "load_lora_weights" in (tmp_path / "out" / "README.md").read_text()

@@ -1,12 +1,14 @@
-"""A 2-process CPU run (torchrun, gloo; accelerate reports MULTI_CPU) against a single process with the same global batch.
+"""A 2-process CPU run (`accelerate launch`, gloo: MULTI_CPU) against a single process with the same global batch.
 
 Stated tolerance: the saliency masks are identical, every weight within 1e-4 (float summation order differs between
 the DDP all-reduce and a single batch), and the gathered metrics equal to the single-process ones within one row.
 """
 
+import copy
 import glob
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,12 +25,34 @@ import mp_unlearn_helper  # noqa: E402
 PER_DEVICE_BATCH = 16
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _launch(model_dir: Path, out_dir: Path, log_dir: Path) -> subprocess.CompletedProcess:
+    """`accelerate launch` with the shipped 2-process CPU config; each rank's output goes to its own log file."""
     env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}  # the bar must show, on rank 0 only
     env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONPATH=str(HERE.parent))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "--log-dir",
-           str(log_dir), "--redirects", "3", str(HERE / "mp_unlearn_helper.py"), str(model_dir), str(out_dir),
-           str(PER_DEVICE_BATCH)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.accelerate_cli",
+        "launch",
+        "--config_file",
+        str(HERE.parent / "configs" / "accelerate" / "cpu_2proc.yaml"),
+        "--main_process_port",
+        str(_free_port()),
+        "--tee",
+        "3",
+        "--log_dir",
+        str(log_dir),
+        str(HERE / "mp_unlearn_helper.py"),
+        str(model_dir),
+        str(out_dir),
+        str(PER_DEVICE_BATCH),
+    ]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
 
 
@@ -39,7 +63,7 @@ def _rank_file(log_dir: Path, rank: int, name: str) -> str:
 
 def _result(text: str) -> dict:
     (line,) = [ln for ln in text.splitlines() if ln.startswith("RESULT ")]
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 @pytest.mark.multiprocess
@@ -57,8 +81,9 @@ def test_two_cpu_processes_match_one_process_with_the_same_global_batch(tmp_path
 
     # Only the main process writes files and shows the progress bar.
     assert ranks[1]["writes"] == []
-    assert any(path.endswith("unlearning_record.json.tmp") or "unlearning_record" in path
-               for _, path in ranks[0]["writes"])
+    assert any(
+        path.endswith("unlearning_record.json.tmp") or "unlearning_record" in path for _, path in ranks[0]["writes"]
+    )
     assert "unlearn[sfr_on]" in _rank_file(tmp_path / "logs", 0, "stderr.log")
     assert "unlearn[sfr_on]" not in _rank_file(tmp_path / "logs", 1, "stderr.log")
     saved = tmp_path / "two" / "model"
@@ -73,8 +98,11 @@ def test_two_cpu_processes_match_one_process_with_the_same_global_batch(tmp_path
     torch.set_num_threads(2)
     single = mp_unlearn_helper.run(str(model_dir), str(tmp_path / "one"), 2 * PER_DEVICE_BATCH)
     assert single["num_processes"] == 1
-    one_row = {"FA": 100 / mp_unlearn_helper.NUM_FORGET, "TA": 100 / mp_unlearn_helper.NUM_TEST,
-               "RA": 100 / (mp_unlearn_helper.NUM_ROWS - mp_unlearn_helper.NUM_FORGET)}
+    one_row = {
+        "FA": 100 / mp_unlearn_helper.NUM_FORGET,
+        "TA": 100 / mp_unlearn_helper.NUM_TEST,
+        "RA": 100 / (mp_unlearn_helper.NUM_ROWS - mp_unlearn_helper.NUM_FORGET),
+    }
     for key, tol in one_row.items():
         assert abs(single["metrics"][key] - ranks[0]["metrics"][key]) <= tol + 1e-9, key
     mask_one = load_file(tmp_path / "one" / "saliency_mask.safetensors")
@@ -84,3 +112,27 @@ def test_two_cpu_processes_match_one_process_with_the_same_global_batch(tmp_path
     original = load_file(model_dir / "model.safetensors")
     assert max(float((w_one[k] - w_two[k]).abs().max()) for k in w_one) < 1e-4
     assert max(float((w_one[k] - original[k]).abs().max()) for k in w_one) > 1e-3  # the run did change the weights
+
+
+def test_unavailable_tracker_raises_before_any_weight_change(trained_resnet, digits_small, tmp_path):
+    from accelerate.tracking import get_available_trackers
+
+    from hf_unlearn import ForgetRemainSplit, UnlearnConfig, Unlearner
+
+    missing = next(
+        t for t in ("tensorboard", "wandb", "mlflow") if t not in [str(x) for x in get_available_trackers()]
+    )
+    split = ForgetRemainSplit.from_dataset(digits_small["train"], forget_classes=[3])
+    model = copy.deepcopy(trained_resnet.model)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    config = UnlearnConfig(method="sfr_on", max_steps=1, log_with=missing, output_dir=str(tmp_path))
+    unlearner = Unlearner.from_pretrained(model, config, image_processor=trained_resnet.family.image_processor)
+    with pytest.raises(ValueError, match=f"`log_with` is '{missing}'.*not installed"):
+        unlearner.unlearn(split)
+    assert all(torch.equal(before[n], p.detach()) for n, p in unlearner.model.named_parameters())
+    with pytest.raises(ValueError, match="not an accelerate tracker"):
+        Unlearner.from_pretrained(
+            model,
+            UnlearnConfig(max_steps=1, log_with="tensorbored"),
+            image_processor=trained_resnet.family.image_processor,
+        ).unlearn(split)

@@ -41,7 +41,7 @@ def test_fid_with_judge_features_separates_real_from_noise(trained_resnet, digit
     save_grid(real[:12], tmp_path / "grid.png", nrow=4)
     from PIL import Image
 
-    assert Image.open(tmp_path / "grid.png").size == (4 * 33, 3 * 28)
+    assert Image.open(tmp_path / "grid.png").size == ((4 * 9 + 1) * 4, (3 * 9 + 1) * 4)
 
 
 def test_benchmark_quick_runs_and_resumes(tmp_path):

@@ -135,14 +135,18 @@ def test_resume_from_the_final_checkpoint_runs_nothing(model_dir, reference):
     _assert_bitwise_equal(_state(again.model), _state(reference.model))
 
 
-def test_resume_refuses_a_checkpoint_of_another_run(model_dir, reference):
+@pytest.mark.parametrize(
+    ("change", "forget", "named"),
+    [({"seed": 8}, [3], "seed"), ({"learning_rate": 0.02}, [3], "hyperparameters"), ({}, [4], "fingerprint")],
+)
+def test_resume_refuses_a_checkpoint_of_another_run(model_dir, reference, change, forget, named):
     from hf_unlearn import ForgetRemainSplit, Unlearner
 
-    cfg = UnlearnConfig(**(reference.config.to_dict() | {"resume_from_checkpoint": "latest", "seed": 8}))
+    cfg = UnlearnConfig(**(reference.config.to_dict() | {"resume_from_checkpoint": "latest"} | change))
     unlearner = Unlearner.from_pretrained(str(model_dir), cfg, image_processor=digits_image_processor())
     before = _state(unlearner.model)
-    split = ForgetRemainSplit.from_dataset(worker.make_split().dataset, forget_classes=[3])
-    with pytest.raises(ValueError, match="`resume_from_checkpoint`.*seed"):
+    split = ForgetRemainSplit.from_dataset(worker.make_split().dataset, forget_classes=forget)
+    with pytest.raises(ValueError, match=f"`resume_from_checkpoint`.*{named}"):
         unlearner.unlearn(split)
     _assert_bitwise_equal(_state(unlearner.model), before)
 

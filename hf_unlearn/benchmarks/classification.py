@@ -63,6 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--shard", default="0/1", help="'i/n': run only every n-th run, starting at the i-th.")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process (same for every method).")
     p.add_argument("--no-defaults", action="store_true", help="Report: skip the library-default rows.")
+    p.add_argument("--references-only", action="store_true", help="Report: only original, retrain, retrain_seed2.")
     p.add_argument("--quick", action="store_true", help="Pipeline check: short recipe, 1 seed, 2 methods.")
     args = p.parse_args(argv)
     index, _, count = args.shard.partition("/")
@@ -129,7 +130,7 @@ def plan(args, cfg, ctx, phase: str, tuned: Optional[dict] = None) -> list[tuple
     seeds = ([0] if args.quick else None) or _ints(args.seeds) or cfg["report_seeds"]
     for seed in seeds:
         tasks += [("report", seed, name, {}, "reference") for name in REFERENCE_ROWS]
-        for method in methods:
+        for method in [] if args.references_only else methods:
             entry = (tuned or {}).get(method) or tuned_entry(cfg, ctx, method)
             if entry is not None:
                 tasks.append(("report", seed, method, dict(entry["overrides"]), "tuned"))
@@ -150,9 +151,15 @@ def _resolved(method: str, overrides: dict) -> dict:
     return {k: v for k, v in values.items() if k not in ("output_dir", "seed")}
 
 
+def _shard_of(task, tasks, count: int) -> int:
+    """Shard of a run: counted over distinct runs, so two labels of one run (tuned = default) share a shard."""
+    keys = list(dict.fromkeys((t[0], t[1], t[2], config_hash(t[3])) for t in tasks))
+    return keys.index((task[0], task[1], task[2], config_hash(task[3]))) % count
+
+
 def execute(tasks, args, ctx) -> list[dict]:
     records, done = [], {}
-    mine = [t for i, t in enumerate(tasks) if i % args.shard_count == args.shard_index]
+    mine = [t for t in tasks if _shard_of(t, tasks, args.shard_count) == args.shard_index]
     for n, (phase, seed, method, overrides, label) in enumerate(mine):
         key = (phase, seed, method, config_hash(overrides))
         if key not in done:

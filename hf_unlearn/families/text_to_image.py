@@ -216,11 +216,7 @@ class TextToImageFamily(ModelFamily):
     def trainable_parameter_filter(self, name: str) -> bool:
         """`train_modules`: "all"; "cross_attention" (ESD-x: every `attn2` weight, q/k/v/out); "non_cross_attention"
         (ESD-u: all but `attn2`, the time embedding and the output layers, as the ESD code's `noxattn`)."""
-        if self.train_modules == "cross_attention":
-            return "attn2" in name
-        if self.train_modules == "non_cross_attention":
-            return not any(part in name for part in _NOT_IN_ESD_U)
-        return True
+        return is_trainable(name, self.train_modules)
 
     # Tensors the losses share
     def _frozen_to(self, device: torch.device) -> None:
@@ -304,6 +300,15 @@ class TextToImageFamily(ModelFamily):
         return _row_mse(self.predict(model, noisy, timesteps, cond), target)
 
 
+def is_trainable(name: str, train_modules: str) -> bool:
+    """Whether UNet parameter `name` is in the `train_modules` subset (see `trainable_parameter_filter`)."""
+    if train_modules == "cross_attention":
+        return "attn2" in name
+    if train_modules == "non_cross_attention":
+        return not any(part in name for part in _NOT_IN_ESD_U)
+    return True
+
+
 def _row_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1)
 
@@ -313,4 +318,4 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
-__all__ = ["TextToImageFamily"]
+__all__ = ["TextToImageFamily", "is_trainable"]
