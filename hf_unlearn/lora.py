@@ -101,11 +101,13 @@ def apply_lora(family, config) -> nn.Module:
 
     Classifiers become a `peft.PeftModel` (`get_peft_model`); `UNet2DConditionModel` uses diffusers' `add_adapter`;
     other diffusers models get adapters in place (`peft.inject_adapter_in_model`). A model that already carries
-    adapters (e.g. a reloaded adapter output) is returned as is. Raises `ValueError` naming `lora_target_modules`
-    when no module matches, before any weight changes.
+    adapters (e.g. a reloaded adapter output) keeps them, made trainable. Raises `ValueError` naming
+    `lora_target_modules` when no module matches, before any weight changes.
     """
     model = family.model
-    if has_lora(model):
+    if has_lora(model):  # e.g. `PeftModel.from_pretrained(base, adapter)`, loaded for inference by default
+        for name, param in model.named_parameters():
+            param.requires_grad_("lora_" in name or "modules_to_save" in name)
         return model
     lora_config = lora_config_for(model, config, with_head=family.name == "image_classifier")
     try:

@@ -17,7 +17,7 @@ from .config import UnlearnConfig
 from .families import detect_family, get_family_class, normalize_family
 from .methods import StepContext, get_method
 from .saliency import fisher_ratio_mask, load_mask, mask_fraction, save_mask, squared_grad_mean, topk_mask
-from .tracking import start_tracking, stop_tracking
+from .tracking import check_log_with, start_tracking, stop_tracking
 from .training import alpha_at, build_optimizer, lr_factor, make_accelerator
 from .utils import set_seed
 from .validation import check_finite_weights, check_run_output_dir
@@ -97,6 +97,7 @@ class Unlearner:
         split = self.family.prepare_split(split, cfg)
         self.family.validate_split(split)
         self._validate_run()
+        check_log_with(cfg.log_with)  # before the Accelerator: accelerate drops a missing tracker silently
         accelerator = make_accelerator(cfg)
         start_tracking(accelerator, cfg, method.name)
         set_seed(cfg.seed)

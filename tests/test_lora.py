@@ -138,7 +138,14 @@ def test_gradient_checkpointing_still_trains_the_adapters(tmp_path, digits_small
     grads = {}
     for checkpointing in (False, True):
         unlearner = Unlearner.from_pretrained(
-            str(folder), _lora_config(tmp_path, gradient_checkpointing=checkpointing, max_steps=2)
+            str(folder),
+            _lora_config(
+                tmp_path,
+                gradient_checkpointing=checkpointing,
+                max_steps=1,
+                per_device_train_batch_size=16,
+                saliency_max_batches=1,
+            ),
         )
         torch.manual_seed(0)
         model = prepare_model(unlearner.family, unlearner.config)
@@ -187,7 +194,14 @@ def test_class_conditional_unet_gets_injected_adapters_and_saves_them(tmp_path, 
     tiny_scheduler().save_pretrained(folder)
     train = digits["train"].train_test_split(train_size=120, seed=0, stratify_by_column="label")["train"]
     split = ForgetRemainSplit.from_dataset(train, forget_classes=[3])
-    config = _lora_config(tmp_path, method="sfr_on_remap", max_steps=2, learning_rate=1e-3)
+    config = _lora_config(
+        tmp_path,
+        method="sfr_on_remap",
+        max_steps=1,
+        learning_rate=1e-3,
+        per_device_train_batch_size=8,
+        saliency_max_batches=1,
+    )
     unlearner = Unlearner.from_pretrained(str(folder), config)
     original = {n: p.detach().clone() for n, p in unlearner.model.named_parameters()}
     unlearner.unlearn(split)
@@ -231,11 +245,20 @@ def test_stable_diffusion_unet_adapter_saves_in_diffusers_format_and_reloads(tmp
     from hf_unlearn import ConceptSplit
 
     _tiny_sd_pipeline().save_pretrained(tmp_path / "sd")
-    data = _captioned(4, seed=1)
-    split = ConceptSplit(forget_dataset=data.filter(lambda r: r["text"] == FORGET),
-                         remain_dataset=data.filter(lambda r: r["text"] != FORGET), anchor_prompts=[ANCHOR])
-    config = _lora_config(tmp_path, method="sfr_on_remap", max_steps=2, learning_rate=1e-2,
-                          per_device_train_batch_size=4)
+    data = _captioned(2, seed=1)
+    split = ConceptSplit(
+        forget_dataset=data.filter(lambda r: r["text"] == FORGET),
+        remain_dataset=data.filter(lambda r: r["text"] != FORGET),
+        anchor_prompts=[ANCHOR],
+    )
+    config = _lora_config(
+        tmp_path,
+        method="sfr_on_remap",
+        max_steps=1,
+        learning_rate=1e-2,
+        per_device_train_batch_size=2,
+        saliency_max_batches=1,
+    )
     unlearner = Unlearner.from_pretrained(str(tmp_path / "sd"), config)
     original = {n: p.detach().clone() for n, p in unlearner.model.named_parameters()}
     unlearner.unlearn(split)

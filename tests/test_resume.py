@@ -166,3 +166,24 @@ def test_skipping_batches_gives_the_replayed_order(reference, digits_small):
             a, b = next(replayed), next(skipped)
             assert torch.equal(a["labels"], b["labels"]) and torch.equal(a["pixel_values"], b["pixel_values"])
         assert replayed.consumed == skipped.consumed == consumed + 7
+
+
+def test_engine_state_round_trips_without_pickle(tmp_path):
+    """Mask, EWC anchor, generator state and history come back exactly; only JSON and safetensors are written."""
+    from hf_unlearn.checkpointing import EngineState
+
+    generator = torch.Generator().manual_seed(5)
+    torch.rand(3, generator=generator)
+    mask = {"a.weight": torch.rand(4, 3) > 0.5, "b.bias": torch.tensor([True, False])}
+    ewc = [(torch.rand(4, 3), torch.randn(4, 3)), (torch.rand(2), torch.randn(2))]
+    history = [{"step": 0, "forget_loss": 0.1 + 0.2, "lr": 1e-3}]
+    state = EngineState(7, {"forget": 9, "remain": 40}, {"seed": 1}, history, mask, ewc, generator.get_state())
+    state.save(tmp_path)
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".safetensors", ".safetensors"]
+    loaded = EngineState.load(tmp_path)
+    assert (loaded.step, loaded.consumed, loaded.identity, loaded.history) == (7, state.consumed, {"seed": 1}, history)
+    assert all(torch.equal(loaded.mask[k], mask[k]) for k in mask) and loaded.mask.keys() == mask.keys()
+    assert all(torch.equal(a, b) and torch.equal(c, d) for (a, c), (b, d) in zip(loaded.ewc, ewc))
+    resumed = torch.Generator()
+    resumed.set_state(loaded.generator_state)
+    assert torch.equal(torch.rand(5, generator=resumed), torch.rand(5, generator=generator))

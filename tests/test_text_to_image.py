@@ -51,7 +51,7 @@ def _tiny_sd_pipeline():
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+        sample_size=4, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
         attention_head_dim=8, norm_num_groups=8, cross_attention_dim=32,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
     )
@@ -76,13 +76,13 @@ def _tiny_sd_pipeline():
 
 
 def _captioned(n_per: int, seed: int, captions=CAPTIONS) -> Dataset:
-    """16×16 images of one colour per caption (with pixel noise): the caption alone tells the image."""
+    """8×8 images of one colour per caption (with pixel noise): the caption alone tells the image."""
     rng = np.random.default_rng(seed)
     images, texts = [], []
     for caption in captions:
         colour = np.array(COLOURS[CAPTIONS.index(caption)])
         for _ in range(n_per):
-            pixels = np.clip(colour + rng.normal(0, 10, (16, 16, 3)), 0, 255).astype(np.uint8)
+            pixels = np.clip(colour + rng.normal(0, 10, (8, 8, 3)), 0, 255).astype(np.uint8)
             images.append(PILImage.fromarray(pixels))
             texts.append(caption)
     return Dataset.from_dict({"image": images, "text": texts}, features=Features({"image": Image(), "text": Value("string")}))
@@ -215,9 +215,9 @@ def test_saved_folder_is_a_diffusers_pipeline(sd_path, tmp_path):
     pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "erased")
     for name, param in pipe.unet.named_parameters():
         assert torch.equal(param, unlearner.model.state_dict()[name]), name
-    images = pipe([FORGET], num_inference_steps=2, height=16, width=16,
+    images = pipe([FORGET], num_inference_steps=2, height=8, width=8,
                   generator=torch.Generator().manual_seed(0)).images
-    assert images[0].size == (16, 16)
+    assert images[0].size == (8, 8)
     again = Unlearner.from_pretrained(str(tmp_path / "erased"), _config(tmp_path, "esd"))
     assert [r["method"] for r in again.records] == ["esd"]
 
@@ -234,11 +234,11 @@ def test_concept_images_are_generated_seeded_and_cached(sd_path, tmp_path):
     assert first.forget["seed"] == [7, 8, 9] and first.remain["seed"] == [10, 11, 12]
     assert first.forget["anchor"] == [ANCHOR] * 3
     assert first.remain["text"] == [ANCHOR, UNRELATED[0], ANCHOR]
-    assert first.forget[0]["image"].size == (16, 16)
+    assert first.forget[0]["image"].size == (8, 8)
     assert first.describe()["scenario"] == "concept" and first.describe()["num_forget"] == 3
     assert len(os.listdir(tmp_path / "cache")) == 2
     # Without a pipeline the second split can only come from the cache.
-    second = split().materialize(None, resolution=16, cache_dir=str(tmp_path / "cache"), model_id=family.model_id())
+    second = split().materialize(None, resolution=8, cache_dir=str(tmp_path / "cache"), model_id=family.model_id())
     for a, b in zip(first.forget["image"], second.forget["image"]):
         assert np.array_equal(np.asarray(a), np.asarray(b))
     # Same seeds in a fresh cache regenerate the same pixels.
@@ -264,6 +264,27 @@ def test_bad_inputs_raise_before_any_weight_change(sd_path, tmp_path):
         unlearner.unlearn(ConceptSplit(forget_prompts=[FORGET], num_images=2, cache_dir=str(tmp_path / "c")))
     with pytest.raises(ValueError, match="resolution"):
         unlearner.unlearn(ConceptSplit(forget_dataset=_captioned(2, seed=3), remain_dataset=_captioned(2, seed=4),
-                                       resolution=18))
+                                       resolution=10))
     assert all(torch.equal(p, before[n]) for n, p in unlearner.model.named_parameters())
     assert not os.path.exists(tmp_path / "c")
+
+
+def test_lora_keeps_base_weights_and_saves_a_loadable_adapter(sd_path, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    config = _config(tmp_path, "sfr_on_remap", max_steps=3, lora=True, lora_r=4, learning_rate=1e-2)
+    unlearner = Unlearner.from_pretrained(sd_path, config)
+    base = _snapshot(unlearner.model)
+    unlearner.unlearn(_dataset_split())
+    model = unlearner.model
+    for name, param in model.named_parameters():
+        if "lora_" not in name:
+            assert torch.equal(param, base[name.replace(".base_layer", "")]), name
+    assert any("lora_" in name and ".attn2." in name for name, _ in model.named_parameters())
+    probe = Probe(unlearner.family)
+    unlearned = probe(model, [FORGET])[FORGET]
+    assert _rms(unlearned, probe(StableDiffusionPipeline.from_pretrained(sd_path).unet, [FORGET])[FORGET]) > 1e-4
+    unlearner.save_pretrained(tmp_path / "adapter")
+    pipe = StableDiffusionPipeline.from_pretrained(sd_path)
+    pipe.load_lora_weights(tmp_path / "adapter")
+    assert torch.allclose(probe(pipe.unet, [FORGET])[FORGET], unlearned, atol=1e-5)

@@ -29,7 +29,7 @@ from ..config import UnlearnConfig
 from ..methods import list_methods
 from ..models import TrainingRecipe
 from ..utils import atomic_write_text
-from .report import load_records, select_tuned, write_outputs
+from .report import load_records, select_tuned, update_docs, write_outputs
 from .runner import REFERENCE_ROWS, BenchmarkContext, config_hash, run_one
 
 logger = get_logger(__name__)
@@ -55,7 +55,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--forget-fraction", type=float, default=None, help="Share of rows forgotten in the random one.")
     p.add_argument("--methods", default=None, help="Comma-separated methods (default: every classifier method).")
     p.add_argument("--seeds", default=None, help="Comma-separated seeds (default: the phase's seeds in the config).")
-    p.add_argument("--phase", default="all", choices=["search", "select", "report", "all"], help="What to run.")
+    p.add_argument(
+        "--phase",
+        default="all",
+        choices=["search", "select", "report", "all", "tables"],
+        help="What to run ('tables': rewrite the outputs from the report runs already on disk, run nothing).",
+    )
     p.add_argument("--output", default="benchmark_results", help="Folder for runs, models and results.")
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="Grids, seeds, recipes and frozen tuned configs.")
     p.add_argument("--freeze", action="store_true", help="With --phase select: write the choice into --config.")
@@ -65,6 +70,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-defaults", action="store_true", help="Report: skip the library-default rows.")
     p.add_argument("--references-only", action="store_true", help="Report: only original, retrain, retrain_seed2.")
     p.add_argument("--quick", action="store_true", help="Pipeline check: short recipe, 1 seed, 2 methods.")
+    p.add_argument(
+        "--update-docs",
+        default=None,
+        help="With the tables: also replace the marked results block of this markdown file (docs/benchmarks.md).",
+    )
     args = p.parse_args(argv)
     index, _, count = args.shard.partition("/")
     try:
@@ -204,6 +214,15 @@ def main(argv=None) -> int:
             print(f"froze the selection for {ctx.tag} into {args.config}")
         cfg.setdefault("tuned", {})
         cfg["tuned"] = {**(cfg["tuned"] or {}), ctx.tag: tuned}
+    if args.phase == "tables":
+        tasks = plan(args, cfg, ctx, "report")
+        found = [{**run_one(ctx, *t[:4], resume=True, run_missing=False), "config": t[4]} for t in tasks]
+        found = [r for r in found if r.get("method")]
+        write_outputs(args.output, found, cfg, ctx.tag)
+        print(f"{ctx.tag}: tables from {len(found)} of {len(tasks)} report records in {args.output}")
+        if args.update_docs:
+            update_docs(args.update_docs, Path(args.output) / "results.md")
+            print(f"updated the results block of {args.update_docs}")
     if args.phase in ("report", "all"):
         frozen = tuned if args.phase == "all" else None
         records = execute(plan(args, cfg, ctx, "report", frozen), args, ctx)

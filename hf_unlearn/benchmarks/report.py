@@ -95,6 +95,7 @@ def aggregate(records: list[dict], tuned: Optional[dict] = None) -> list[dict]:
         entry = (tuned or {}).get(group[0]["method"]) if group[0].get("config") == "tuned" else None
         row["sensitivity"] = None if entry is None else entry.get("sensitivity")
         row["failed"] = sum(1 for r in group if r.get("status", "ok") != "ok")
+        row["runs"] = sorted({(r["seed"], r.get("config_hash")) for r in group})
         rows.append(row)
     return rows
 
@@ -105,10 +106,25 @@ def _cell(pair, digits=2) -> str:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    head = ["row", "FA", "RA", "TA", "TA_forget", "MIA", "MIA_svc", "KL", "JS", "Avg.D", "RTE s", "RTE/RT", "sens."]
+    head = [
+        "row",
+        "n",
+        "FA",
+        "RA",
+        "TA",
+        "TA_forget",
+        "MIA",
+        "MIA_svc",
+        "KL",
+        "JS",
+        "Avg.D",
+        "RTE s",
+        "RTE/RT",
+        "sens.",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        cells = [row["row"] + (f" ({row['failed']} diverged)" if row["failed"] else "")]
+        cells = [row["row"] + (f" ({row['failed']} diverged)" if row["failed"] else ""), str(row["n"])]
         cells += [_cell(row[k]) for k in TABLE_KEYS]
         cells += [_cell(row["rte_s"], 1), _cell(row["rte_ratio"], 2)]
         cells.append("–" if row["sensitivity"] is None else f"{row['sensitivity']:.2f}")
@@ -173,7 +189,14 @@ def plot(tables: dict[str, list[dict]], path: Path) -> None:
         ref = next((row for row in rows if row["row"] == "retrain"), None)
         floor = next((row for row in rows if row["row"] == "retrain_seed2"), None)
         original = next((row for row in rows if row["row"] == "original"), None)
-        bars = [row for row in rows if row["row"] not in REFERENCE_ROWS]
+        tuned_runs = {row["method"]: row["runs"] for row in rows if row["config"] == "tuned"}
+        # A defaults row that is the very same runs as the tuned row adds nothing to the chart (the table keeps it).
+        bars = [
+            row
+            for row in rows
+            if row["row"] not in REFERENCE_ROWS
+            and not (row["config"] == "default" and tuned_runs.get(row["method"]) == row["runs"])
+        ]
         for c, (key, title) in enumerate(metrics):
             ax = axes[r][c]
             values, errors = [], []
@@ -189,13 +212,19 @@ def plot(tables: dict[str, list[dict]], path: Path) -> None:
             ax.set_yticks(range(len(bars)))
             ax.set_yticklabels([row["row"] for row in bars] if c == 0 else [], fontsize=7)
             ax.invert_yaxis()
+            limit = max([v + e for v, e in zip(values, errors)] + [1e-3]) * 1.3
             for line, style, label in [(floor, "--", "noise floor (retrain_seed2)"), (original, ":", "original")]:
                 if line is None:
                     continue
                 value = line[key][0]
                 value = abs(value - ref[key][0]) if key in GAP_KEYS and ref is not None else value
-                if not math.isnan(value):
+                if math.isnan(value):
+                    continue
+                if value <= limit:
                     ax.axvline(value, color="red" if style == "--" else "black", linestyle=style, label=label)
+                else:  # keep the bars readable: the original is often far off the scale of the methods
+                    ax.text(0.98, 0.01, f"original: {value:.2f} →", transform=ax.transAxes, ha="right", fontsize=7)
+            ax.set_xlim(0, limit)
             ax.set_title(f"{tag}\n{title}" if c == 0 else title, fontsize=8)
             ax.tick_params(axis="x", labelsize=7)
             if r == 0 and c == len(metrics) - 1:
@@ -206,3 +235,16 @@ def plot(tables: dict[str, list[dict]], path: Path) -> None:
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     os.replace(tmp, path)
+
+
+DOCS_START, DOCS_END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def update_docs(docs_path: str | os.PathLike, results_md: str | os.PathLike) -> None:
+    """Replaces the block between the results markers of `docs_path` with the tables of `results_md`."""
+    text = Path(docs_path).read_text()
+    if DOCS_START not in text or DOCS_END not in text:
+        raise ValueError(f"{docs_path} has no '{DOCS_START}' ... '{DOCS_END}' block; add the two markers first.")
+    tables = Path(results_md).read_text().split("\n", 2)[2].strip()  # drop the file's own title
+    head, rest = text.split(DOCS_START, 1)
+    atomic_write_text(docs_path, f"{head}{DOCS_START}\n{tables}\n{DOCS_END}{rest.split(DOCS_END, 1)[1]}")

@@ -181,12 +181,23 @@ def run_file(ctx: BenchmarkContext, phase: str, seed: int, method: str, override
 
 
 def run_one(
-    ctx: BenchmarkContext, phase: str, seed: int, method: str, overrides: dict[str, Any], resume: bool = True
+    ctx: BenchmarkContext,
+    phase: str,
+    seed: int,
+    method: str,
+    overrides: dict[str, Any],
+    resume: bool = True,
+    run_missing: bool = True,
 ) -> dict:
-    """Runs `method` (or a reference row) with `overrides` on `seed`, writes its record, returns it."""
+    """Runs `method` (or a reference row) with `overrides` on `seed`, writes its record, returns it.
+
+    With `run_missing=False` nothing runs: the stored record, or `{}` when there is none.
+    """
     path = run_file(ctx, phase, seed, method, overrides)
     if resume and path.exists():
         return json.loads(path.read_text())
+    if not run_missing:
+        return {}
     split = ctx.split(seed)
     base = {
         "method": method,
