@@ -88,8 +88,17 @@ def _captioned(n_per: int, seed: int, captions=CAPTIONS) -> Dataset:
     return Dataset.from_dict({"image": images, "text": texts}, features=Features({"image": Image(), "text": Value("string")}))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # Hundreds of tiny ops per step: with several intra-op threads on a busy 2-core runner, their barriers dominate.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
-def sd_path(tmp_path_factory):
+def sd_path(tmp_path_factory, _one_thread):
     """The tiny pipeline trained through the engine (finetune on every row) until its output depends on the prompt."""
     root = tmp_path_factory.mktemp("sd")
     _tiny_sd_pipeline().save_pretrained(root / "init")
