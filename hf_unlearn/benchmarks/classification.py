@@ -229,7 +229,7 @@ def main(argv=None) -> int:
         if args.shard_count == 1:
             write_outputs(args.output, records, cfg, ctx.tag)
         else:
-            print("Sharded run: write the tables once every shard is done with `--phase report --resume` (1 shard).")
+            print("Sharded run: once every shard is done, write the tables with `--phase tables` (no --shard).")
     return 0
 
 

@@ -32,14 +32,19 @@ class TextToImageFamily(ModelFamily):
     """
 
     name = "text_to_image"
-    default_config: dict[str, Any] = {"max_grad_norm": 1.0, "remain_steps_per_forget": 1,
-                                      "per_device_train_batch_size": 2}
+    default_config: dict[str, Any] = {
+        "max_grad_norm": 1.0,
+        "remain_steps_per_forget": 1,
+        "per_device_train_batch_size": 2,
+    }
 
     def __init__(self, pipeline, config):
         missing = [c for c in _REQUIRED if getattr(pipeline, c, None) is None]
         if missing:
-            raise ValueError(f"The pipeline has no {missing}; pass a Stable Diffusion pipeline (or folder / repo id) "
-                             "with unet, vae, text_encoder, tokenizer and scheduler.")
+            raise ValueError(
+                f"The pipeline has no {missing}; pass a Stable Diffusion pipeline (or folder / repo id) "
+                "with unet, vae, text_encoder, tokenizer and scheduler."
+            )
         from diffusers import DDPMScheduler  # noqa: PLC0415
 
         self._pipeline = pipeline
@@ -71,8 +76,17 @@ class TextToImageFamily(ModelFamily):
         return bool(index) and "text_encoder" in index
 
     @classmethod
-    def from_pretrained(cls, model_or_path, config, *, image_processor=None, transform=None, trust_remote_code=False,
-                        pipeline=None, **kwargs) -> TextToImageFamily:
+    def from_pretrained(
+        cls,
+        model_or_path,
+        config,
+        *,
+        image_processor=None,
+        transform=None,
+        trust_remote_code=False,
+        pipeline=None,
+        **kwargs,
+    ) -> TextToImageFamily:
         """Loads a folder or repo id with `StableDiffusionPipeline.from_pretrained` (extra `kwargs` go there), or takes
         a pipeline object, or a `UNet2DConditionModel` together with `pipeline=` (the rest of the components)."""
         from diffusers import StableDiffusionPipeline  # noqa: PLC0415
@@ -80,8 +94,10 @@ class TextToImageFamily(ModelFamily):
         source = None
         if type(model_or_path).__name__ == "UNet2DConditionModel":
             if pipeline is None:
-                raise ValueError("A bare UNet2DConditionModel has no VAE, text encoder or tokenizer: pass "
-                                 "`pipeline=` (a StableDiffusionPipeline whose other components go with this UNet).")
+                raise ValueError(
+                    "A bare UNet2DConditionModel has no VAE, text encoder or tokenizer: pass "
+                    "`pipeline=` (a StableDiffusionPipeline whose other components go with this UNet)."
+                )
             pipeline.unet = model_or_path
         elif hasattr(model_or_path, "components"):
             pipeline = model_or_path
@@ -123,8 +139,12 @@ class TextToImageFamily(ModelFamily):
         finally:
             pipeline.unet = self.model
         if lora_layers is not None:
-            type(pipeline).save_lora_weights(save_directory, unet_lora_layers=lora_layers, safe_serialization=True,
-                                             unet_lora_adapter_metadata=metadata)
+            type(pipeline).save_lora_weights(
+                save_directory,
+                unet_lora_layers=lora_layers,
+                safe_serialization=True,
+                unet_lora_adapter_metadata=metadata,
+            )
 
     def fresh_model(self, init: str = "config") -> nn.Module:
         from diffusers import UNet2DConditionModel  # noqa: PLC0415
@@ -138,8 +158,13 @@ class TextToImageFamily(ModelFamily):
         """Identifies the generating model in the concept-image cache key (source, configs, a probe of the weights)."""
         params = list(self.model.parameters())
         probe = [float(params[0].detach().float().sum()), float(params[-1].detach().float().sum())]
-        return sha256_of(getattr(self, "source", None), dict(self.model.config), dict(self.text_encoder.config.to_dict()),
-                         type(self._pipeline.scheduler).__name__, probe)
+        return sha256_of(
+            getattr(self, "source", None),
+            dict(self.model.config),
+            dict(self.text_encoder.config.to_dict()),
+            type(self._pipeline.scheduler).__name__,
+            probe,
+        )
 
     # Data
     def prepare_split(self, split, config):
@@ -148,17 +173,26 @@ class TextToImageFamily(ModelFamily):
 
         if not isinstance(split, ConceptSplit):
             if not (hasattr(split, "forget") and hasattr(split, "remain")):
-                raise ValueError("The text-to-image family unlearns a `ConceptSplit` (prompts or captioned images); "
-                                 f"got a {type(split).__name__}.")
+                raise ValueError(
+                    "The text-to-image family unlearns a `ConceptSplit` (prompts or captioned images); "
+                    f"got a {type(split).__name__}."
+                )
             return split
         method = get_method(config.method)
         if (method.remain_loss is not None or method.saliency is not None) and not split.has_remain:
-            raise ValueError(f"Method '{config.method}' needs a remain set: pass `remain_prompts` (e.g. ['a photo of "
-                             "a person wearing clothes']) or `remain_dataset` to ConceptSplit.")
+            raise ValueError(
+                f"Method '{config.method}' needs a remain set: pass `remain_prompts` (e.g. ['a photo of "
+                "a person wearing clothes']) or `remain_dataset` to ConceptSplit."
+            )
         cache_dir = split.cache_dir or os.path.join(config.output_dir, "concept_cache")
-        return split.materialize(self.pipeline, resolution=self.resolution, cache_dir=cache_dir,
-                                 image_column=self.image_column, caption_column=self.caption_column,
-                                 model_id=self.model_id())
+        return split.materialize(
+            self.pipeline,
+            resolution=self.resolution,
+            cache_dir=cache_dir,
+            image_column=self.image_column,
+            caption_column=self.caption_column,
+            model_id=self.model_id(),
+        )
 
     def validate_split(self, split) -> None:
         for name in ("forget", "remain"):
@@ -167,11 +201,15 @@ class TextToImageFamily(ModelFamily):
                 continue
             for arg, column in (("image_column", self.image_column), ("caption_column", self.caption_column)):
                 if column not in ds.column_names:
-                    raise ValueError(f"`{arg}` is '{column}', but the {name} set has columns {ds.column_names}; "
-                                     f"pass {arg}=... in UnlearnConfig.")
+                    raise ValueError(
+                        f"`{arg}` is '{column}', but the {name} set has columns {ds.column_names}; "
+                        f"pass {arg}=... in UnlearnConfig."
+                    )
             bad = [c for c in ds[self.caption_column][:1000] if not isinstance(c, str)]
             if bad:
-                raise ValueError(f"Column `{self.caption_column}` of the {name} set must hold strings, found {bad[:3]}.")
+                raise ValueError(
+                    f"Column `{self.caption_column}` of the {name} set must hold strings, found {bad[:3]}."
+                )
         resolution = getattr(split, "resolution", None)
         if resolution:
             self._check_resolution(resolution)
@@ -180,8 +218,10 @@ class TextToImageFamily(ModelFamily):
         blocks = len(self.model.config.block_out_channels)
         multiple = self.vae_scale_factor * 2 ** (blocks - 1)
         if resolution % multiple:
-            raise ValueError(f"`resolution` is {resolution}, but this UNet and VAE need a multiple of {multiple} "
-                             f"(e.g. {max(multiple, resolution // multiple * multiple)}).")
+            raise ValueError(
+                f"`resolution` is {resolution}, but this UNet and VAE need a multiple of {multiple} "
+                f"(e.g. {max(multiple, resolution // multiple * multiple)})."
+            )
 
     def pixel_values(self, images: list) -> torch.Tensor:
         """Resize the short side to `resolution`, centre-crop, scale to [-1, 1] (as diffusers' training scripts)."""
@@ -197,12 +237,19 @@ class TextToImageFamily(ModelFamily):
         return torch.stack(out)
 
     def tokenize(self, prompts: list[str]) -> torch.Tensor:
-        return self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
-                              truncation=True, return_tensors="pt").input_ids
+        return self.tokenizer(
+            list(prompts),
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
 
     def collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        batch = {"pixel_values": self.pixel_values([r[self.image_column] for r in rows]),
-                 "input_ids": self.tokenize([r[self.caption_column] for r in rows])}
+        batch = {
+            "pixel_values": self.pixel_values([r[self.image_column] for r in rows]),
+            "input_ids": self.tokenize([r[self.caption_column] for r in rows]),
+        }
         if rows and "anchor" in rows[0]:
             batch["anchor_input_ids"] = self.tokenize([r["anchor"] for r in rows])
         return batch
@@ -210,8 +257,14 @@ class TextToImageFamily(ModelFamily):
     def make_dataloader(self, dataset, *, batch_size, shuffle, seed, drop_last=False) -> DataLoader:
         columns = [c for c in (self.image_column, self.caption_column, "anchor") if c in dataset.column_names]
         generator = torch.Generator().manual_seed(seed)
-        return DataLoader(dataset.select_columns(columns), batch_size=batch_size, shuffle=shuffle, generator=generator,
-                          drop_last=drop_last, collate_fn=self.collate)
+        return DataLoader(
+            dataset.select_columns(columns),
+            batch_size=batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            drop_last=drop_last,
+            collate_fn=self.collate,
+        )
 
     def trainable_parameter_filter(self, name: str) -> bool:
         """`train_modules`: "all"; "cross_attention" (ESD-x: every `attn2` weight, q/k/v/out); "non_cross_attention"
@@ -276,8 +329,10 @@ class TextToImageFamily(ModelFamily):
         if target_labels is not None:
             raise ValueError("The text-to-image family remaps to anchor prompts, not labels.")
         if "anchor_input_ids" not in batch:
-            raise ValueError("The forget batch carries no anchor prompts; build the split with ConceptSplit, whose "
-                             "forget rows get `anchor_prompts` (by default the remain prompts).")
+            raise ValueError(
+                "The forget batch carries no anchor prompts; build the split with ConceptSplit, whose "
+                "forget rows get `anchor_prompts` (by default the remain prompts)."
+            )
         noisy, _, timesteps = self._noised(self.encode_images(batch["pixel_values"]))
         with torch.no_grad():
             target = self.predict(_unwrap(model), noisy, timesteps, self.encode_prompts(batch["anchor_input_ids"]))
