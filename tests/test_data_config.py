@@ -107,8 +107,12 @@ def test_config_round_trips_yaml_json_and_argparse(tmp_path):
 
 
 def test_resolve_fills_method_and_family_defaults():
+    from hf_unlearn import get_method
+
     resolved = UnlearnConfig(method="sfr_on").resolve("image_classifier")
-    assert resolved.remain_steps_per_forget == 5 and resolved.max_grad_norm == 7.0
+    method_defaults = get_method("sfr_on").defaults_for("image_classifier")
+    assert resolved.remain_steps_per_forget == method_defaults["remain_steps_per_forget"]
+    assert resolved.max_grad_norm == 7.0  # from the family, since the method does not set it
     assert resolved.learning_rate is not None and resolved.family == "image_classifier"
     assert UnlearnConfig(method="sfr_on", learning_rate=0.5).resolve("image_classifier").learning_rate == 0.5
 
