@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import tempfile
 from collections.abc import Callable
 from typing import Optional
 
@@ -11,7 +12,6 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .utils import atomic_directory
 
 Mask = dict[str, torch.Tensor]
 
@@ -77,13 +77,20 @@ def mask_fraction(mask: Mask) -> float:
 
 
 def save_mask(mask: Mask, path: str | os.PathLike) -> None:
-    """Saves a mask as safetensors (uint8), written to a temporary file and renamed."""
+    """Saves a mask as safetensors (uint8) into a temporary file beside `path`, then renames it over `path`."""
     path = os.fspath(path)
     tensors = {name: m.to(torch.uint8).contiguous().cpu() for name, m in mask.items()}
-    with atomic_directory(path + ".dir") as tmp:
-        save_file(tensors, os.path.join(tmp, "mask.safetensors"), metadata={"format": "hf_unlearn_mask"})
-    os.replace(os.path.join(path + ".dir", "mask.safetensors"), path)
-    os.rmdir(path + ".dir")
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"format": "hf_unlearn_mask"})
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def load_mask(path: str | os.PathLike, named_params: list[tuple[str, torch.nn.Parameter]]) -> Mask:

@@ -95,8 +95,12 @@ def test_two_cpu_processes_match_one_process_with_the_same_global_batch(tmp_path
         assert view["rows_seen"] == mp_unlearn_helper.NUM_TEST and view["labels_in_order"]
     assert ranks[0]["metrics"] == ranks[1]["metrics"]
 
-    torch.set_num_threads(2)
-    single = mp_unlearn_helper.run(str(model_dir), str(tmp_path / "one"), 2 * PER_DEVICE_BATCH)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the ranks ran with the helper's thread settings; match them for the comparison
+    try:
+        single = mp_unlearn_helper.run(str(model_dir), str(tmp_path / "one"), 2 * PER_DEVICE_BATCH)
+    finally:
+        torch.set_num_threads(threads)
     assert single["num_processes"] == 1
     one_row = {
         "FA": 100 / mp_unlearn_helper.NUM_FORGET,

@@ -19,15 +19,6 @@ from hf_unlearn.models import digits_image_processor, tiny_classifier
 from hf_unlearn.utils import file_sha256
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models run as fast on one thread, and far faster than on two when other jobs share the CPU.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def rows(digits_small):
     return digits_small["train"].select(range(200))

@@ -30,15 +30,6 @@ def _load_worker():
 worker = _load_worker()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models run as fast on one thread, and far faster than on two when other jobs share the CPU.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("resume_model")

@@ -206,8 +206,12 @@ def plot(tables: dict[str, list[dict]], path: Path) -> None:
                     mean = abs(mean - ref[key][0])
                 values.append(0.0 if math.isnan(mean) else mean)
                 errors.append(std)
-            colors = ["tab:green" if row["method"].startswith("sfr_on") else "tab:blue" for row in bars]
-            colors = [col if row["config"] != "default" else "lightgray" for col, row in zip(colors, bars)]
+            colors = [
+                ("tab:green" if row["method"].startswith("sfr_on") else "tab:blue")
+                if row["config"] != "default"
+                else ("lightgreen" if row["method"].startswith("sfr_on") else "lightsteelblue")
+                for row in bars
+            ]
             ax.barh(range(len(bars)), values, xerr=errors, color=colors, capsize=2)
             ax.set_yticks(range(len(bars)))
             ax.set_yticklabels([row["row"] for row in bars] if c == 0 else [], fontsize=7)
@@ -229,7 +233,10 @@ def plot(tables: dict[str, list[dict]], path: Path) -> None:
             ax.tick_params(axis="x", labelsize=7)
             if r == 0 and c == len(metrics) - 1:
                 ax.legend(fontsize=6, loc="lower right")
-    fig.suptitle("Gap to retraining (lower is better; green: SFR-on variants, gray: library defaults)", fontsize=10)
+    fig.suptitle(
+        "Gap to retraining (lower is better; green: SFR-on variants, blue: baselines; pale: library defaults)",
+        fontsize=10,
+    )
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=110)
