@@ -169,7 +169,9 @@ def evaluate_main(argv=None) -> int:
 def demo_main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="hf-unlearn demo", description=COMMANDS["demo"][2])
     parser.add_argument("--model", default="resnet", choices=["resnet", "vit", "swin"], help="Tiny classifier kind.")
-    parser.add_argument("--method", default="sfr_on", help="Unlearning method (see `hf-unlearn unlearn --help`).")
+    parser.add_argument(
+        "--method", default=None, help="Unlearning method; default: the classifier family's recommended SFR-on variant."
+    )
     parser.add_argument("--forget-class", type=int, default=3, help="Digit class to forget.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of training and unlearning.")
     parser.add_argument("--output", default="hf_unlearn_demo", help="Folder for the original and unlearned models.")
@@ -185,17 +187,20 @@ def demo_main(argv=None) -> int:
         tiny_classifier(args.model, seed=args.seed), ds["train"], RECIPES[args.model], seed=args.seed
     )
     original_dir = os.path.join(args.output, "original")
-    original.save_pretrained(original_dir, overwrite=True)
+    # Saved as a plain transformers model, as a user's own checkpoint would be (training is not a deletion request).
+    original.model.save_pretrained(original_dir)
+    original.family.image_processor.save_pretrained(original_dir)
     before = original.evaluate(split)
-    print(f"Unlearning class {args.forget_class} with {args.method}...")
     config = UnlearnConfig(method=args.method, seed=args.seed, output_dir=os.path.join(args.output, "run"))
     unlearner = Unlearner.from_pretrained(original_dir, config, image_processor=digits_image_processor())
+    method = unlearner.config.method
+    print(f"Unlearning class {args.forget_class} with {method}...")
     result = unlearner.unlearn(split)
     after = unlearner.evaluate(split)
-    _print_metrics({"original": before, args.method: after})
+    _print_metrics({"original": before, method: after})
     unlearner.save_pretrained(os.path.join(args.output, "unlearned"), overwrite=True)
     print(
-        f"{args.method} took {result.runtime_s:.1f}s; FA {before['FA']:.1f}% -> {after['FA']:.1f}% on class "
+        f"{method} took {result.runtime_s:.1f}s; FA {before['FA']:.1f}% -> {after['FA']:.1f}% on class "
         f"{args.forget_class}, TA on the other classes {before['TA']:.1f}% -> {after['TA']:.1f}%. "
         f"Unlearned model saved to {os.path.join(args.output, 'unlearned')}."
     )

@@ -24,6 +24,7 @@ GLOBAL_DEFAULTS: dict[str, Any] = {
     "remain_steps_per_forget": 1,
     "per_device_train_batch_size": 64,
 }
+DEFAULT_METHOD = "sfr_on"  # when no family is known; each family names its own recommended variant
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("cosine", "constant", "linear")
 PRECISIONS = ("no", "fp16", "bf16")
@@ -42,8 +43,12 @@ class UnlearnConfig:
     α 500, λ 0.6; class-conditional DDPM: Adam lr 1e-4, 150 steps, α 10, clip 1, λ 0.5.
     """
 
-    method: str = field(
-        default="sfr_on", metadata={"help": "Registered method name (see `hf_unlearn.list_methods()`)."}
+    method: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Registered method name (see `hf_unlearn.list_methods()`). Unset: the family's recommended SFR-on "
+            "variant (sfr_on_bound for classifiers, sfr_on_remap for diffusion; see docs/benchmarks.md)."
+        },
     )
     family: Optional[str] = field(
         default=None,
@@ -195,7 +200,8 @@ class UnlearnConfig:
         _check_choice(self, "train_modules", ("all", "cross_attention", "non_cross_attention"))
         from .methods import get_method  # noqa: PLC0415 (the registry imports this module)
 
-        get_method(self.method)
+        if self.method is not None:
+            get_method(self.method)
 
     def resolve(self, family: Optional[str] = None) -> UnlearnConfig:
         """Returns a copy whose `None` fields are filled from the method, then the family, then library defaults."""
@@ -203,7 +209,8 @@ class UnlearnConfig:
         from .methods import get_method  # noqa: PLC0415
 
         family = family or self.family
-        method = get_method(self.method)
+        name = self.method or (get_family_class(family).default_method if family else DEFAULT_METHOD)
+        method = get_method(name, family)
         layers = [method.defaults_for(family)]
         if family is not None:
             layers.append(get_family_class(family).default_config)
@@ -216,6 +223,7 @@ class UnlearnConfig:
                         values[key] = layer[key]
                         break
         values["family"] = family
+        values["method"] = name
         return UnlearnConfig(**values)
 
     # Serialisation

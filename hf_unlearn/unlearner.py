@@ -58,7 +58,8 @@ class Unlearner:
 
     def __init__(self, family, config: Optional[UnlearnConfig] = None):
         config = config or UnlearnConfig()
-        get_method(config.method, family.name)
+        if config.method is not None:
+            get_method(config.method, family.name)
         self.family = family
         self.config = config.resolve(family.name)
         self.method = get_method(self.config.method, family.name)
@@ -73,7 +74,7 @@ class Unlearner:
         """Loads a model object, a local folder or a Hub repo id and detects its family (or takes `family`)."""
         config = config or UnlearnConfig()
         family = normalize_family(family or config.family or detect_family(model_or_path))
-        get_method(config.method, family)
+        config = config.resolve(family)  # checks that the method supports the family, before any loading
         family_obj = get_family_class(family).from_pretrained(
             model_or_path, config, image_processor=image_processor, transform=transform,
             trust_remote_code=trust_remote_code, **kwargs,

@@ -34,7 +34,7 @@ def _lora_config(tmp, **kw):
         method="sfr_on",
         lora=True,
         learning_rate=1e-2,
-        max_steps=8,
+        max_steps=16,
         remain_steps_per_forget=1,
         per_device_train_batch_size=32,
         saliency_max_batches=2,

@@ -266,6 +266,8 @@ def _mean_std(values: list[float], digits: int = 2, scale: float = 1.0) -> str:
 
 def _row(label: str, runs: list[dict], steps: str, time_key: str, fid0: float) -> str:
     ok = [r for r in runs if "diverged" not in r]
+    if not runs:
+        return f"| {label} | not run | | | | | | {steps} | |"
     if not ok:
         return f"| {label} | diverged ({len(runs)} runs) | | | | | | {steps} | |"
     cells = [
@@ -408,7 +410,11 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = run(args)
-    command = "hf-unlearn benchmark-diffusion " + " ".join(argv)
+    shown = [a for a in argv if a != "--report-only"]
+    if "--report" in shown:  # where the report goes is not part of the run
+        i = shown.index("--report")
+        shown = shown[:i] + shown[i + 2 :]
+    command = "hf-unlearn benchmark-diffusion " + " ".join(shown)
     text = report(out["bench"], out["results"], command)
     print(text)
     if args.report:

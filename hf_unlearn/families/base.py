@@ -23,6 +23,7 @@ class ModelFamily:
 
     name: ClassVar[str] = ""
     default_config: ClassVar[dict[str, Any]] = {}
+    default_method: ClassVar[str] = "sfr_on"  # used when `UnlearnConfig.method` is unset
     model: nn.Module
 
     # Loading and detection

@@ -44,6 +44,8 @@ class ClassConditionalDiffusionFamily(ModelFamily):
     """
 
     name = "class_conditional_diffusion"
+    # Faithful ascent on the noise loss is unstable; remapping to an anchor is the authors' own SD choice.
+    default_method = "sfr_on_remap"
     default_config: dict[str, Any] = {
         "max_grad_norm": 1.0,
         "remain_steps_per_forget": 1,

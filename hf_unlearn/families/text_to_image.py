@@ -32,6 +32,8 @@ class TextToImageFamily(ModelFamily):
     """
 
     name = "text_to_image"
+    # Faithful ascent on the noise loss is unstable; remapping to an anchor is the authors' own SD choice.
+    default_method = "sfr_on_remap"
     default_config: dict[str, Any] = {
         "max_grad_norm": 1.0,
         "remain_steps_per_forget": 1,
