@@ -90,8 +90,12 @@ def _load_data(args: DataArguments):
     if args.forget_prompts:
         from .concept import ConceptSplit  # noqa: PLC0415
 
-        return ConceptSplit(forget_prompts=args.forget_prompts, remain_prompts=args.remain_prompts,
-                            num_images=args.num_concept_images, seed=args.forget_seed)
+        return ConceptSplit(
+            forget_prompts=args.forget_prompts,
+            remain_prompts=args.remain_prompts,
+            num_images=args.num_concept_images,
+            seed=args.forget_seed,
+        )
     if args.dataset == "digits":
         ds = load_digits_dataset()
         train, test = ds[args.split], (ds[args.test_split] if args.test_split else None)
@@ -170,7 +174,9 @@ def demo_main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="hf-unlearn demo", description=COMMANDS["demo"][2])
     parser.add_argument("--model", default="resnet", choices=["resnet", "vit", "swin"], help="Tiny classifier kind.")
     parser.add_argument(
-        "--method", default=None, help="Unlearning method; default: the classifier family's recommended SFR-on variant."
+        "--method",
+        default=None,
+        help="Unlearning method; default: the classifier family's recommended SFR-on variant.",
     )
     parser.add_argument("--forget-class", type=int, default=3, help="Digit class to forget.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of training and unlearning.")

@@ -12,7 +12,6 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-
 Mask = dict[str, torch.Tensor]
 
 

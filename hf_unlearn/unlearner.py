@@ -69,15 +69,28 @@ class Unlearner:
         self.source = getattr(family, "source", None)
 
     @classmethod
-    def from_pretrained(cls, model_or_path, config: Optional[UnlearnConfig] = None, *, family: Optional[str] = None,
-                        image_processor=None, transform=None, trust_remote_code: bool = False, **kwargs) -> Unlearner:
+    def from_pretrained(
+        cls,
+        model_or_path,
+        config: Optional[UnlearnConfig] = None,
+        *,
+        family: Optional[str] = None,
+        image_processor=None,
+        transform=None,
+        trust_remote_code: bool = False,
+        **kwargs,
+    ) -> Unlearner:
         """Loads a model object, a local folder or a Hub repo id and detects its family (or takes `family`)."""
         config = config or UnlearnConfig()
         family = normalize_family(family or config.family or detect_family(model_or_path))
         config = config.resolve(family)  # checks that the method supports the family, before any loading
         family_obj = get_family_class(family).from_pretrained(
-            model_or_path, config, image_processor=image_processor, transform=transform,
-            trust_remote_code=trust_remote_code, **kwargs,
+            model_or_path,
+            config,
+            image_processor=image_processor,
+            transform=transform,
+            trust_remote_code=trust_remote_code,
+            **kwargs,
         )
         from .hub import read_previous_record  # noqa: PLC0415
 
@@ -118,11 +131,17 @@ class Unlearner:
             ewc = self._ewc_anchor(ctx, named, remain_loader, accelerator) if method.geometry == "ewc" else None
         else:  # the saved mask and anchor: recomputing them would draw other batches and change the result
             saliency_s, self.mask, ewc = 0.0, resume.mask, resume.ewc
-        first, forget_it, remain_it, history = self._start_position(ctx, forget_loader, remain_loader, resume,
-                                                                    accelerator)
+        first, forget_it, remain_it, history = self._start_position(
+            ctx, forget_loader, remain_loader, resume, accelerator
+        )
         total = cfg.max_steps
-        bar = tqdm(range(first, total), initial=first, total=total, desc=f"unlearn[{method.name}]",
-                   disable=not accelerator.is_local_main_process)
+        bar = tqdm(
+            range(first, total),
+            initial=first,
+            total=total,
+            desc=f"unlearn[{method.name}]",
+            disable=not accelerator.is_local_main_process,
+        )
         for step in bar:
             logs = self._cycle(ctx, optimizer, params, named, forget_it, remain_it, step, accelerator, ewc)
             history.append(logs)
@@ -130,8 +149,15 @@ class Unlearner:
                 bar.set_postfix({k: round(v, 4) for k, v in logs.items() if k.endswith("loss")})
                 accelerator.log(logs, step=step)
             if cfg.checkpointing_steps and (step + 1) % cfg.checkpointing_steps == 0:
-                state = EngineState(step + 1, _consumed(forget_it, remain_it), identity, history, mask=self.mask,
-                                    ewc=ewc, generator_state=ctx.generator.get_state())
+                state = EngineState(
+                    step + 1,
+                    _consumed(forget_it, remain_it),
+                    identity,
+                    history,
+                    mask=self.mask,
+                    ewc=ewc,
+                    generator_state=ctx.generator.get_state(),
+                )
                 save_checkpoint(accelerator, cfg.output_dir, state, cfg.checkpoints_total_limit)
         accelerator.wait_for_everyone()
         self._guarded = self._last_good = None  # the divergence guard's copy is only needed inside the loop
@@ -140,8 +166,13 @@ class Unlearner:
         self.family.model.eval()
         runtime = time.perf_counter() - start
         self.result = UnlearnResult(
-            method=method.name, history=history, runtime_s=runtime, saliency_runtime_s=saliency_s,
-            fingerprint=split.fingerprint, num_forget=len(getattr(split, "forget_indices", []) or []), steps=total,
+            method=method.name,
+            history=history,
+            runtime_s=runtime,
+            saliency_runtime_s=saliency_s,
+            fingerprint=split.fingerprint,
+            num_forget=len(getattr(split, "forget_indices", []) or []),
+            steps=total,
             mask_fraction=None if self.mask is None else mask_fraction(self.mask),
         )
         self._split_info = split.describe()
@@ -170,8 +201,17 @@ class Unlearner:
             for _ in range(cfg.remain_steps_per_forget):
                 logs |= self._step(ctx, optimizer, params, named, None, remain_it, alpha, accelerator)
         else:
-            logs |= self._step(ctx, optimizer, params, named, forget_it if forget_on else None,
-                               remain_it if method.remain_loss else None, alpha, accelerator, ewc=ewc)
+            logs |= self._step(
+                ctx,
+                optimizer,
+                params,
+                named,
+                forget_it if forget_on else None,
+                remain_it if method.remain_loss else None,
+                alpha,
+                accelerator,
+                ewc=ewc,
+            )
         if before is not None:
             with torch.no_grad():
                 for p, old in zip(params, before):
@@ -191,8 +231,10 @@ class Unlearner:
     def _start_position(self, ctx, forget_loader, remain_loader, resume, accelerator):
         """Endless loaders at the data position of `resume` (or the start), and the weights/optimizer/RNG it saved."""
         consumed = resume.consumed if resume is not None else {}
-        forget_it, remain_it = (None if dl is None else endless_at(dl, consumed.get(key, 0))
-                                for key, dl in (("forget", forget_loader), ("remain", remain_loader)))
+        forget_it, remain_it = (
+            None if dl is None else endless_at(dl, consumed.get(key, 0))
+            for key, dl in (("forget", forget_loader), ("remain", remain_loader))
+        )
         if resume is None:
             return 0, forget_it, remain_it, []
         # Restored after positioning the loaders, so the RNG states are exactly those of the save.
@@ -206,7 +248,9 @@ class Unlearner:
         cfg, method, family = self.config, self.method, self.family
         model = family.model
         model.train()
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and family.trainable_parameter_filter(n)]
+        named = [
+            (n, p) for n, p in model.named_parameters() if p.requires_grad and family.trainable_parameter_filter(n)
+        ]
         if not named:
             raise ValueError("The model has no trainable parameters for this configuration (check `train_modules`).")
         original = teacher = None
@@ -217,21 +261,34 @@ class Unlearner:
         optimizer = build_optimizer([p for _, p in named], cfg)
         batch = cfg.per_device_train_batch_size
         uses_forget = method.forget_loss is not None or method.saliency is not None
-        forget_loader = (family.make_dataloader(split.forget, batch_size=batch, shuffle=True, seed=cfg.seed)
-                         if uses_forget else None)
-        remain_loader = (family.make_dataloader(split.remain, batch_size=batch, shuffle=True, seed=cfg.seed + 1)
-                         if method.remain_loss is not None or method.saliency is not None else None)
+        forget_loader = (
+            family.make_dataloader(split.forget, batch_size=batch, shuffle=True, seed=cfg.seed)
+            if uses_forget
+            else None
+        )
+        remain_loader = (
+            family.make_dataloader(split.remain, batch_size=batch, shuffle=True, seed=cfg.seed + 1)
+            if method.remain_loss is not None or method.saliency is not None
+            else None
+        )
         model, optimizer = accelerator.prepare(model, optimizer)
-        forget_loader, remain_loader = (None if dl is None else accelerator.prepare_data_loader(dl)
-                                        for dl in (forget_loader, remain_loader))
+        forget_loader, remain_loader = (
+            None if dl is None else accelerator.prepare_data_loader(dl) for dl in (forget_loader, remain_loader)
+        )
         if original is not None:
             original = original.to(accelerator.device)
         if teacher is not None:
             teacher = teacher.to(accelerator.device)
         generator = torch.Generator().manual_seed(cfg.seed + 1000 * accelerator.process_index)
         ctx = StepContext(
-            family=family, model=model, config=cfg, forget_classes=getattr(split, "forget_classes", None),
-            original=original, teacher=teacher, gather=accelerator.gather, num_processes=accelerator.num_processes,
+            family=family,
+            model=model,
+            config=cfg,
+            forget_classes=getattr(split, "forget_classes", None),
+            original=original,
+            teacher=teacher,
+            gather=accelerator.gather,
+            num_processes=accelerator.num_processes,
             generator=generator,
         )
         return ctx, named, optimizer, forget_loader, remain_loader
@@ -325,8 +382,9 @@ class Unlearner:
             self.mask = fisher_ratio_mask(f_forget, f_remain, cfg.mask_threshold, cfg.mask_eps)
         else:
             forget = self.method.forget_loss
-            grads = squared_grad_mean(named, iter(forget_loader), lambda b: forget(ctx, b)[0], limit, reduce,
-                                      square=False)
+            grads = squared_grad_mean(
+                named, iter(forget_loader), lambda b: forget(ctx, b)[0], limit, reduce, square=False
+            )
             self.mask = topk_mask(grads, cfg.salun_sparsity)
         if accelerator.is_main_process and cfg.output_dir:
             os.makedirs(cfg.output_dir, exist_ok=True)
@@ -374,8 +432,10 @@ def _check_finite(value: torch.Tensor, what: str, step: int, cfg) -> None:
 
 
 def _consumed(forget_it, remain_it) -> dict[str, int]:
-    return {"forget": forget_it.consumed if forget_it is not None else 0,
-            "remain": remain_it.consumed if remain_it is not None else 0}
+    return {
+        "forget": forget_it.consumed if forget_it is not None else 0,
+        "remain": remain_it.consumed if remain_it is not None else 0,
+    }
 
 
 class _null:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -49,15 +50,18 @@ class ImageClassifierFamily(ModelFamily):
     @classmethod
     def can_load(cls, model_or_path: Any) -> bool:
         if isinstance(model_or_path, nn.Module):
-            return type(model_or_path).__name__.endswith("ForImageClassification") or hasattr(
-                getattr(model_or_path, "base_model", None), "config"
-            ) and any(a.endswith("ForImageClassification") for a in (model_or_path.config.architectures or []))
+            return (
+                type(model_or_path).__name__.endswith("ForImageClassification")
+                or hasattr(getattr(model_or_path, "base_model", None), "config")
+                and any(a.endswith("ForImageClassification") for a in (model_or_path.config.architectures or []))
+            )
         cfg = read_config_file(model_or_path, "config.json")
         return bool(cfg) and any(str(a).endswith("ForImageClassification") for a in cfg.get("architectures") or [])
 
     @classmethod
-    def from_pretrained(cls, model_or_path, config, *, image_processor=None, transform=None, trust_remote_code=False,
-                        **kwargs):
+    def from_pretrained(
+        cls, model_or_path, config, *, image_processor=None, transform=None, trust_remote_code=False, **kwargs
+    ):
         if isinstance(model_or_path, nn.Module):
             return cls(model_or_path, config, image_processor=image_processor, transform=transform)
         check_weights_files(model_or_path, "model_or_path")
@@ -66,7 +70,9 @@ class ImageClassifierFamily(ModelFamily):
         )
         if image_processor is None and transform is None:
             try:
-                image_processor = AutoImageProcessor.from_pretrained(model_or_path, trust_remote_code=trust_remote_code)
+                image_processor = AutoImageProcessor.from_pretrained(
+                    model_or_path, trust_remote_code=trust_remote_code
+                )
             except (OSError, ValueError):
                 image_processor = None
         family = cls(model, config, image_processor=image_processor, transform=transform)
@@ -108,8 +114,14 @@ class ImageClassifierFamily(ModelFamily):
     def make_dataloader(self, dataset, *, batch_size, shuffle, seed, drop_last=False) -> DataLoader:
         dataset = dataset.select_columns([self.image_column, self.label_column])
         generator = torch.Generator().manual_seed(seed)
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last,
-                          collate_fn=self.collate)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            drop_last=drop_last,
+            collate_fn=self.collate,
+        )
 
     def validate_split(self, split) -> None:
         for name, ds in [("dataset", split.dataset), ("test_dataset", split.test_dataset)]:
