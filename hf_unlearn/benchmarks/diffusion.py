@@ -396,6 +396,12 @@ def collect(bench: DiffusionBenchmark, kind: str) -> dict:
     for budget in a.budgets:
         for method in a.methods:
             res["methods"][(method, budget)] = [r for s in a.seeds if (r := stored(f"{method}-s{s}-b{budget}"))]
+    if res["retrain"]:  # computed here, not when scored, so every row compares with the same pooled RT
+        pooled = np.sum([r["forget_histogram"] for r in res["retrain"]], axis=0)
+        for runs in res["methods"].values():
+            for r in runs:
+                if "forget_histogram" in r:
+                    r["hist_kl"] = histogram_kl(pooled, r["forget_histogram"])
     if len(res["retrain"]) > 1:  # leave-one-out: each RT seed against the others, RT's own noise floor
         for i, r in enumerate(res["retrain"]):
             others = np.sum([o["forget_histogram"] for j, o in enumerate(res["retrain"]) if j != i], axis=0)
