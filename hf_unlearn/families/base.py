@@ -94,3 +94,28 @@ class ModelFamily:
             if isinstance(value, torch.Tensor):
                 return value.shape[0]
         raise ValueError("Empty batch.")
+
+
+class LabelledImageBatches:
+    """Batching shared by families whose rows are an image and a class label (`pixel_values` from the family)."""
+
+    image_column: str
+    label_column: str
+
+    def collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        return {
+            "pixel_values": self.pixel_values([row[self.image_column] for row in rows]),
+            "labels": torch.tensor([int(row[self.label_column]) for row in rows], dtype=torch.long),
+        }
+
+    def make_dataloader(self, dataset, *, batch_size, shuffle, seed, drop_last=False) -> DataLoader:
+        dataset = dataset.select_columns([self.image_column, self.label_column])
+        generator = torch.Generator().manual_seed(seed)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            drop_last=drop_last,
+            collate_fn=self.collate,
+        )

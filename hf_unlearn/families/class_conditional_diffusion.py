@@ -15,9 +15,8 @@ from datasets import ClassLabel
 from diffusers import DDPMScheduler, DiTTransformer2DModel, UNet2DModel
 from diffusers.models.embeddings import LabelEmbedding
 from torch import nn
-from torch.utils.data import DataLoader
 
-from .base import ModelFamily
+from .base import LabelledImageBatches, ModelFamily
 from .detect import read_config_file
 
 _MODEL_CLASSES = {"UNet2DModel": UNet2DModel, "DiTTransformer2DModel": DiTTransformer2DModel}
@@ -29,7 +28,7 @@ def _pipelines():
     return ClassConditionalPipeline, default_null_class_id, predict_noise
 
 
-class ClassConditionalDiffusionFamily(ModelFamily):
+class ClassConditionalDiffusionFamily(LabelledImageBatches, ModelFamily):
     r"""A class-conditional diffusion model: diffusers `UNet2DModel` (with `num_class_embeds`) or DiT.
 
     Every loss draws fresh noise and timesteps per row from the training `DDPMScheduler` (built from the model's own
@@ -179,24 +178,6 @@ class ClassConditionalDiffusionFamily(ModelFamily):
             array = np.asarray(image, dtype=np.float32).reshape(height, width, channels) / 127.5 - 1.0
             out.append(torch.from_numpy(array).permute(2, 0, 1))
         return torch.stack(out)
-
-    def collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        return {
-            "pixel_values": self.pixel_values([row[self.image_column] for row in rows]),
-            "labels": torch.tensor([int(row[self.label_column]) for row in rows], dtype=torch.long),
-        }
-
-    def make_dataloader(self, dataset, *, batch_size, shuffle, seed, drop_last=False) -> DataLoader:
-        dataset = dataset.select_columns([self.image_column, self.label_column])
-        generator = torch.Generator().manual_seed(seed)
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            generator=generator,
-            drop_last=drop_last,
-            collate_fn=self.collate,
-        )
 
     def validate_split(self, split) -> None:
         dataset = split.dataset

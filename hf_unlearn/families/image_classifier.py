@@ -11,15 +11,14 @@ import torch
 import torch.nn.functional as F
 from datasets import ClassLabel
 from torch import nn
-from torch.utils.data import DataLoader
 from transformers import AutoImageProcessor, AutoModelForImageClassification, PreTrainedModel
 
 from ..validation import check_weights_files
-from .base import ModelFamily
+from .base import LabelledImageBatches, ModelFamily
 from .detect import read_config_file
 
 
-class ImageClassifierFamily(ModelFamily):
+class ImageClassifierFamily(LabelledImageBatches, ModelFamily):
     r"""A transformers image classifier (ViT, Swin, ResNet, ConvNeXt, ...).
 
     Args:
@@ -104,24 +103,6 @@ class ImageClassifierFamily(ModelFamily):
     def _wants_rgb(self, image) -> bool:
         # Grayscale images fed to a 3-channel model are the commonest mismatch; convert them instead of failing.
         return getattr(image, "mode", "RGB") != "RGB" and getattr(self.model.config, "num_channels", 3) == 3
-
-    def collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        return {
-            "pixel_values": self.pixel_values([row[self.image_column] for row in rows]),
-            "labels": torch.tensor([int(row[self.label_column]) for row in rows], dtype=torch.long),
-        }
-
-    def make_dataloader(self, dataset, *, batch_size, shuffle, seed, drop_last=False) -> DataLoader:
-        dataset = dataset.select_columns([self.image_column, self.label_column])
-        generator = torch.Generator().manual_seed(seed)
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            generator=generator,
-            drop_last=drop_last,
-            collate_fn=self.collate,
-        )
 
     def validate_split(self, split) -> None:
         for name, ds in [("dataset", split.dataset), ("test_dataset", split.test_dataset)]:
