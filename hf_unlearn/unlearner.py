@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import time
@@ -58,10 +59,8 @@ class Unlearner:
 
     def __init__(self, family, config: Optional[UnlearnConfig] = None):
         config = config or UnlearnConfig()
-        if config.method is not None:
-            get_method(config.method, family.name)
         self.family = family
-        self.config = config.resolve(family.name)
+        self.config = config.resolve(family.name)  # also refuses a method that does not support the family
         self.method = get_method(self.config.method, family.name)
         self.mask: Optional[dict[str, torch.Tensor]] = None
         self.result: Optional[UnlearnResult] = None
@@ -370,9 +369,7 @@ class Unlearner:
         def reduce(t):
             return accelerator.reduce(t, reduction="mean") if accelerator.num_processes > 1 else t
 
-        def task_loss(batch):
-            return self.family.per_sample_loss(ctx.model, batch).mean()
-
+        task_loss = self._task_loss(ctx)
         limit = cfg.saliency_max_batches
         # No `no_sync`: DDP averages each batch's gradient over ranks before it is squared, so the statistic is the
         # one a single process computes on the same global batch, and every rank builds the same mask.
@@ -391,11 +388,12 @@ class Unlearner:
             save_mask(self.mask, os.path.join(cfg.output_dir, "saliency_mask.safetensors"))
         return time.perf_counter() - start
 
-    def _ewc_anchor(self, ctx, named, remain_loader, accelerator):
-        def task_loss(batch):
-            return self.family.per_sample_loss(ctx.model, batch).mean()
+    def _task_loss(self, ctx):
+        """The family's mean training loss of a batch: what both Fisher estimates (mask, EWC) differentiate."""
+        return lambda batch: self.family.per_sample_loss(ctx.model, batch).mean()
 
-        fisher = squared_grad_mean(named, iter(remain_loader), task_loss, self.config.saliency_max_batches)
+    def _ewc_anchor(self, ctx, named, remain_loader, accelerator):
+        fisher = squared_grad_mean(named, iter(remain_loader), self._task_loss(ctx), self.config.saliency_max_batches)
         peak = max(float(f.max()) for f in fisher.values()) or 1.0
         # Normalised so `ewc_lambda` has the same meaning whatever the loss scale of the model.
         return [(fisher[n] / peak, p.detach().clone()) for n, p in named]
@@ -438,15 +436,7 @@ def _consumed(forget_it, remain_it) -> dict[str, int]:
     }
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 def _maybe_no_sync(accelerator, model, sync: bool):
     if sync or accelerator.num_processes == 1:
-        return _null()
+        return contextlib.nullcontext()
     return accelerator.no_sync(model)
