@@ -48,6 +48,15 @@ def trained_resnet(digits):
     return train_classifier(tiny_classifier("resnet", seed=0), digits["train"], RECIPES["resnet"], seed=0)
 
 
+@pytest.fixture(scope="session")
+def trained_resnet_dir(trained_resnet, processor, tmp_path_factory):
+    """`trained_resnet` saved as a plain transformers folder with its processor (read-only: tests never write here)."""
+    folder = tmp_path_factory.mktemp("trained_resnet")
+    trained_resnet.model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture
 def resnet_copy(trained_resnet):
     return copy.deepcopy(trained_resnet.model)

@@ -137,10 +137,8 @@ def test_accelerate_configs_load(path):
         assert config.use_cpu
 
 
-def test_unlearn_and_evaluate_entry_points_end_to_end(tmp_path, trained_resnet, processor, capsys, monkeypatch):
-    original = tmp_path / "original"
-    trained_resnet.model.save_pretrained(original)
-    processor.save_pretrained(original)
+def test_unlearn_and_evaluate_entry_points_end_to_end(tmp_path, trained_resnet_dir, capsys, monkeypatch):
+    original = trained_resnet_dir
     yaml_path = tmp_path / "run.yaml"
     yaml_path.write_text(
         yaml.safe_dump(

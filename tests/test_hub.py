@@ -30,12 +30,10 @@ def _config(tmp, **kw):
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory, trained_resnet, digits_small, processor):
+def saved(tmp_path_factory, trained_resnet_dir, digits_small):
     """The original folder, and a first deletion request (class 3) unlearned, evaluated and saved."""
     tmp = tmp_path_factory.mktemp("hub")
-    original = tmp / "original"
-    trained_resnet.model.save_pretrained(original)
-    processor.save_pretrained(original)
+    original = trained_resnet_dir
     split = ForgetRemainSplit.from_dataset(
         digits_small["train"], forget_classes=[3], test_dataset=digits_small["test"]
     )

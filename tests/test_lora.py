@@ -45,11 +45,9 @@ def _lora_config(tmp, **kw):
 
 
 @pytest.fixture(scope="module")
-def lora_run(tmp_path_factory, trained_resnet, digits_small, processor):
+def lora_run(tmp_path_factory, trained_resnet_dir, digits_small):
     tmp = tmp_path_factory.mktemp("lora")
-    original = tmp / "original"
-    trained_resnet.model.save_pretrained(original)
-    processor.save_pretrained(original)
+    original = trained_resnet_dir
     split = ForgetRemainSplit.from_dataset(
         digits_small["train"], forget_classes=[3], test_dataset=digits_small["test"]
     )
