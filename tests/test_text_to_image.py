@@ -20,10 +20,9 @@ UNRELATED = ["red sports car", "bowl of fruit"]
 CAPTIONS = [FORGET, ANCHOR, *UNRELATED]
 COLOURS = [(230, 40, 40), (40, 200, 60), (40, 60, 220), (230, 220, 40)]
 WORDS = "a photo of nude person dressed man wearing clothes red sports car bowl fruit on road".split()
-PRETRAIN_STEPS = 300
-# Unrelated prompts move less than the forget prompt, but not far less in this tiny model: its remain steps fine-tune
-# every prompt alike and its 2-layer text encoder shares much between prompts (ratios: docs/stable_diffusion.md).
-RATIO_LIMIT = 1.0
+# Enough for the noise loss to settle: on a model trained 300 steps, remain steps alone moved every prompt's prediction
+# as far as the forgetting moved the forget prompt's, which hid what the forgetting did to unrelated prompts.
+PRETRAIN_STEPS = 600
 
 
 def _word_tokenizer():
@@ -89,6 +88,10 @@ def _tiny_sd_pipeline():
             pad_token_id=1,
         )
     )
+    with torch.no_grad():
+        # CLIP's init (std 0.02) leaves the random encoder's states for our prompts ~0.9 cosine-similar, so nothing
+        # prompt-specific could be learned; token identity at std 1 brings them to ~0.6, as a trained encoder would.
+        text_encoder.get_input_embeddings().weight.normal_(0, 1.0)
     scheduler = DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -203,8 +206,25 @@ def _snapshot(model):
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
-def test_sfr_on_remap_pulls_forget_prompt_to_anchor(sd_path, tmp_path):
-    config = _config(tmp_path, "sfr_on_remap", learning_rate=1e-3, forget_alpha=5.0, forget_alpha_schedule="constant")
+def _moved_ratio(before, after):
+    """How far the unrelated prompts' predictions moved, as a share of how far the forget prompt's moved."""
+    moved = {p: _rms(after[p], before[p]) for p in CAPTIONS}
+    return max(moved[p] for p in UNRELATED) / moved[FORGET], moved
+
+
+# (train_modules, ratio limit). Whole-UNet training moves shared weights, so every prompt follows part of the way;
+# cross-attention is where the prompt enters, and there the change stays with the forget prompt (measured ratios in
+# docs/stable_diffusion.md).
+@pytest.mark.parametrize("subset, ratio_limit", [("all", 0.6), ("cross_attention", 0.25)])
+def test_sfr_on_remap_pulls_forget_prompt_to_anchor(sd_path, tmp_path, subset, ratio_limit):
+    config = _config(
+        tmp_path,
+        "sfr_on_remap",
+        learning_rate=1e-3 if subset == "all" else 3e-3,
+        forget_alpha=5.0,
+        forget_alpha_schedule="constant",
+        train_modules=subset,
+    )
     unlearner = Unlearner.from_pretrained(sd_path, config)
     probe = Probe(unlearner.family)
     before = probe(unlearner.model)
@@ -213,26 +233,30 @@ def test_sfr_on_remap_pulls_forget_prompt_to_anchor(sd_path, tmp_path):
     gap_before = _rms(before[FORGET], before[ANCHOR])
     # The remap target is the current model's anchor prediction, so that is what the forget prompt must now match.
     gap_after = _rms(after[FORGET], after[ANCHOR])
-    moved = {p: _rms(after[p], before[p]) for p in CAPTIONS}
-    print(f"remap gap {gap_before:.4f} -> {gap_after:.4f}; moved {moved}")
+    ratio, moved = _moved_ratio(before, after)
+    print(f"remap[{subset}] gap {gap_before:.4f} -> {gap_after:.4f}; ratio {ratio:.2f}; moved {moved}")
     assert gap_after <= 0.2 * gap_before, (gap_before, gap_after)
-    ratio = max(moved[p] for p in UNRELATED) / moved[FORGET]
-    assert ratio < RATIO_LIMIT, moved
+    assert ratio < ratio_limit, moved
     assert 0 < result.mask_fraction < 1
     assert result.num_forget == 8 and len(result.fingerprint) == 64
 
 
-def test_esd_pulls_forget_prompt_to_negative_guidance_target(sd_path, tmp_path):
-    unlearner = Unlearner.from_pretrained(sd_path, _config(tmp_path, "esd", max_steps=100, learning_rate=1e-3))
+# ESD has no remaining term. ESD-u style (whole UNet) reaches the target but drags unrelated prompts half as far; ESD-x
+# (cross-attention) keeps them but, in this 2-block UNet, closes only ~70% of the gap (docs/stable_diffusion.md).
+@pytest.mark.parametrize("subset, reduction, ratio_limit", [("all", 0.8, 0.7), ("cross_attention", 0.6, 0.4)])
+def test_esd_pulls_forget_prompt_to_negative_guidance_target(sd_path, tmp_path, subset, reduction, ratio_limit):
+    config = _config(tmp_path, "esd", max_steps=100, learning_rate=1e-3, train_modules=subset)
+    unlearner = Unlearner.from_pretrained(sd_path, config)
     probe = Probe(unlearner.family)
     before = probe(unlearner.model)
     target = before[""] - unlearner.config.esd_negative_guidance * (before[FORGET] - before[""])
     unlearner.unlearn(_dataset_split())
     after = probe(unlearner.model)
-    assert _rms(after[FORGET], target) <= 0.2 * _rms(before[FORGET], target)
-    moved = {p: _rms(after[p], before[p]) for p in CAPTIONS}
-    print(f"esd gap {_rms(before[FORGET], target):.4f} -> {_rms(after[FORGET], target):.4f}; moved {moved}")
-    assert max(moved[p] for p in UNRELATED) / moved[FORGET] < RATIO_LIMIT, moved
+    gap_before, gap_after = _rms(before[FORGET], target), _rms(after[FORGET], target)
+    ratio, moved = _moved_ratio(before, after)
+    print(f"esd[{subset}] gap {gap_before:.4f} -> {gap_after:.4f}; ratio {ratio:.2f}; moved {moved}")
+    assert gap_after <= (1 - reduction) * gap_before, (gap_before, gap_after)
+    assert ratio < ratio_limit, moved
 
 
 def test_mask_restricts_the_forget_step(sd_path, tmp_path):
