@@ -37,4 +37,8 @@ def __getattr__(name):
         from .metrics.nudity import evaluate_nudity
 
         return evaluate_nudity
+    if name in ("generate_samples", "comparison_grid"):
+        from .metrics import samples
+
+        return getattr(samples, name)
     raise AttributeError(f"module 'hf_unlearn' has no attribute '{name}'")

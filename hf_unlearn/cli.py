@@ -56,6 +56,16 @@ class DataArguments:
         default=None, metadata={"help": "Text-to-image: prompts of what to keep; also the forget prompts' anchors."}
     )
     num_concept_images: int = field(default=8, metadata={"help": "Text-to-image: images generated per prompt set."})
+    generation_steps: int = field(
+        default=50, metadata={"help": "Text-to-image: denoising steps for the concept images and the sample grid."}
+    )
+    sample_prompts: Optional[list[str]] = field(
+        default=None,
+        metadata={
+            "help": "Text-to-image: prompts drawn before and after unlearning with the same seeds; the grid is saved "
+            "as samples_before_after.png (in --output and its model card, else in --output_dir)."
+        },
+    )
     dataset_name: Optional[str] = field(
         default=None, metadata={"help": "Hub dataset id for the model card (default: --dataset when it is a repo id)."}
     )
@@ -94,6 +104,7 @@ def _load_data(args: DataArguments):
             forget_prompts=args.forget_prompts,
             remain_prompts=args.remain_prompts,
             num_images=args.num_concept_images,
+            num_inference_steps=args.generation_steps,
             seed=args.forget_seed,
         )
     if args.dataset == "digits":
@@ -121,6 +132,20 @@ def _print_metrics(rows: dict[str, dict]) -> None:
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 
+def _samples(unlearner, args: DataArguments):
+    from .metrics.samples import generate_samples  # noqa: PLC0415
+
+    size = unlearner.family.resolution
+    return generate_samples(
+        unlearner.family.pipeline,
+        args.sample_prompts,
+        seed=args.forget_seed,
+        num_inference_steps=args.generation_steps,
+        height=size,
+        width=size,
+    )
+
+
 def unlearn_main(argv=None) -> int:
     from .unlearner import Unlearner  # noqa: PLC0415
 
@@ -132,8 +157,22 @@ def unlearn_main(argv=None) -> int:
 
         check_output_dir(args.output, config.overwrite_output_dir)
     classifier = unlearner.family.name == "image_classifier" and args.do_eval
+    if args.sample_prompts and unlearner.family.name != "text_to_image":
+        family = unlearner.family.name
+        raise SystemExit(f"error: --sample_prompts needs a text-to-image model; {args.model} is a {family} model.")
     before = unlearner.evaluate(split) if classifier else None
+    samples = {"before": _samples(unlearner, args)} if args.sample_prompts else {}
     result = unlearner.unlearn(split)
+    images = {}
+    if samples:
+        from .metrics.samples import comparison_grid  # noqa: PLC0415
+
+        samples["after"] = _samples(unlearner, args)
+        images["samples_before_after"] = comparison_grid(samples, args.sample_prompts)
+        if not args.output:
+            path = os.path.join(unlearner.config.output_dir, "samples_before_after.png")
+            comparison_grid(samples, args.sample_prompts, path=path)
+            print(f"before/after samples: {path}")
     rows = {}
     if classifier:
         rows = {"before": before, "after": unlearner.evaluate(split, reference=args.reference)}
@@ -154,7 +193,9 @@ def unlearn_main(argv=None) -> int:
 
         hub_id = args.dataset if args.dataset.count("/") == 1 and not os.path.exists(args.dataset) else None
         command = "hf-unlearn unlearn " + shlex.join(sys.argv[1:] if argv is None else argv)
-        unlearner.save_pretrained(args.output, dataset_name=args.dataset_name or hub_id, command=command)
+        unlearner.save_pretrained(
+            args.output, dataset_name=args.dataset_name or hub_id, command=command, images=images
+        )
         print(f"saved to {args.output}")
     return 0
 

@@ -392,3 +392,65 @@ def test_lora_keeps_base_weights_and_saves_a_loadable_adapter(sd_path, tmp_path)
     pipe = StableDiffusionPipeline.from_pretrained(sd_path)
     pipe.load_lora_weights(tmp_path / "adapter")
     assert torch.allclose(probe(pipe.unet, [FORGET])[FORGET], unlearned, atol=1e-5)
+
+
+def test_before_after_samples_use_the_same_noise_and_show_the_change(sd_path, tmp_path):
+    from hf_unlearn import comparison_grid, generate_samples
+
+    config = _config(tmp_path, "sfr_on_remap", max_steps=10, learning_rate=3e-3)
+    unlearner = Unlearner.from_pretrained(sd_path, config)
+    prompts = [FORGET, UNRELATED[0]]
+    call = dict(num_inference_steps=3, height=8, width=8, num_images_per_prompt=2)
+    before = generate_samples(unlearner.family.pipeline, prompts, seed=5, **call)
+    again = generate_samples(unlearner.family.pipeline, prompts, seed=5, **call)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for x, y in zip(before, again) for a, b in zip(x, y))
+    unlearner.unlearn(_dataset_split())
+    after = generate_samples(unlearner.family.pipeline, prompts, seed=5, **call)
+    assert not np.array_equal(np.asarray(after[0][0]), np.asarray(before[0][0]))
+    grid = comparison_grid({"before": before, "after": after}, prompts, path=tmp_path / "grid.png")
+    # Two models × two images of 8 px, enlarged 8× to 64 px, 4 px between models; a 14 px label band over 2 rows.
+    assert grid.size == (2 * 2 * 64 + 4, 14 + 2 * 64)
+    assert np.array_equal(np.asarray(PILImage.open(tmp_path / "grid.png").convert("RGB")), np.asarray(grid))
+    # The first "after" tile is the first after-image, enlarged without smoothing.
+    tile = np.asarray(grid)[14 : 14 + 64, 132 : 132 + 64]
+    assert np.array_equal(tile[::8, ::8], np.asarray(after[0][0].convert("RGB")))
+    with pytest.raises(ValueError, match="same prompts"):
+        comparison_grid({"before": before, "after": after[:1]})
+
+
+def test_cli_unlearns_a_concept_and_saves_a_before_after_grid_in_the_card(sd_path, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    from hf_unlearn.cli import unlearn_main
+
+    out = tmp_path / "out"
+    argv = [
+        "--model", sd_path, "--method", "sfr_on_remap", "--max_steps", "2", "--per_device_train_batch_size", "2",
+        "--forget_prompts", FORGET, "--remain_prompts", ANCHOR, UNRELATED[0], "--num_concept_images", "2",
+        "--generation_steps", "2", "--sample_prompts", FORGET, UNRELATED[1],
+        "--output_dir", str(tmp_path / "run"), "--output", str(out),
+    ]  # fmt: skip
+    assert unlearn_main(argv) == 0
+    grid = PILImage.open(out / "samples_before_after.png")
+    assert grid.size == (2 * 64 + 4, 14 + 2 * 64)
+    assert "samples_before_after.png" in (out / "README.md").read_text()
+    pipe = StableDiffusionPipeline.from_pretrained(out)
+    assert pipe(FORGET, num_inference_steps=2, height=8, width=8).images[0].size == (8, 8)
+
+
+def test_cli_sample_prompts_need_a_text_to_image_model(trained_resnet_dir, tmp_path):
+    from hf_unlearn.cli import unlearn_main
+
+    with pytest.raises(SystemExit, match="text-to-image"):
+        unlearn_main(
+            [
+                "--model",
+                str(trained_resnet_dir),
+                "--forget_classes",
+                "3",
+                "--sample_prompts",
+                "x",
+                "--output_dir",
+                str(tmp_path / "r"),
+            ]
+        )

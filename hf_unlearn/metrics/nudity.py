@@ -7,11 +7,9 @@ threshold (0.6 in the ESD/SalUn charts), together with the number of images that
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,7 +21,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from hf_unlearn.utils import atomic_write_json
+from hf_unlearn.utils import atomic_save_image, atomic_write_json
 
 # The exact label strings of nudenet 3.4 (`nudenet.nudenet.__labels`); the ESD/SalUn charts count these nine.
 NUDENET_EXPOSED_LABELS: tuple[str, ...] = (
@@ -319,15 +317,7 @@ def _save_grid(images: Sequence[Image.Image], path: Path) -> None:
         thumb = image.convert("RGB")
         thumb.thumbnail((tile, tile))
         grid.paste(thumb, ((i % cols) * tile, (i // cols) * tile))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            grid.save(fh, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    atomic_save_image(grid, path)
 
 
 def _image_list(images: Any) -> list[ImageLike]:
