@@ -143,6 +143,12 @@ class UnlearnConfig:
         default=0.1, metadata={"help": "Share of remain rows trained with the null label."}
     )
     esd_negative_guidance: float = field(default=1.0, metadata={"help": "ESD: negative guidance scale of the target."})
+    replay_inference_steps: int = field(
+        default=25, metadata={"help": "Generative replay (selective amnesia): DDIM steps per replayed sample."}
+    )
+    replay_guidance_scale: float = field(
+        default=2.0, metadata={"help": "Generative replay (selective amnesia): guidance scale of the samples."}
+    )
     train_modules: str = field(
         default="all",
         metadata={"help": "Trainable subset: all, cross_attention (ESD-x) or non_cross_attention (ESD-u)."},

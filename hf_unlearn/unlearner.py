@@ -115,6 +115,8 @@ class Unlearner:
         start_tracking(accelerator, cfg, method.name)
         set_seed(cfg.seed)
         start = time.perf_counter()
+        if method.remain_source == "replay":  # samples of θ0, so before any step; counted in the runtime
+            split = self.family.replay_split(split, cfg, accelerator.device)
         if method.reinit:
             self.family.model = self.family.fresh_model(cfg.retrain_init)
         if cfg.lora or cfg.gradient_checkpointing:  # before the optimizer: it must see only the adapters

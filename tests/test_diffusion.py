@@ -154,6 +154,33 @@ def test_dit_remap_and_esd_change_the_weights(small_split):
         assert changed(before, unlearner.model), method
 
 
+def test_selective_amnesia_replays_samples_of_the_original_not_the_remain_images(unet_dir, small_split, tmp_path):
+    config = UnlearnConfig(
+        method="selective_amnesia", max_steps=2, replay_inference_steps=3, output_dir=str(tmp_path), seed=3
+    )
+    unlearner = Unlearner.from_pretrained(str(unet_dir), config)
+    family = unlearner.family
+    replay = family.replay_split(small_split, unlearner.config, torch.device("cpu"))
+    again = family.replay_split(small_split, unlearner.config, torch.device("cpu"))
+    real = small_split.remain
+    assert replay.remain["label"] == real["label"] and replay.forget_indices == small_split.forget_indices
+    generated = family.pixel_values(replay.remain["image"])
+    assert torch.equal(generated, family.pixel_values(again.remain["image"]))  # seeded
+    assert not torch.allclose(generated, family.pixel_values(real["image"]), atol=0.1)
+    # The config's seed through the model's own pipeline gives the same first images: they are the model's samples.
+    pipe = family.pipeline()
+    pipe.scheduler = DDIMScheduler.from_config(family.scheduler.config)
+    first = pipe(
+        class_labels=real["label"][:4],
+        guidance_scale=2.0,
+        num_inference_steps=3,
+        generator=torch.Generator().manual_seed(3),
+    ).images
+    assert torch.allclose(family.pixel_values(first), generated[:4], atol=2 / 127.5)
+    result = unlearner.unlearn(small_split)
+    assert result.steps == 2 and unlearner._split_info["remain_source"] == "generative replay"
+
+
 def test_masked_weights_do_not_move_on_forget_steps(unet_dir, small_split, tmp_path):
     register_method(
         UnlearnMethod("_test_masked_ascent", Ascent(weighted=True), None, saliency="fisher_ratio"), overwrite=True

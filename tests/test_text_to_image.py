@@ -454,3 +454,16 @@ def test_cli_sample_prompts_need_a_text_to_image_model(trained_resnet_dir, tmp_p
                 str(tmp_path / "r"),
             ]
         )
+
+
+def test_selective_amnesia_needs_generated_remain_images(sd_path, tmp_path):
+    unlearner = Unlearner.from_pretrained(sd_path, _config(tmp_path, "selective_amnesia", max_steps=2))
+    before = _snapshot(unlearner.model)
+    with pytest.raises(ValueError, match="remain_prompts"):
+        unlearner.unlearn(_dataset_split())
+    assert all(torch.equal(p, before[n]) for n, p in unlearner.model.named_parameters())
+    # From prompts, the remain images are the pipeline's own samples: that is the replay, and the run goes ahead.
+    split = ConceptSplit(
+        forget_prompts=[FORGET], remain_prompts=[ANCHOR], num_images=2, num_inference_steps=2, cache_dir=str(tmp_path)
+    )
+    assert unlearner.unlearn(split).steps == 2

@@ -52,6 +52,13 @@ class ModelFamily:
     def validate_split(self, split) -> None:
         """Raises `ValueError` naming the argument when the data cannot feed this model (before any weight change)."""
 
+    def replay_split(self, split, config, device):
+        """`split` with its remain set replaced by samples of the current model (generative replay), on `device`."""
+        raise ValueError(
+            f"Method '{config.method}' trains on samples the original model generates (generative replay), which the "
+            f"{self.name} family cannot produce; use a diffusion model or another method."
+        )
+
     def make_dataloader(
         self, dataset, *, batch_size: int, shuffle: bool, seed: int, drop_last: bool = False
     ) -> DataLoader:

@@ -11,10 +11,12 @@ import numpy as np
 import PIL.Image
 import torch
 import torch.nn.functional as F
-from datasets import ClassLabel
-from diffusers import DDPMScheduler, DiTTransformer2DModel, UNet2DModel
+from accelerate import PartialState
+from datasets import ClassLabel, Dataset, Features, Image
+from diffusers import DDIMScheduler, DDPMScheduler, DiTTransformer2DModel, UNet2DModel
 from diffusers.models.embeddings import LabelEmbedding
 from torch import nn
+from tqdm.auto import tqdm
 
 from .base import LabelledImageBatches, ModelFamily
 from .detect import read_config_file
@@ -148,6 +150,34 @@ class ClassConditionalDiffusionFamily(LabelledImageBatches, ModelFamily):
 
     def save_pretrained(self, model: nn.Module, save_directory: str | os.PathLike) -> None:
         self.pipeline(model).save_pretrained(save_directory, safe_serialization=True)
+
+    @torch.no_grad()
+    def replay_split(self, split, config, device):
+        """Generative replay: one sample of the current model per remain row, with that row's label (DDIM,
+        `replay_inference_steps`, guidance `replay_guidance_scale`, seeded by `seed`); the remain images are unused.
+        Every process generates the same set."""
+        from ..data import ReplaySplit  # noqa: PLC0415
+
+        labels = [int(label) for label in split.remain[self.label_column]]
+        pipe = self.pipeline()
+        pipe.scheduler = DDIMScheduler.from_config(self.scheduler.config)
+        moved_from = next(self.model.parameters()).device
+        pipe.to(device)
+        generator = torch.Generator().manual_seed(config.seed)
+        batch = max(config.per_device_train_batch_size, 64)
+        images = []
+        show = PartialState().is_local_main_process
+        for start in tqdm(range(0, len(labels), batch), desc="generative replay", disable=not show):
+            images += pipe(
+                class_labels=labels[start : start + batch],
+                guidance_scale=config.replay_guidance_scale,
+                num_inference_steps=config.replay_inference_steps,
+                generator=generator,
+            ).images
+        pipe.to(moved_from)
+        features = Features({self.image_column: Image(), self.label_column: split.remain.features[self.label_column]})
+        replay = Dataset.from_dict({self.image_column: images, self.label_column: labels}, features=features)
+        return ReplaySplit(split, replay)
 
     def fresh_model(self, init: str = "config") -> nn.Module:
         if init == "config":

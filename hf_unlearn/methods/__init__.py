@@ -120,7 +120,8 @@ for _method in [
         geometry="ewc",
         families=_DIFFUSION,
         defaults=_BASELINE_DEFAULTS,
-        description="SA: surrogate (remap) target for the forgotten condition, replay, EWC at θ0.",
+        remain_source="replay",
+        description="SA: surrogate (remap) target for the forgotten condition, generative replay, EWC at θ0.",
     ),
     UnlearnMethod(
         "esd",

@@ -28,6 +28,9 @@ class UnlearnMethod:
         reinit (`bool`, *optional*, defaults to `False`): start from a fresh model (retrain).
         families (`tuple[str]`, *optional*): the families it supports (derived from its parts if unset).
         defaults (`dict`, *optional*): config defaults, `{"*": {...}, "<family>": {...}}`.
+        remain_source (`str`, *optional*, defaults to `"data"`): what the remaining part trains on: the remain rows
+            (`"data"`), or `"replay"`: samples the original model generates for the remain rows' conditions (selective
+            amnesia's generative replay; the remain images themselves are never seen).
     """
 
     name: str
@@ -40,12 +43,15 @@ class UnlearnMethod:
     families: Optional[tuple[str, ...]] = None
     defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
     description: str = ""
+    remain_source: str = "data"
 
     def __post_init__(self):
         if self.saliency not in SALIENCY:
             raise ValueError(f"`saliency` is {self.saliency!r}; choose one of {SALIENCY}.")
         if self.geometry not in GEOMETRIES:
             raise ValueError(f"`geometry` is {self.geometry!r}; choose one of {GEOMETRIES}.")
+        if self.remain_source not in ("data", "replay"):
+            raise ValueError(f"`remain_source` is {self.remain_source!r}; choose 'data' or 'replay'.")
         if self.mask_scope not in ("forget", "all"):
             raise ValueError(f"`mask_scope` is {self.mask_scope!r}; choose 'forget' or 'all'.")
         if self.forget_loss is None and self.remain_loss is None:
