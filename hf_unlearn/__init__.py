@@ -41,4 +41,8 @@ def __getattr__(name):
         from .metrics import samples
 
         return getattr(samples, name)
+    if name in ("evaluate_quality", "CLIPScorer"):
+        from .metrics import quality
+
+        return getattr(quality, name)
     raise AttributeError(f"module 'hf_unlearn' has no attribute '{name}'")

@@ -60,3 +60,11 @@ def trained_resnet_dir(trained_resnet, processor, tmp_path_factory):
 @pytest.fixture
 def resnet_copy(trained_resnet):
     return copy.deepcopy(trained_resnet.model)
+
+
+@pytest.fixture(scope="session")
+def sd_path(tmp_path_factory):
+    """A tiny Stable Diffusion pipeline trained until its output depends on the prompt (tests/tiny_sd.py), saved."""
+    from tiny_sd import train_tiny_sd
+
+    return train_tiny_sd(tmp_path_factory.mktemp("sd"))
