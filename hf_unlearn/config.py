@@ -23,6 +23,7 @@ GLOBAL_DEFAULTS: dict[str, Any] = {
     "temperature": 0.5,
     "remain_steps_per_forget": 1,
     "per_device_train_batch_size": 64,
+    "divergence_guard": "copy",
 }
 DEFAULT_METHOD = "sfr_on"  # when no family is known; each family names its own recommended variant
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -180,6 +181,14 @@ class UnlearnConfig:
         default="adapter", metadata={"help": "Save the LoRA 'adapter' alone or the 'merged' model."}
     )
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory."})
+    divergence_guard: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "'copy': keep the last good trainable weights and restore them when a step diverges (one extra "
+            "copy of them); 'check': stop before a step with non-finite gradients, no copy (a step that overflows "
+            "the weights stops the run without restoring them); 'off'. Family default: copy; text-to-image check."
+        },
+    )
 
     def __post_init__(self):
         self.validate()
@@ -204,6 +213,8 @@ class UnlearnConfig:
         _check_choice(self, "forget_alpha_schedule", ("cosine", "constant"))
         _check_choice(self, "lora_save", ("adapter", "merged"))
         _check_choice(self, "train_modules", ("all", "cross_attention", "non_cross_attention"))
+        if self.divergence_guard is not None:
+            _check_choice(self, "divergence_guard", ("copy", "check", "off"))
         from .methods import get_method  # noqa: PLC0415 (the registry imports this module)
 
         if self.method is not None:

@@ -322,13 +322,19 @@ class Unlearner:
                 logs |= part_logs
             if self.mask is not None and self.method.mask_scope == "all":
                 self._apply_mask(named)
+        guard = cfg.divergence_guard
         if cfg.max_grad_norm:
             norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
             _check_finite(norm, "gradient norm", ctx.step, cfg)
             logs["grad_norm"] = float(norm)
-        self._keep_last_good(params)
+        elif guard == "check":  # no clipping norm to look at: the weights are still the last good ones here
+            grads = [p.grad.detach().abs().max() for p in params if p.grad is not None]
+            _check_finite(torch.stack(grads).max() if grads else torch.zeros(()), "gradient", ctx.step, cfg)
+        if guard == "copy":
+            self._keep_last_good(params)
         optimizer.step()
-        self._check_weights(params, ctx.step)
+        if guard != "off":
+            self._check_weights(params, ctx.step, restore=guard == "copy")
         return logs
 
     def _keep_last_good(self, params) -> None:
@@ -340,17 +346,23 @@ class Unlearner:
                 for saved, p in zip(self._last_good, params):
                     saved.copy_(p.detach())
 
-    def _check_weights(self, params, step: int) -> None:
+    def _check_weights(self, params, step: int, restore: bool) -> None:
         with torch.no_grad():
             if bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
                 return
-            for saved, p in zip(self._last_good, params):
-                p.copy_(saved)
+            if restore:
+                for saved, p in zip(self._last_good, params):
+                    p.copy_(saved)
         cfg = self.config
+        what = (
+            "the weights of the last good step were restored"
+            if restore
+            else "the weights were NOT restored (divergence_guard='check' keeps no copy; use the last checkpoint)"
+        )
         raise DivergenceError(
-            f"A weight became NaN/Inf in the optimizer step of cycle {step}; the weights of the last good step were "
-            f"restored. Likely cause: a too large `learning_rate` ({cfg.learning_rate}) or `forget_alpha` "
-            f"({cfg.forget_alpha}), or no `max_grad_norm` ({cfg.max_grad_norm}); lower them and rerun."
+            f"A weight became NaN/Inf in the optimizer step of cycle {step}; {what}. Likely cause: a too large "
+            f"`learning_rate` ({cfg.learning_rate}) or `forget_alpha` ({cfg.forget_alpha}), or no `max_grad_norm` "
+            f"({cfg.max_grad_norm}); lower them and rerun."
         )
 
     def _apply_mask(self, named) -> None:

@@ -93,6 +93,40 @@ def test_nan_loss_stops_the_run_with_finite_weights(model_dir, rows):
     assert all(torch.isfinite(p).all() for p in unlearner.model.parameters())
 
 
+def test_check_guard_keeps_no_copy_and_stops_before_a_step_with_nan_gradients(model_dir, rows):
+    steady = {"method": "gradient_ascent", "max_grad_norm": 0.0}  # no clipping norm: the guard checks the gradients
+    steady |= {"lr_scheduler_type": "constant", "forget_alpha_schedule": "constant"}
+    unlearner = Unlearner.from_pretrained(str(model_dir), _config(max_steps=5, divergence_guard="check", **steady))
+    calls = []
+
+    def poison(grad):  # fault injection: the third backward pass yields a NaN gradient for this one tensor
+        calls.append(1)
+        return grad * float("nan") if len(calls) == 3 else grad
+
+    next(unlearner.model.parameters()).register_hook(poison)
+    with pytest.raises(DivergenceError, match=r"gradient became nan at cycle 2"):
+        unlearner.unlearn(_split(rows))
+    assert getattr(unlearner, "_last_good", None) is None  # after a copy-mode failure the copy is still there
+    shorter = Unlearner.from_pretrained(str(model_dir), _config(max_steps=2, divergence_guard="check", **steady))
+    shorter.unlearn(_split(rows))
+    good = dict(shorter.model.named_parameters())
+    assert all(torch.equal(p, good[n]) for n, p in unlearner.model.named_parameters())
+
+
+def test_check_guard_reports_overflowed_weights_without_restoring_them(model_dir, rows):
+    unlearner = Unlearner.from_pretrained(str(model_dir), _config(max_steps=5, divergence_guard="check", **DIVERGING))
+    with pytest.raises(DivergenceError, match="NOT restored"):
+        unlearner.unlearn(_split(rows))
+    assert not all(torch.isfinite(p).all() for p in unlearner.model.parameters())
+
+
+def test_text_to_image_defaults_to_the_check_guard_and_classifiers_to_the_copy():
+    assert UnlearnConfig().resolve("text_to_image").divergence_guard == "check"
+    assert UnlearnConfig().resolve("image_classifier").divergence_guard == "copy"
+    with pytest.raises(ValueError, match="divergence_guard"):
+        UnlearnConfig(divergence_guard="sometimes")
+
+
 # Nothing half-written
 def test_crash_while_saving_keeps_the_previous_output(model_dir, rows, tmp_path, monkeypatch):
     out = tmp_path / "out"

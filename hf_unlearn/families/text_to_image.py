@@ -38,6 +38,7 @@ class TextToImageFamily(ModelFamily):
         "max_grad_norm": 1.0,
         "remain_steps_per_forget": 1,
         "per_device_train_batch_size": 2,
+        "divergence_guard": "check",  # a copy of a full SD UNet is 3.2 GiB more on the device
     }
 
     def __init__(self, pipeline, config):
