@@ -143,25 +143,27 @@ class Unlearner:
             desc=f"unlearn[{method.name}]",
             disable=not accelerator.is_local_main_process,
         )
-        for step in bar:
-            logs = self._cycle(ctx, optimizer, params, named, forget_it, remain_it, step, accelerator, ewc)
-            history.append(logs)
-            if accelerator.is_local_main_process and step % cfg.logging_steps == 0:
-                bar.set_postfix({k: round(v, 4) for k, v in logs.items() if k.endswith("loss")})
-                accelerator.log(logs, step=step)
-            if cfg.checkpointing_steps and (step + 1) % cfg.checkpointing_steps == 0:
-                state = EngineState(
-                    step + 1,
-                    _consumed(forget_it, remain_it),
-                    identity,
-                    history,
-                    mask=self.mask,
-                    ewc=ewc,
-                    generator_state=ctx.generator.get_state(),
-                )
-                save_checkpoint(accelerator, cfg.output_dir, state, cfg.checkpoints_total_limit)
+        try:
+            for step in bar:
+                logs = self._cycle(ctx, optimizer, params, named, forget_it, remain_it, step, accelerator, ewc)
+                history.append(logs)
+                if accelerator.is_local_main_process and step % cfg.logging_steps == 0:
+                    bar.set_postfix({k: round(v, 4) for k, v in logs.items() if k.endswith("loss")})
+                    accelerator.log(logs, step=step)
+                if cfg.checkpointing_steps and (step + 1) % cfg.checkpointing_steps == 0:
+                    state = EngineState(
+                        step + 1,
+                        _consumed(forget_it, remain_it),
+                        identity,
+                        history,
+                        mask=self.mask,
+                        ewc=ewc,
+                        generator_state=ctx.generator.get_state(),
+                    )
+                    save_checkpoint(accelerator, cfg.output_dir, state, cfg.checkpoints_total_limit)
+        finally:  # the divergence guard's copy is only needed inside the loop, also when it ends in an error
+            self._guarded = self._last_good = None
         accelerator.wait_for_everyone()
-        self._guarded = self._last_good = None  # the divergence guard's copy is only needed inside the loop
         stop_tracking(accelerator)
         self.family.model = accelerator.unwrap_model(ctx.model)
         self.family.model.eval()

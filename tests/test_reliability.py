@@ -93,7 +93,7 @@ def test_nan_loss_stops_the_run_with_finite_weights(model_dir, rows):
     assert all(torch.isfinite(p).all() for p in unlearner.model.parameters())
 
 
-def test_check_guard_keeps_no_copy_and_stops_before_a_step_with_nan_gradients(model_dir, rows):
+def test_check_guard_keeps_no_copy_and_stops_before_a_step_with_nan_gradients(model_dir, rows, monkeypatch):
     steady = {"method": "gradient_ascent", "max_grad_norm": 0.0}  # no clipping norm: the guard checks the gradients
     steady |= {"lr_scheduler_type": "constant", "forget_alpha_schedule": "constant"}
     unlearner = Unlearner.from_pretrained(str(model_dir), _config(max_steps=5, divergence_guard="check", **steady))
@@ -104,9 +104,14 @@ def test_check_guard_keeps_no_copy_and_stops_before_a_step_with_nan_gradients(mo
         return grad * float("nan") if len(calls) == 3 else grad
 
     next(unlearner.model.parameters()).register_hook(poison)
+
+    def no_copy(*args):
+        raise AssertionError("divergence_guard='check' must not copy the weights")
+
+    monkeypatch.setattr(Unlearner, "_keep_last_good", no_copy)
     with pytest.raises(DivergenceError, match=r"gradient became nan at cycle 2"):
         unlearner.unlearn(_split(rows))
-    assert getattr(unlearner, "_last_good", None) is None  # after a copy-mode failure the copy is still there
+    monkeypatch.undo()
     shorter = Unlearner.from_pretrained(str(model_dir), _config(max_steps=2, divergence_guard="check", **steady))
     shorter.unlearn(_split(rows))
     good = dict(shorter.model.named_parameters())
