@@ -238,12 +238,12 @@ def test_class_conditional_unet_gets_injected_adapters_and_saves_them(tmp_path, 
 
 def test_stable_diffusion_unet_adapter_saves_in_diffusers_format_and_reloads(tmp_path):
     from diffusers import StableDiffusionPipeline
-    from test_text_to_image import ANCHOR, FORGET, _captioned, _tiny_sd_pipeline
+    from tiny_sd import ANCHOR, FORGET, captioned, tiny_sd_pipeline
 
     from hf_unlearn import ConceptSplit
 
-    _tiny_sd_pipeline().save_pretrained(tmp_path / "sd")
-    data = _captioned(2, seed=1)
+    tiny_sd_pipeline().save_pretrained(tmp_path / "sd")
+    data = captioned(2, seed=1)
     split = ConceptSplit(
         forget_dataset=data.filter(lambda r: r["text"] == FORGET),
         remain_dataset=data.filter(lambda r: r["text"] != FORGET),
