@@ -7,14 +7,19 @@ The hand loop has none of the engine's bookkeeping (accelerate wrappers, finite 
 engine / hand loop is what the engine costs on top of the arithmetic; the target is at most 1.10.
 
     python scripts/bench_overhead.py --repeats 5 --threads 1
+    python scripts/bench_overhead.py --profile      # batches fetched and time in data loading, per loop
+    python scripts/bench_overhead.py --guards       # the engine under each divergence_guard, against the hand loop
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import cProfile
+import dataclasses
 import math
 import os
+import pstats
 import statistics
 import time
 
@@ -89,6 +94,31 @@ def hand_run(model, split, cfg) -> tuple[float, float]:
     return time.perf_counter() - start, time.process_time() - cpu
 
 
+def profile(model, split, cfg) -> None:
+    """One profiled run of each loop: how many batches each fetches and the share of its time spent loading them."""
+    for name, run in (("engine", engine_run), ("hand", hand_run)):
+        prof = cProfile.Profile()
+        prof.enable()
+        run(model, split, cfg)
+        prof.disable()
+        stats = pstats.Stats(prof)
+        fetch = [v for k, v in stats.stats.items() if k[0].endswith(os.path.join("_utils", "fetch.py"))]
+        calls, seconds = fetch[0][1], fetch[0][3]
+        print(f"{name}: {calls} batches fetched; data loading {seconds / stats.total_tt:.0%} of {stats.total_tt:.2f}s")
+
+
+def guards(model, split, cfg, repeats: int) -> None:
+    """Median CPU time of the engine under each `divergence_guard`, over the hand loop's, runs alternating."""
+    times = {guard: [] for guard in ("copy", "check", "off", "hand")}
+    for _ in range(repeats):
+        for guard in ("copy", "check", "off"):
+            times[guard].append(engine_run(model, split, dataclasses.replace(cfg, divergence_guard=guard))[1])
+        times["hand"].append(hand_run(model, split, cfg)[1])
+    hand = statistics.median(times["hand"])
+    for guard, values in times.items():
+        print(f"{guard:<5} median cpu {statistics.median(values):.3f}s  ratio {statistics.median(values) / hand:.3f}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="resnet", choices=["resnet", "vit"])
@@ -96,6 +126,8 @@ def main(argv=None) -> int:
     parser.add_argument("--remain-steps", type=int, default=5, help="K remain steps per forget step.")
     parser.add_argument("--repeats", type=int, default=5, help="Alternating timed runs of each loop (median kept).")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--profile", action="store_true", help="Profile one run of each loop instead of timing.")
+    parser.add_argument("--guards", action="store_true", help="Time the engine under each divergence_guard.")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     ds = load_digits_dataset()
@@ -112,6 +144,12 @@ def main(argv=None) -> int:
     )
     engine_run(model, split, cfg)  # warm-up: first-call costs (imports, allocator) are not the engine's
     hand_run(model, split, cfg)
+    if args.profile:
+        profile(model, split, cfg)
+        return 0
+    if args.guards:
+        guards(model, split, cfg, args.repeats)
+        return 0
     engine, hand = [], []
     for _ in range(args.repeats):
         engine.append(engine_run(model, split, cfg))
