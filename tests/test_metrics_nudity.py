@@ -3,12 +3,10 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import json
-import string
 import sys
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from hf_unlearn.metrics.nudity import (
@@ -43,66 +41,10 @@ def sample_photos():
 
 @pytest.fixture(scope="module")
 def _tiny_sd_pipeline():
-    """A `StableDiffusionPipeline` with random tiny weights, built offline from configs (32x32 images in ~0.1 s)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    """The shared tiny `StableDiffusionPipeline` (tests/tiny_sd.py), untrained: random weights, built from configs."""
+    from tiny_sd import tiny_sd_pipeline
 
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(32, 64),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-    )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(32, 64),
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-    )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            vocab_size=1000,
-            max_position_embeddings=77,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-        )
-    )
-    # A character-level CLIP BPE vocabulary (every lowercase word is tokenisable) plus one merge, all in memory.
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for char in string.ascii_lowercase:
-        vocab[char] = len(vocab)
-        vocab[char + "</w>"] = len(vocab)
-    merges = [("d", "o"), ("do", "g</w>")]
-    for left, right in merges:
-        vocab[left + right] = len(vocab)
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=16)
-    scheduler = DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False
-    )
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return tiny_sd_pipeline()
 
 
 _GEN = {"num_inference_steps": 2, "height": 32, "width": 32}
