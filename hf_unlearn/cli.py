@@ -170,8 +170,10 @@ def unlearn_main(argv=None) -> int:
         samples["after"] = _samples(unlearner, args)
         images["samples_before_after"] = comparison_grid(samples, args.sample_prompts)
         if not args.output:
+            from .utils import atomic_save_image  # noqa: PLC0415
+
             path = os.path.join(unlearner.config.output_dir, "samples_before_after.png")
-            comparison_grid(samples, args.sample_prompts, path=path)
+            atomic_save_image(images["samples_before_after"], path)
             print(f"before/after samples: {path}")
     rows = {}
     if classifier:

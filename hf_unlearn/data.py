@@ -161,10 +161,6 @@ class ReplaySplit:
     def __getattr__(self, name):
         return getattr(self._split, name)
 
-    @property
-    def num_remain(self) -> int:
-        return len(self.remain)
-
     def describe(self) -> dict[str, Any]:
         return {**self._split.describe(), "remain_source": "generative replay", "num_replayed": len(self.remain)}
 

@@ -11,12 +11,10 @@ import numpy as np
 import PIL.Image
 import torch
 import torch.nn.functional as F
-from accelerate import PartialState
 from datasets import ClassLabel, Dataset, Features, Image
 from diffusers import DDIMScheduler, DDPMScheduler, DiTTransformer2DModel, UNet2DModel
 from diffusers.models.embeddings import LabelEmbedding
 from torch import nn
-from tqdm.auto import tqdm
 
 from .base import LabelledImageBatches, ModelFamily
 from .detect import read_config_file
@@ -157,24 +155,24 @@ class ClassConditionalDiffusionFamily(LabelledImageBatches, ModelFamily):
         `replay_inference_steps`, guidance `replay_guidance_scale`, seeded by `seed`); the remain images are unused.
         Every process generates the same set."""
         from ..data import ReplaySplit  # noqa: PLC0415
+        from ..metrics.generation import generate  # noqa: PLC0415
 
         labels = [int(label) for label in split.remain[self.label_column]]
         pipe = self.pipeline()
         pipe.scheduler = DDIMScheduler.from_config(self.scheduler.config)
         moved_from = next(self.model.parameters()).device
         pipe.to(device)
-        generator = torch.Generator().manual_seed(config.seed)
-        batch = max(config.per_device_train_batch_size, 64)
-        images = []
-        show = PartialState().is_local_main_process
-        for start in tqdm(range(0, len(labels), batch), desc="generative replay", disable=not show):
-            images += pipe(
-                class_labels=labels[start : start + batch],
-                guidance_scale=config.replay_guidance_scale,
-                num_inference_steps=config.replay_inference_steps,
-                generator=generator,
-            ).images
+        samples = generate(
+            pipe,
+            labels,
+            guidance_scale=config.replay_guidance_scale,
+            num_inference_steps=config.replay_inference_steps,
+            seed=config.seed,
+            batch_size=max(config.per_device_train_batch_size, 64),
+            desc="generative replay",
+        )
         pipe.to(moved_from)
+        images = pipe.numpy_to_pil(samples.permute(0, 2, 3, 1).numpy())
         features = Features({self.image_column: Image(), self.label_column: split.remain.features[self.label_column]})
         replay = Dataset.from_dict({self.image_column: images, self.label_column: labels}, features=features)
         return ReplaySplit(split, replay)

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..utils import atomic_save_image
+
 
 class Judge(nn.Module):
     r"""An image classifier that scores generated images given in [0, 1], shape `(batch, channels, height, width)`.
@@ -153,11 +155,7 @@ def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: Optional[int]
     array = (grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
     picture = Image.fromarray(array[..., 0] if channels == 1 else array)
     picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp.png"
-    picture.save(tmp)
-    os.replace(tmp, path)
+    atomic_save_image(picture, path)
 
 
 @torch.no_grad()
@@ -169,10 +167,16 @@ def generate(
     num_inference_steps: int = 25,
     seed: int = 0,
     batch_size: int = 500,
+    desc: Optional[str] = None,
 ) -> torch.Tensor:
-    """Samples in [0, 1] for `class_labels` from a [`ClassConditionalPipeline`], in batches, reproducibly."""
+    """Samples in [0, 1] for `class_labels` from a [`ClassConditionalPipeline`], in batches, reproducibly (one CPU
+    generator seeded `seed` across the batches); with `desc`, a progress bar on the local main process."""
+    from accelerate import PartialState  # noqa: PLC0415
+    from tqdm.auto import tqdm  # noqa: PLC0415
+
     generator = torch.Generator().manual_seed(seed)
     labels = list(class_labels)
+    starts = range(0, len(labels), batch_size)
     chunks = [
         pipe(
             labels[i : i + batch_size],
@@ -181,7 +185,7 @@ def generate(
             generator=generator,
             output_type="pt",
         ).images.cpu()
-        for i in range(0, len(labels), batch_size)
+        for i in tqdm(starts, desc=desc, disable=desc is None or not PartialState().is_local_main_process)
     ]
     return torch.cat(chunks)
 
