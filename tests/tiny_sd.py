@@ -83,8 +83,8 @@ def tiny_sd_pipeline():
         )
     )
     with torch.no_grad():
-        # CLIP's init (std 0.02) leaves the random encoder's states for our prompts ~0.9 cosine-similar, so nothing
-        # prompt-specific could be learned; token identity at std 1 brings them to ~0.6, as a trained encoder would.
+        # At CLIP's init (std 0.02) the random encoder's states for our prompts are nearly identical, so nothing
+        # prompt-specific could be learned; at std 1 token identity dominates them.
         text_encoder.get_input_embeddings().weight.normal_(0, 1.0)
     scheduler = DDIMScheduler(
         beta_start=0.00085,
