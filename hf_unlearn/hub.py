@@ -51,6 +51,7 @@ def build_request(unlearner) -> dict:
             "metrics": None if result is None else result.metrics,
             "runtime_s": None if result is None else result.runtime_s,
             "steps": None if result is None else result.steps,
+            "work": None if result is None else result.work,
             "seed": unlearner.config.seed,
             "library_versions": library_versions(),
         }

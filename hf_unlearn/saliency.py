@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Optional
 
 import torch
@@ -43,6 +43,64 @@ def squared_grad_mean(
     if count == 0:
         raise ValueError("Saliency needs at least one batch from each set; the loader was empty.")
     return {name: reduce(total / count) for name, total in sums.items()}
+
+
+def global_batches(
+    num_rows: int, per_device: int, num_processes: int, process_index: int, seed: int, max_batches: Optional[int]
+) -> list[tuple[list[int], int]]:
+    """This process's rows of every global batch of one seeded pass over `num_rows` rows, with each batch's size.
+
+    The global batches are the same whatever the number of processes (one permutation, cut into batches of
+    `per_device × num_processes` rows); process `p` takes the `p`-th contiguous share of each, possibly fewer rows or
+    none in the last one. Nothing is padded, so every row counts exactly once.
+    """
+    order = torch.randperm(num_rows, generator=torch.Generator().manual_seed(seed)).tolist()
+    size = per_device * num_processes
+    batches = []
+    for start in range(0, num_rows, size):
+        chunk = order[start : start + size]
+        batches.append((chunk[process_index * per_device : (process_index + 1) * per_device], len(chunk)))
+    return batches[:max_batches]
+
+
+def gradient_statistic(
+    named_params: list[tuple[str, torch.nn.Parameter]],
+    batches: Iterable[tuple[Optional[dict], int]],
+    row_losses: Callable[[dict], torch.Tensor],
+    reduce_sum: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+    square: bool = True,
+    clip_norm: Optional[float] = None,
+) -> dict[str, torch.Tensor]:
+    """Mean over global batches of the (squared) gradient of the batch-mean loss: the authors' Fisher estimator.
+
+    `batches` yields this process's rows of each global batch (`None` when it has none) and the global batch size;
+    `row_losses` returns one loss per row. Each process differentiates the *sum* of its rows' losses; `reduce_sum`
+    adds the gradients over processes and the division by the global batch size gives the batch-mean gradient a
+    single process computes, before it is clipped (`clip_norm`, as the authors' DDPM passes) and squared.
+    """
+    sums = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in named_params}
+    count = 0
+    for batch, total in batches:
+        for _, p in named_params:
+            p.grad = None
+        if batch is not None:
+            row_losses(batch).sum().backward()
+        grads = [
+            reduce_sum(p.grad.detach().float() if p.grad is not None else torch.zeros_like(sums[n])) / total
+            for n, p in named_params
+        ]
+        if clip_norm:
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+            scale = (clip_norm / (norm + 1e-6)).clamp(max=1.0)
+            grads = [g * scale for g in grads]
+        for (name, _), g in zip(named_params, grads):
+            sums[name] += g * g if square else g
+        count += 1
+    for _, p in named_params:
+        p.grad = None
+    if count == 0:
+        raise ValueError("Saliency needs at least one batch from each set; the set was empty.")
+    return {name: total / count for name, total in sums.items()}
 
 
 def fisher_ratio_mask(fisher_forget: dict, fisher_remain: dict, threshold: float = 1.0, eps: float = 1e-12) -> Mask:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from typing import Optional
 
 import torch
 from accelerate import Accelerator
@@ -49,6 +50,7 @@ class Endless:
         self.consumed = 0
         self._epoch = 0
         self._iter = None
+        self._position = -1
         for _ in range(start):
             next(self)
 
@@ -61,13 +63,31 @@ class Endless:
                 if hasattr(self.loader, "set_epoch"):
                     self.loader.set_epoch(self._epoch)
                 self._iter = iter(self.loader)
+                self._position = -1
             try:
                 batch = next(self._iter)
                 self.consumed += 1
+                self._position += 1
                 return batch
             except StopIteration:
                 self._iter = None
                 self._epoch += 1
+
+    def valid_rows(self, accelerator, batch_rows: int) -> Optional[torch.Tensor]:
+        """Which rows of the last batch are real on this process (`None`: all of them).
+
+        With several processes, accelerate completes the last global batch of an epoch with rows repeated from the
+        start of the epoch; in the concatenation over processes the real rows come first (what `gather_for_metrics`
+        relies on). One process never pads.
+        """
+        processes = accelerator.num_processes
+        total_rows = getattr(self.loader, "total_dataset_length", None)
+        if processes == 1 or total_rows is None or self._position != len(self.loader) - 1:
+            return None
+        per_device = self.loader.total_batch_size // processes
+        remainder = total_rows - (len(self.loader) - 1) * self.loader.total_batch_size
+        rows = torch.arange(batch_rows, device=accelerator.device) + accelerator.process_index * per_device
+        return rows < remainder
 
 
 def make_accelerator(config) -> Accelerator:

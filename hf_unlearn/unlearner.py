@@ -11,13 +11,23 @@ from typing import Any, Optional
 
 import torch
 from accelerate.logging import get_logger
+from accelerate.utils import send_to_device
 from tqdm.auto import tqdm
 
 from .checkpointing import EngineState, endless_at, resolve_checkpoint, run_identity, save_checkpoint
 from .config import UnlearnConfig
 from .families import detect_family, get_family_class, normalize_family
 from .methods import StepContext, get_method
-from .saliency import fisher_ratio_mask, load_mask, mask_fraction, save_mask, squared_grad_mean, topk_mask
+from .saliency import (
+    fisher_ratio_mask,
+    global_batches,
+    gradient_statistic,
+    load_mask,
+    mask_fraction,
+    save_mask,
+    squared_grad_mean,
+    topk_mask,
+)
 from .tracking import check_log_with, start_tracking, stop_tracking
 from .training import alpha_at, build_optimizer, lr_factor, make_accelerator
 from .utils import set_seed
@@ -43,6 +53,8 @@ class UnlearnResult:
     steps: int = 0
     mask_fraction: Optional[float] = None
     metrics: Optional[dict] = None
+    # What the run cost: optimizer steps by kind and forward/backward passes of the trained model by kind.
+    work: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -127,8 +139,9 @@ class Unlearner:
         params = [p for _, p in named]
         identity = run_identity(cfg, method.name, split.fingerprint, [n for n, _ in named])
         resume = self._load_resume(identity, accelerator)
+        self._work = _new_work()
         if resume is None:
-            saliency_s = self._saliency(ctx, named, forget_loader, remain_loader, accelerator)
+            saliency_s = self._saliency(ctx, named, split, accelerator)
             ewc = self._ewc_anchor(ctx, named, remain_loader, accelerator) if method.geometry == "ewc" else None
         else:  # the saved mask and anchor: recomputing them would draw other batches and change the result
             saliency_s, self.mask, ewc = 0.0, resume.mask, resume.ewc
@@ -177,6 +190,7 @@ class Unlearner:
             num_forget=len(getattr(split, "forget_indices", []) or []),
             steps=total,
             mask_fraction=None if self.mask is None else mask_fraction(self.mask),
+            work=self._work,
         )
         self._split_info = split.describe()
         logger.info(f"{method.name}: {total} cycles in {runtime:.1f}s (saliency {saliency_s:.1f}s)")
@@ -185,6 +199,11 @@ class Unlearner:
     def _validate_run(self) -> None:
         """Checks that need the model and config together; run before any weight changes."""
         check_finite_weights(self.model)
+        if self.config.saliency_guidance_scale is not None and self.family.name == "image_classifier":
+            raise ValueError(
+                "`saliency_guidance_scale` is set, but the image_classifier family has no guided prediction; leave it "
+                "unset (it is for diffusion Fisher passes)."
+            )
         if self.config.checkpointing_steps or self.config.resume_from_checkpoint:
             check_run_output_dir(self.config)
 
@@ -202,7 +221,10 @@ class Unlearner:
             if forget_on:
                 logs |= self._step(ctx, optimizer, params, named, forget_it, None, alpha, accelerator)
             for _ in range(cfg.remain_steps_per_forget):
-                logs |= self._step(ctx, optimizer, params, named, None, remain_it, alpha, accelerator)
+                # The fast steps: plain descent, clipped by their own norm (none for classifiers, as the authors).
+                logs |= self._step(
+                    ctx, optimizer, params, named, None, remain_it, alpha, accelerator, clip=cfg.remain_max_grad_norm
+                )
         else:
             logs |= self._step(
                 ctx,
@@ -263,15 +285,15 @@ class Unlearner:
             teacher = family.fresh_model("config").eval().requires_grad_(False)
         optimizer = build_optimizer([p for _, p in named], cfg)
         batch = cfg.per_device_train_batch_size
-        uses_forget = method.forget_loss is not None or method.saliency is not None
+        # The saliency passes read the datasets themselves (`_statistic`); these loaders feed the steps only.
         forget_loader = (
             family.make_dataloader(split.forget, batch_size=batch, shuffle=True, seed=cfg.seed)
-            if uses_forget
+            if method.forget_loss is not None
             else None
         )
         remain_loader = (
             family.make_dataloader(split.remain, batch_size=batch, shuffle=True, seed=cfg.seed + 1)
-            if method.remain_loss is not None or method.saliency is not None
+            if method.remain_loss is not None
             else None
         )
         model, optimizer = accelerator.prepare(model, optimizer)
@@ -296,25 +318,39 @@ class Unlearner:
         )
         return ctx, named, optimizer, forget_loader, remain_loader
 
-    def _step(self, ctx, optimizer, params, named, forget_it, remain_it, alpha, accelerator, ewc=None) -> dict:
-        """One optimizer step: forget and/or remain gradients, the mask, clipping, the divergence guard."""
-        cfg, logs = self.config, {}
+    def _step(
+        self, ctx, optimizer, params, named, forget_it, remain_it, alpha, accelerator, ewc=None, clip="forget"
+    ) -> dict:
+        """One optimizer step: forget and/or remain gradients, the mask, clipping, the divergence guard.
+
+        `clip` is the clipping norm of this step; `"forget"` means `max_grad_norm` (forget and joint steps).
+        """
+        cfg, logs, work = self.config, {}, self._work
+        clip = cfg.max_grad_norm if clip == "forget" else clip
         accum = cfg.gradient_accumulation_steps
         optimizer.zero_grad(set_to_none=True)
         if forget_it is not None:
+            work["forget_steps"] += 1
             for i in range(accum):
                 sync = remain_it is None and i == accum - 1
+                batch = next(forget_it)
+                ctx.row_valid = forget_it.valid_rows(accelerator, self.family.batch_size_of(batch))
+                work["passes"]["forget"] += 1
                 with accelerator.autocast(), _maybe_no_sync(accelerator, ctx.model, sync):
-                    loss, part_logs = self.method.forget_loss(ctx, next(forget_it))
+                    loss, part_logs = self.method.forget_loss(ctx, batch)
                     _check_finite(loss, "forget loss", ctx.step, cfg)
                     accelerator.backward(alpha * loss / accum)
                 logs |= part_logs
             if self.mask is not None:
                 self._apply_mask(named)
         if remain_it is not None:
+            work["remain_steps"] += 1
             for i in range(accum):
+                work["passes"]["remain"] += 1
+                batch = next(remain_it)
+                ctx.row_valid = remain_it.valid_rows(accelerator, self.family.batch_size_of(batch))
                 with accelerator.autocast(), _maybe_no_sync(accelerator, ctx.model, i == accum - 1):
-                    loss, part_logs = self.method.remain_loss(ctx, next(remain_it))
+                    loss, part_logs = self.method.remain_loss(ctx, batch)
                     if ewc is not None:
                         loss = loss + cfg.ewc_lambda * sum(
                             (f * (p - p0) ** 2).sum() for (_, p), (f, p0) in zip(named, ewc)
@@ -325,8 +361,8 @@ class Unlearner:
             if self.mask is not None and self.method.mask_scope == "all":
                 self._apply_mask(named)
         guard = cfg.divergence_guard
-        if cfg.max_grad_norm:
-            norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+        if clip:
+            norm = accelerator.clip_grad_norm_(params, clip)
             _check_finite(norm, "gradient norm", ctx.step, cfg)
             logs["grad_norm"] = float(norm)
         elif guard == "check":  # no clipping norm to look at: the weights are still the last good ones here
@@ -335,6 +371,7 @@ class Unlearner:
         if guard == "copy":
             self._keep_last_good(params)
         optimizer.step()
+        work["optimizer_steps"] += 1
         if guard != "off":
             self._check_weights(params, ctx.step, restore=guard == "copy")
         return logs
@@ -372,7 +409,8 @@ class Unlearner:
             if p.grad is not None:
                 p.grad.mul_(self.mask[name].to(p.grad.dtype))
 
-    def _saliency(self, ctx, named, forget_loader, remain_loader, accelerator) -> float:
+    def _saliency(self, ctx, named, split, accelerator) -> float:
+        """The method's mask, from one pass over each set at θ0 in eval mode (BatchNorm statistics untouched)."""
         cfg, kind = self.config, self.method.saliency
         start = time.perf_counter()
         if kind is None:
@@ -381,28 +419,57 @@ class Unlearner:
         if cfg.mask_path:
             self.mask = load_mask(cfg.mask_path, named)
             return time.perf_counter() - start
-
-        def reduce(t):
-            return accelerator.reduce(t, reduction="mean") if accelerator.num_processes > 1 else t
-
-        task_loss = self._task_loss(ctx)
-        limit = cfg.saliency_max_batches
-        # No `no_sync`: DDP averages each batch's gradient over ranks before it is squared, so the statistic is the
-        # one a single process computes on the same global batch, and every rank builds the same mask.
-        if kind == "fisher_ratio":
-            f_forget = squared_grad_mean(named, iter(forget_loader), task_loss, limit, reduce)
-            f_remain = squared_grad_mean(named, iter(remain_loader), task_loss, limit, reduce)
-            self.mask = fisher_ratio_mask(f_forget, f_remain, cfg.mask_threshold, cfg.mask_eps)
-        else:
-            forget = self.method.forget_loss
-            grads = squared_grad_mean(
-                named, iter(forget_loader), lambda b: forget(ctx, b)[0], limit, reduce, square=False
-            )
-            self.mask = topk_mask(grads, cfg.salun_sparsity)
+        module = accelerator.unwrap_model(ctx.model)
+        training = module.training
+        module.eval()  # as the authors: no BatchNorm statistics rewritten, no dropout, before unlearning starts
+        try:
+            if kind == "fisher_ratio":
+                rows = self._fisher_rows(module)
+                f_forget = self._statistic(named, split.forget, rows, accelerator, cfg.saliency_clip_norm)
+                f_remain = self._statistic(named, split.remain, rows, accelerator, cfg.saliency_clip_norm)
+                self.mask = fisher_ratio_mask(f_forget, f_remain, cfg.mask_threshold, cfg.mask_eps)
+            else:
+                # SalUn: the gradient of the true-label forget loss (its magnitude is the same for ascent or descent).
+                rows = lambda batch: self.family.per_sample_loss(module, batch)  # noqa: E731
+                grads = self._statistic(named, split.forget, rows, accelerator, None, square=False)
+                self.mask = topk_mask(grads, cfg.salun_sparsity)
+        finally:
+            module.train(training)
         if accelerator.is_main_process and cfg.output_dir:
             os.makedirs(cfg.output_dir, exist_ok=True)
             save_mask(self.mask, os.path.join(cfg.output_dir, "saliency_mask.safetensors"))
         return time.perf_counter() - start
+
+    def _fisher_rows(self, module):
+        scale = self.config.saliency_guidance_scale
+        if scale is None:
+            return lambda batch: self.family.per_sample_loss(module, batch)
+        return lambda batch: self.family.guided_per_sample_loss(module, batch, scale)
+
+    def _statistic(self, named, dataset, rows, accelerator, clip_norm, square=True):
+        """`gradient_statistic` over one seeded pass of `dataset`, cut into global batches that every process
+        count shares (so one process and many give the same statistic)."""
+        cfg, device = self.config, accelerator.device
+        base = self.family.make_dataloader(dataset, batch_size=cfg.per_device_train_batch_size, shuffle=False, seed=0)
+        plan = global_batches(
+            len(dataset),
+            cfg.per_device_train_batch_size,
+            accelerator.num_processes,
+            accelerator.process_index,
+            cfg.seed,
+            cfg.saliency_max_batches,
+        )
+
+        def batches():
+            for indices, total in plan:
+                self._work["passes"]["saliency"] += 1
+                batch = base.collate_fn([base.dataset[i] for i in indices]) if indices else None
+                yield (None if batch is None else send_to_device(batch, device)), total
+
+        def reduce_sum(t):
+            return accelerator.reduce(t, reduction="sum") if accelerator.num_processes > 1 else t
+
+        return gradient_statistic(named, batches(), rows, reduce_sum, square=square, clip_norm=clip_norm)
 
     def _task_loss(self, ctx):
         """The family's mean training loss of a batch: what both Fisher estimates (mask, EWC) differentiate."""
@@ -443,6 +510,16 @@ def _check_finite(value: torch.Tensor, what: str, step: int, cfg) -> None:
             f"of the last good step. Likely cause: a too large `learning_rate` ({cfg.learning_rate}) or "
             f"`forget_alpha` ({cfg.forget_alpha}), or no `max_grad_norm`; lower them and rerun."
         )
+
+
+def _new_work() -> dict:
+    return {
+        "optimizer_steps": 0,
+        "forget_steps": 0,
+        "remain_steps": 0,
+        # One forward and one backward of the trained model per batch; frozen models' extra forwards are not counted.
+        "passes": {"saliency": 0, "forget": 0, "remain": 0},
+    }
 
 
 def _consumed(forget_it, remain_it) -> dict[str, int]:

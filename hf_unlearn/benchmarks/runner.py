@@ -238,6 +238,7 @@ def run_one(
             "cpu_s": cpu if status == "ok" else None,
             "status": status,
             "resolved": {k: getattr(unlearner.config, k) for k in _REPORTED_FIELDS},
+            "work": unlearner.result.work if unlearner.result is not None else None,
         }
     record["threads"] = torch.get_num_threads()
     record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -254,6 +255,8 @@ _REPORTED_FIELDS = (
     "forget_alpha",
     "temperature",
     "max_grad_norm",
+    "remain_max_grad_norm",
+    "saliency_max_batches",
     "salun_sparsity",
     "forget_steps_fraction",
     "per_device_train_batch_size",

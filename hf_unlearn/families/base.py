@@ -74,6 +74,10 @@ class ModelFamily:
         """The family's training loss per row (cross-entropy, noise-prediction MSE), with optional replaced labels."""
         raise NotImplementedError
 
+    def guided_per_sample_loss(self, model: nn.Module, batch: dict, scale: float) -> torch.Tensor:
+        """The noise loss of the classifier-free-guided prediction per row (diffusion Fisher passes)."""
+        raise NotImplementedError(f"The {self.name} family has no guided prediction; unset `saliency_guidance_scale`.")
+
     def remap_loss(self, model: nn.Module, batch: dict, target_labels: Optional[torch.Tensor]) -> torch.Tensor:
         """Pull the model's output for each row toward the output it gives for `target_labels` (or the batch's anchor).
 
@@ -82,9 +86,13 @@ class ModelFamily:
         """
         raise NotImplementedError
 
+    def remain_rows(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        """The per-row loss of a remain step (diffusion families add condition dropout here)."""
+        return self.per_sample_loss(model, batch)
+
     def remain_loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
-        """The scalar loss of a remain step (diffusion families add condition dropout here)."""
-        return self.per_sample_loss(model, batch).mean()
+        """The scalar loss of a remain step on one process: the mean of `remain_rows`."""
+        return self.remain_rows(model, batch).mean()
 
     def logits(self, model: nn.Module, batch: dict) -> torch.Tensor:
         raise NotImplementedError(f"The {self.name} family has no class predictions.")

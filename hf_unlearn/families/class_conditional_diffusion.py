@@ -63,6 +63,7 @@ class ClassConditionalDiffusionFamily(LabelledImageBatches, ModelFamily):
         self.vae = None if vae is None else vae.eval().requires_grad_(False)
         self.config_null = None if config is None else config.null_class_id
         self.condition_dropout = 0.1 if config is None else config.condition_dropout
+        self.noise_loss_reduction = "mean" if config is None else config.noise_loss_reduction
         self.image_column = "image" if config is None else config.image_column
         self.label_column = "label" if config is None else config.label_column
         self.resolution = None if config is None else config.resolution
@@ -288,13 +289,21 @@ class ClassConditionalDiffusionFamily(LabelledImageBatches, ModelFamily):
     def per_sample_loss(self, model, batch, *, labels=None):
         labels = batch["labels"] if labels is None else labels
         x_t, noise, t = self._noisy(batch)
-        return _row_mse(self.eps(model, x_t, t, labels), noise)
+        return _row_mse(self.eps(model, x_t, t, labels), noise, self.noise_loss_reduction)
 
-    def remain_loss(self, model, batch):
+    def guided_per_sample_loss(self, model, batch, scale: float):
+        """Noise loss of the guided prediction ε(x,∅) + s·(ε(x,c) − ε(x,∅)) (the authors' DDPM Fisher, s = 1 + w)."""
+        labels = batch["labels"]
+        x_t, noise, t = self._noisy(batch)
+        cond = self.eps(model, x_t, t, labels)
+        uncond = self.eps(model, x_t, t, torch.full_like(labels, self.null_class_id))
+        return _row_mse(uncond + scale * (cond - uncond), noise, self.noise_loss_reduction)
+
+    def remain_rows(self, model, batch):
         labels = batch["labels"]
         drop = torch.rand(labels.shape[0], device=labels.device) < self.condition_dropout
         labels = torch.where(drop, torch.full_like(labels, self.null_class_id), labels)
-        return self.per_sample_loss(model, batch, labels=labels).mean()
+        return self.per_sample_loss(model, batch, labels=labels)
 
     def remap_loss(self, model, batch, target_labels):
         if target_labels is None:
@@ -304,7 +313,7 @@ class ClassConditionalDiffusionFamily(LabelledImageBatches, ModelFamily):
         x_t, _, t = self._noisy(batch)
         with torch.no_grad():
             target = self.eps(getattr(model, "module", model), x_t, t, target_labels)
-        return _row_mse(self.eps(model, x_t, t, batch["labels"]), target)
+        return _row_mse(self.eps(model, x_t, t, batch["labels"]), target, self.noise_loss_reduction)
 
     def negative_guidance_loss(self, model, frozen, batch, scale):
         x_t, _, t = self._noisy(batch)
@@ -313,11 +322,13 @@ class ClassConditionalDiffusionFamily(LabelledImageBatches, ModelFamily):
             cond = self.eps(frozen, x_t, t, labels)
             uncond = self.eps(frozen, x_t, t, torch.full_like(labels, self.null_class_id))
             target = uncond - scale * (cond - uncond)
-        return _row_mse(self.eps(model, x_t, t, labels), target)
+        return _row_mse(self.eps(model, x_t, t, labels), target, self.noise_loss_reduction)
 
 
-def _row_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return F.mse_loss(prediction.float(), target.float(), reduction="none").flatten(1).mean(1)
+def _row_mse(prediction: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Squared error per row, averaged (or, as the authors' DDPM code, summed) over the pixels."""
+    squared = F.mse_loss(prediction.float(), target.float(), reduction="none").flatten(1)
+    return squared.sum(1) if reduction == "sum" else squared.mean(1)
 
 
 def _scheduler_beside(path):

@@ -56,6 +56,7 @@ class TextToImageFamily(ModelFamily):
         # Training noise follows the checkpoint's own schedule and prediction type, whatever sampler it ships.
         self.noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
         self.train_modules = config.train_modules
+        self.noise_loss_reduction = config.noise_loss_reduction
         self.image_column, self.caption_column = config.image_column, config.caption_column
         self.lora_save = config.lora_save
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
@@ -334,7 +335,18 @@ class TextToImageFamily(ModelFamily):
         else:
             target = noise
         pred = self.predict(model, noisy, timesteps, self.encode_prompts(batch["input_ids"]))
-        return _row_mse(pred, target)
+        return _row_mse(pred, target, self.noise_loss_reduction)
+
+    def guided_per_sample_loss(self, model, batch, scale: float):
+        """Noise loss of the guided prediction ε(x,"") + s·(ε(x,c) − ε(x,"")) (the authors' SD Fisher: s = 7.5)."""
+        latents = self.encode_images(batch["pixel_values"])
+        noisy, noise, timesteps = self._noised(latents)
+        if self.noise_scheduler.config.prediction_type == "v_prediction":
+            noise = self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        cond = self.encode_prompts(batch["input_ids"])
+        uncond = self.encode_prompts(self.tokenize([""]).to(cond.device)).expand_as(cond)
+        e_cond, e_uncond = self.predict(model, noisy, timesteps, cond), self.predict(model, noisy, timesteps, uncond)
+        return _row_mse(e_uncond + scale * (e_cond - e_uncond), noise, self.noise_loss_reduction)
 
     def remap_loss(self, model, batch, target_labels):
         """MSE between ε(x_t, c_forget) and a detached ε(x_t, c_anchor) of the same (current) model, per row."""
@@ -349,7 +361,7 @@ class TextToImageFamily(ModelFamily):
         with torch.no_grad():
             target = self.predict(_unwrap(model), noisy, timesteps, self.encode_prompts(batch["anchor_input_ids"]))
         pred = self.predict(model, noisy, timesteps, self.encode_prompts(batch["input_ids"]))
-        return _row_mse(pred, target)
+        return _row_mse(pred, target, self.noise_loss_reduction)
 
     def negative_guidance_loss(self, model, frozen, batch, scale):
         """ESD: pull ε(x_t, c) toward ε₀(x_t, "") − η·(ε₀(x_t, c) − ε₀(x_t, "")) of the frozen original, per row.
@@ -364,7 +376,7 @@ class TextToImageFamily(ModelFamily):
             e_cond = self.predict(frozen, noisy, timesteps, cond)
             e_uncond = self.predict(frozen, noisy, timesteps, uncond)
             target = e_uncond - scale * (e_cond - e_uncond)
-        return _row_mse(self.predict(model, noisy, timesteps, cond), target)
+        return _row_mse(self.predict(model, noisy, timesteps, cond), target, self.noise_loss_reduction)
 
 
 def is_trainable(name: str, train_modules: str) -> bool:
@@ -376,8 +388,9 @@ def is_trainable(name: str, train_modules: str) -> bool:
     return True
 
 
-def _row_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1)
+def _row_mse(pred: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    squared = F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1)
+    return squared.sum(1) if reduction == "sum" else squared.mean(1)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -24,6 +24,20 @@ class StepContext:
     num_processes: int = 1
     generator: torch.Generator = field(default_factory=torch.Generator)
     step: int = 0
+    # Rows of the current forget batch that count (`None`: all); a multi-process loader pads its last batch.
+    row_valid: Optional[torch.Tensor] = None
+
+    def batch_mean(self, rows: torch.Tensor) -> torch.Tensor:
+        """The mean of per-row values over the global batch, each real row once, as DDP will average it.
+
+        One process: `rows.mean()`. Several: rows a padded last batch repeats count zero, and the local sum is scaled
+        so that DDP's average over processes gives Σ_real ℓ_i / n_real of the whole global batch.
+        """
+        if self.row_valid is None:
+            return rows.mean()
+        valid = self.row_valid.to(rows.device)
+        count = self.gather(valid.float().sum().reshape(1)).sum()
+        return (rows * valid).sum() * self.num_processes / count.clamp_min(1)
 
     def anchor_labels(self, batch: dict, anchor: Optional[str] = None) -> Optional[torch.Tensor]:
         """The labels each forget row is pulled toward, per `remap_anchor`; `None` where the batch carries anchors."""

@@ -11,17 +11,33 @@ import torch.nn.functional as F
 from .context import StepContext
 
 
-def adaptive_weights(losses: torch.Tensor, all_losses: torch.Tensor, temperature: float, sign: float = -1.0):
+def adaptive_weights(
+    losses: torch.Tensor,
+    all_losses: torch.Tensor,
+    temperature: float,
+    sign: float = -1.0,
+    valid: Optional[torch.Tensor] = None,
+    all_valid: Optional[torch.Tensor] = None,
+):
     r"""SFR-on's normalised weights w_i = ℓ_i^(sign·λ) / Σ_j ℓ_j^(sign·λ), i.e. softmax(sign·λ·log ℓ).
 
     `losses` are this process's detached per-row losses, `all_losses` the same gathered over every process, so the
-    normalisation runs over the global batch. `sign=-1` (ascent) puts weight on rows not yet forgotten (low loss);
-    `sign=+1` (descent toward a forgetting target) on rows still far from it. `temperature=0` gives uniform weights.
+    normalisation runs over the global batch. `sign=-1` (ascent, the published SFR-on) gives w_i ∝ ℓ_i^(−λ): the most
+    weight goes to rows not yet forgotten (low loss). `sign=+1` (descent toward a forgetting target) gives
+    w_i ∝ ℓ_i^(+λ): the most weight goes to rows still far from the target. `temperature=0` gives uniform weights; a
+    negative temperature reverses the direction. `valid` / `all_valid` (bool, same shapes) mark the rows that count:
+    rows a multi-process loader repeated to fill its last batch get weight 0 and are left out of the normalisation,
+    so every row counts once whatever the number of processes.
     """
     eps = 1e-8
     log_all = torch.log(all_losses.clamp_min(0) + eps) * (sign * temperature)
+    if all_valid is not None:
+        log_all = log_all.masked_fill(~all_valid.to(log_all.device), float("-inf"))
     log_norm = torch.logsumexp(log_all, dim=0)
-    return torch.exp(torch.log(losses.clamp_min(0) + eps) * (sign * temperature) - log_norm)
+    weights = torch.exp(torch.log(losses.clamp_min(0) + eps) * (sign * temperature) - log_norm)
+    if valid is not None:
+        weights = weights * valid.to(weights.device, weights.dtype)
+    return weights
 
 
 class ForgetLoss:
@@ -31,7 +47,9 @@ class ForgetLoss:
     families: Optional[tuple[str, ...]] = None  # None: every family
     needs_original = False
     needs_teacher = False
-    sign = 1.0  # +1: the part descends toward a target; -1: it ascends the task loss
+    # +1: the part descends toward a target (weights ∝ ℓ^(+λ), far rows first); -1: it ascends the task loss
+    # (weights ∝ ℓ^(−λ), rows not yet forgotten first). Both are "focus on the rows that still need forgetting".
+    sign = 1.0
 
     def per_row(self, ctx: StepContext, batch: dict) -> torch.Tensor:
         raise NotImplementedError
@@ -43,11 +61,19 @@ class ForgetLoss:
         rows = self.per_row(ctx, batch)
         detached = rows.detach().float()
         if self.weighted:
-            weights = adaptive_weights(detached, ctx.gather(detached), ctx.config.temperature, sign=-self.sign)
+            valid = ctx.row_valid
+            weights = adaptive_weights(
+                detached,
+                ctx.gather(detached),
+                ctx.config.temperature,
+                sign=self.sign,
+                valid=valid,
+                all_valid=None if valid is None else ctx.gather(valid),
+            )
             # DDP averages gradients over processes; multiply back so the sum runs over the global batch once.
             objective = (weights * rows).sum() * ctx.num_processes
         else:
-            objective = rows.mean()
+            objective = ctx.batch_mean(rows)
         return self.sign * objective, {"forget_loss": detached.mean().item()}
 
     def __repr__(self):
@@ -176,7 +202,7 @@ class TaskLoss(RemainLoss):
     name = "task"
 
     def __call__(self, ctx, batch):
-        loss = ctx.family.remain_loss(ctx.model, batch)
+        loss = ctx.batch_mean(ctx.family.remain_rows(ctx.model, batch))
         return loss, {"remain_loss": loss.detach().item()}
 
 
@@ -191,9 +217,9 @@ class DistillRemain(RemainLoss):
         self.with_ce = with_ce
 
     def __call__(self, ctx, batch):
-        loss = distill_kl(ctx, ctx.original, batch).mean()
+        loss = ctx.batch_mean(distill_kl(ctx, ctx.original, batch))
         if self.with_ce:
-            loss = loss + ctx.config.distill_ce_weight * ctx.family.per_sample_loss(ctx.model, batch).mean()
+            loss = loss + ctx.config.distill_ce_weight * ctx.batch_mean(ctx.family.per_sample_loss(ctx.model, batch))
         return loss, {"remain_loss": loss.detach().item()}
 
     def __repr__(self):
