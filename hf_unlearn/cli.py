@@ -90,6 +90,9 @@ def parse_with_config(dataclass_types, argv, prog: str):
                 f"error: unknown keys {unknown} in {known.config}; valid keys: {', '.join(sorted(valid))}"
             )
         parser.set_defaults(**values)
+        for action in parser._actions:  # a required flag (`--model`) is satisfied by the file's value
+            if action.dest in values:
+                action.required = False
     parsed = parser.parse_args_into_dataclasses(args=rest, look_for_args_file=False)
     return parsed[: len(dataclass_types)]
 

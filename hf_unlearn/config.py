@@ -133,8 +133,8 @@ class UnlearnConfig:
         default=None,
         metadata={
             "help": "Diffusion Fisher passes: differentiate the noise loss of the guided prediction "
-            "ε(x,∅) + s·(ε(x,c) − ε(x,∅)) (the authors: s=3, i.e. their (1+w)ε_c − wε_∅ with w=2, for DDPM; s=7.5 for "
-            "SD). None: the plain conditional prediction."
+            "ε(x,∅) + s·(ε(x,c) − ε(x,∅)) (the authors: s=1+w with their (1+w)ε_c − wε_∅: 3 for DDPM (w=2), 8.5 for "
+            "SD (w=7.5)). None: the plain conditional prediction."
         },
     )
     saliency_clip_norm: Optional[float] = field(

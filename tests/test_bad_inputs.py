@@ -80,18 +80,39 @@ def rejected(action, argument: str, model=None, files=()) -> str:
         ("learning_rate", math.nan),
         ("learning_rate", -1e-3),
         ("max_steps", -5),
-        ("temperature", -0.5),  # λ
+        ("temperature", math.nan),  # λ (any finite λ is valid: a negative one reverses the weighting)
         ("mask_threshold", math.nan),  # γ
         ("forget_alpha", -1.0),  # α
         ("forget_alpha", math.inf),
         ("max_grad_norm", math.nan),
+        ("max_grad_norm", -1.0),
+        ("remain_max_grad_norm", -1.0),
         ("remain_steps_per_forget", -1),  # K
+        ("saliency_max_batches", 0),
+        ("saliency_max_batches", -2),
+        ("saliency_clip_norm", -1.0),
+        ("saliency_guidance_scale", -3.0),
+        ("noise_loss_reduction", "median"),
         ("optim", "lbfgs"),
         ("mixed_precision", "fp8"),
     ],
 )
 def test_bad_hyperparameter(model, data, field, value):
     rejected(lambda: run(model, data, lambda: config(**{field: value})), f"`{field}`", model)
+
+
+def test_negative_temperature_is_accepted_and_reverses_the_weighting(model, data):
+    # Documented: λ < 0 turns ascent's ℓ^(−λ) into ℓ^(+|λ|), i.e. the weighting of a descent part.
+    from hf_unlearn.methods.parts import adaptive_weights
+
+    losses = torch.tensor([0.1, 1.0, 3.0])
+    reversed_ = adaptive_weights(losses, losses, -0.5, sign=-1.0)
+    torch.testing.assert_close(reversed_, adaptive_weights(losses, losses, 0.5, sign=1.0))
+    assert reversed_.argmax() == 2 and adaptive_weights(losses, losses, 0.5, sign=-1.0).argmax() == 0
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = run(model, data, lambda: config(method="sfr_on", temperature=-0.5))
+    assert result.steps == 2 and all(math.isfinite(h["forget_loss"]) for h in result.history if "forget_loss" in h)
+    assert any(not torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
 # The forget set

@@ -84,38 +84,6 @@ def test_shipped_example_configs_parse_and_resolve(path):
     assert all(getattr(config, k, getattr(args, k, None)) == v for k, v in values.items() if k != "model")
 
 
-def test_example_configs_carry_the_published_sfr_on_settings():
-    cifar = yaml.safe_load((ROOT / "configs/image_classifier/cifar10_resnet18_random10_sfr_on.yaml").read_text())
-    assert (cifar["optim"], cifar["learning_rate"], cifar["momentum"], cifar["weight_decay"]) == (
-        "sgd",
-        0.01,
-        0.9,
-        5e-4,
-    )
-    assert (cifar["max_steps"], cifar["remain_steps_per_forget"], cifar["per_device_train_batch_size"]) == (
-        1500,
-        5,
-        128,
-    )
-    assert (cifar["forget_alpha"], cifar["max_grad_norm"], cifar["temperature"], cifar["mask_threshold"]) == (
-        25,
-        7,
-        0.5,
-        1,
-    )
-    swin = yaml.safe_load((ROOT / "configs/image_classifier/tinyimagenet_swin_t_random10_sfr_on.yaml").read_text())
-    assert (swin["learning_rate"], swin["max_steps"], swin["forget_alpha"], swin["temperature"]) == (
-        2e-5,
-        500,
-        500,
-        0.6,
-    )
-    ddpm = yaml.safe_load((ROOT / "configs/class_conditional_diffusion/cifar10_ddpm_class_sfr_on.yaml").read_text())
-    assert (ddpm["optim"], ddpm["learning_rate"], ddpm["max_steps"], ddpm["forget_alpha"]) == ("adam", 1e-4, 150, 10)
-    sd = yaml.safe_load((ROOT / "configs/text_to_image/sd14_nudity_sfr_on.yaml").read_text())
-    assert (sd["learning_rate"], sd["per_device_train_batch_size"], sd["max_steps"]) == (1e-5, 2, 1000)
-
-
 @pytest.mark.parametrize("path", ACCELERATE, ids=lambda p: p.name)
 def test_accelerate_configs_load(path):
     from accelerate.commands.config.config_args import load_config_from_file

@@ -1,7 +1,13 @@
 """A 2-process CPU run (`accelerate launch`, gloo: MULTI_CPU) against a single process with the same global batch.
 
-Stated tolerance: the saliency masks are identical, every weight within 1e-4 (float summation order differs between
-the DDP all-reduce and a single batch), and the gathered metrics equal to the single-process ones within one row.
+Two layouts of the same 320 rows (tests/mp_unlearn_helper.py `LAYOUTS`): "even", set sizes that divide the global
+batch of 32, and "uneven", 67 forget and 253 remain rows with a full saliency pass, where each set ends on a short
+global batch (forget: 3 rows, all on rank 0; remain: 29 rows, 16 + 13) and the training loader pads its last forget
+batch with repeated rows that must weigh zero.
+
+Stated tolerance: the saliency masks are identical (so are their fractions), every weight within 1e-4 (float
+summation order differs between the DDP all-reduce and a single batch), and the gathered metrics equal to the
+single-process ones within one row.
 """
 
 import copy
@@ -31,7 +37,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _launch(model_dir: Path, out_dir: Path, log_dir: Path) -> subprocess.CompletedProcess:
+def _launch(model_dir: Path, out_dir: Path, log_dir: Path, layout: str) -> subprocess.CompletedProcess:
     """`accelerate launch` with the shipped 2-process CPU config; each rank's output goes to its own log file."""
     env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}  # the bar must show, on rank 0 only
     env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONPATH=str(HERE.parent))
@@ -52,6 +58,7 @@ def _launch(model_dir: Path, out_dir: Path, log_dir: Path) -> subprocess.Complet
         str(model_dir),
         str(out_dir),
         str(PER_DEVICE_BATCH),
+        layout,
     ]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
 
@@ -67,14 +74,20 @@ def _result(text: str) -> dict:
 
 
 @pytest.mark.multiprocess
-def test_two_cpu_processes_match_one_process_with_the_same_global_batch(tmp_path, processor):
+@pytest.mark.parametrize("layout", ["even", "uneven"])
+def test_two_cpu_processes_match_one_process_with_the_same_global_batch(tmp_path, processor, layout):
     from hf_unlearn.models import tiny_classifier
 
     model_dir = tmp_path / "original"
     tiny_classifier("vit", seed=0).save_pretrained(model_dir)
     processor.save_pretrained(model_dir)
+    num_forget, max_batches = mp_unlearn_helper.LAYOUTS[layout]
+    num_remain = mp_unlearn_helper.NUM_ROWS - num_forget
+    global_batch = 2 * PER_DEVICE_BATCH
+    if layout == "uneven":
+        assert num_forget % global_batch and num_remain % global_batch and max_batches is None
 
-    proc = _launch(model_dir, tmp_path / "two", tmp_path / "logs")
+    proc = _launch(model_dir, tmp_path / "two", tmp_path / "logs", layout)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [_result(_rank_file(tmp_path / "logs", r, "stdout.log")) for r in (0, 1)]
     assert [r["rank"] for r in ranks] == [0, 1] and all(r["num_processes"] == 2 for r in ranks)
@@ -98,20 +111,29 @@ def test_two_cpu_processes_match_one_process_with_the_same_global_batch(tmp_path
     threads = torch.get_num_threads()
     torch.set_num_threads(2)  # the ranks ran with the helper's thread settings; match them for the comparison
     try:
-        single = mp_unlearn_helper.run(str(model_dir), str(tmp_path / "one"), 2 * PER_DEVICE_BATCH)
+        single = mp_unlearn_helper.run(str(model_dir), str(tmp_path / "one"), global_batch, layout)
     finally:
         torch.set_num_threads(threads)
     assert single["num_processes"] == 1
+    for view in [single, *ranks]:
+        assert (view["num_forget"], view["num_remain"]) == (num_forget, num_remain)
+    # The same saliency batches on every process count: a full pass is ceil(rows / global batch) per set.
+    planned = sum(-(-n // global_batch) if max_batches is None else max_batches for n in (num_forget, num_remain))
+    assert single["work"] == ranks[0]["work"] == ranks[1]["work"]
+    assert single["work"]["passes"]["saliency"] == planned
     one_row = {
-        "FA": 100 / mp_unlearn_helper.NUM_FORGET,
+        "FA": 100 / num_forget,
         "TA": 100 / mp_unlearn_helper.NUM_TEST,
-        "RA": 100 / (mp_unlearn_helper.NUM_ROWS - mp_unlearn_helper.NUM_FORGET),
+        "RA": 100 / num_remain,
     }
     for key, tol in one_row.items():
         assert abs(single["metrics"][key] - ranks[0]["metrics"][key]) <= tol + 1e-9, key
     mask_one = load_file(tmp_path / "one" / "saliency_mask.safetensors")
     mask_two = load_file(tmp_path / "two" / "saliency_mask.safetensors")
+    assert mask_one.keys() == mask_two.keys()
     assert all(torch.equal(mask_one[k], mask_two[k]) for k in mask_one)
+    assert single["mask_fraction"] == ranks[0]["mask_fraction"] == ranks[1]["mask_fraction"]
+    assert 0 < single["mask_fraction"] < 1
     w_one, w_two = load_file(tmp_path / "one" / "model" / "model.safetensors"), load_file(saved / "model.safetensors")
     original = load_file(model_dir / "model.safetensors")
     assert max(float((w_one[k] - w_two[k]).abs().max()) for k in w_one) < 1e-4

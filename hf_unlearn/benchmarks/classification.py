@@ -185,10 +185,13 @@ def execute(tasks, args, ctx) -> list[dict]:
 
 
 def freeze(path, cfg, tag: str, tuned: dict) -> None:
-    """Writes the selection into the config file's `tuned` section (atomically)."""
+    """Writes the selection into the config file's `tuned` section (atomically).
+
+    Methods not in `tuned` (not searched in this call, e.g. `--methods` named a subset) keep their frozen entries.
+    """
     cfg = dict(cfg)
     cfg["tuned"] = dict(cfg.get("tuned") or {})
-    cfg["tuned"][tag] = tuned
+    cfg["tuned"][tag] = {**(cfg["tuned"].get(tag) or {}), **tuned}
     atomic_write_text(path, yaml.safe_dump(cfg, sort_keys=False, width=118))
 
 

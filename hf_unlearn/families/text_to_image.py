@@ -338,7 +338,8 @@ class TextToImageFamily(ModelFamily):
         return _row_mse(pred, target, self.noise_loss_reduction)
 
     def guided_per_sample_loss(self, model, batch, scale: float):
-        """Noise loss of the guided prediction ε(x,"") + s·(ε(x,c) − ε(x,"")) (the authors' SD Fisher: s = 7.5)."""
+        """Noise loss of the guided prediction ε(x,"") + s·(ε(x,c) − ε(x,"")); the authors' SD Fisher differentiates
+        (1 + w)ε(x,c) − wε(x,"") with w = 7.5, i.e. s = 8.5."""
         latents = self.encode_images(batch["pixel_values"])
         noisy, noise, timesteps = self._noised(latents)
         if self.noise_scheduler.config.prediction_type == "v_prediction":
