@@ -30,9 +30,9 @@ _SFR_DEFAULTS = {
     # Stable Diffusion (`max_grad_norm` clips forget steps, `remain_max_grad_norm` the fast remain steps).
     _CLASSIFIER: {
         "learning_rate": 3e-3,
-        "max_steps": 12,
+        "max_steps": 20,
         "forget_alpha": 1.0,
-        "remain_steps_per_forget": 4,
+        "remain_steps_per_forget": 2,
         "remain_max_grad_norm": 0.0,
     },
     "class_conditional_diffusion": {
