@@ -74,7 +74,7 @@ def test_forgetting_every_row_is_refused():
         ("learning_rate", -1.0),
         ("learning_rate", float("nan")),
         ("max_steps", 0),
-        ("temperature", -0.5),
+        ("temperature", float("inf")),
         ("mask_threshold", float("inf")),
         ("forget_alpha", -2.0),
         ("optim", "lion"),
