@@ -1,6 +1,7 @@
 """Prints the validation-search table of one benchmark tag as markdown, from the run files and the frozen selection.
 
-    python scripts/validation_table.py resnet-class-c3 [--output benchmark_results] [--config configs/benchmark_classification.yaml]
+    python scripts/validation_table.py resnet-class-c3 [--output benchmark_results]
+        [--config configs/benchmark_classification.yaml]
 
 One row per method: the grid point frozen by `hf-unlearn benchmark --phase select --freeze`, its mean ± std Avg.D and
 D_KL over the validation seeds, the sensitivity (mean Avg.D over the whole grid), and when its search runs finished
