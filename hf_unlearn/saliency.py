@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 import tempfile
 from collections.abc import Callable, Iterable
@@ -13,36 +12,6 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 Mask = dict[str, torch.Tensor]
-
-
-def squared_grad_mean(
-    named_params: list[tuple[str, torch.nn.Parameter]],
-    batches,
-    loss_fn: Callable[[dict], torch.Tensor],
-    max_batches: Optional[int],
-    reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
-    square: bool = True,
-) -> dict[str, torch.Tensor]:
-    """Mean over minibatches of the (squared) minibatch gradient of `loss_fn` (the authors' Fisher estimator).
-
-    `reduce` averages the statistics over processes so every rank ends up with the same mask.
-    """
-    sums = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in named_params}
-    count = 0
-    for batch in itertools.islice(batches, max_batches):
-        for _, p in named_params:
-            p.grad = None
-        loss_fn(batch).backward()
-        for name, p in named_params:
-            if p.grad is not None:
-                g = p.grad.detach().float()
-                sums[name] += g * g if square else g
-        count += 1
-    for _, p in named_params:
-        p.grad = None
-    if count == 0:
-        raise ValueError("Saliency needs at least one batch from each set; the loader was empty.")
-    return {name: reduce(total / count) for name, total in sums.items()}
 
 
 def global_batches(

@@ -25,7 +25,6 @@ from .saliency import (
     load_mask,
     mask_fraction,
     save_mask,
-    squared_grad_mean,
     topk_mask,
 )
 from .tracking import check_log_with, start_tracking, stop_tracking
@@ -142,7 +141,7 @@ class Unlearner:
         self._work = _new_work()
         if resume is None:
             saliency_s = self._saliency(ctx, named, split, accelerator)
-            ewc = self._ewc_anchor(ctx, named, remain_loader, accelerator) if method.geometry == "ewc" else None
+            ewc = self._ewc_anchor(ctx, named, split, accelerator) if method.geometry == "ewc" else None
         else:  # the saved mask and anchor: recomputing them would draw other batches and change the result
             saliency_s, self.mask, ewc = 0.0, resume.mask, resume.ewc
         first, forget_it, remain_it, history = self._start_position(
@@ -471,12 +470,16 @@ class Unlearner:
 
         return gradient_statistic(named, batches(), rows, reduce_sum, square=square, clip_norm=clip_norm)
 
-    def _task_loss(self, ctx):
-        """The family's mean training loss of a batch: what both Fisher estimates (mask, EWC) differentiate."""
-        return lambda batch: self.family.per_sample_loss(ctx.model, batch).mean()
-
-    def _ewc_anchor(self, ctx, named, remain_loader, accelerator):
-        fisher = squared_grad_mean(named, iter(remain_loader), self._task_loss(ctx), self.config.saliency_max_batches)
+    def _ewc_anchor(self, ctx, named, split, accelerator):
+        """EWC's (Fisher, θ0) pairs: the same estimator, batches and eval mode as the mask, on the remain set."""
+        module = accelerator.unwrap_model(ctx.model)
+        training = module.training
+        module.eval()
+        try:
+            rows = lambda batch: self.family.per_sample_loss(module, batch)  # noqa: E731
+            fisher = self._statistic(named, split.remain, rows, accelerator, None)
+        finally:
+            module.train(training)
         peak = max(float(f.max()) for f in fisher.values()) or 1.0
         # Normalised so `ewc_lambda` has the same meaning whatever the loss scale of the model.
         return [(fisher[n] / peak, p.detach().clone()) for n, p in named]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hf_unlearn.methods import adaptive_weights
-from hf_unlearn.saliency import fisher_ratio_mask, load_mask, save_mask, squared_grad_mean, topk_mask
+from hf_unlearn.saliency import fisher_ratio_mask, gradient_statistic, load_mask, save_mask, topk_mask
 
 
 def test_adaptive_weights_are_softmax_of_negative_lambda_log_loss():
@@ -55,14 +55,14 @@ def test_fisher_ratio_mask_selects_exactly_ratio_at_least_gamma():
     model = _TwoParams()
     named = list(model.named_parameters())
 
-    def loss_fn(batch):
+    def row_losses(batch):
         x0, x1 = batch
-        return (model.a * x0 + model.b * x1).sum()  # d/da = x0, d/db = x1
+        return model.a * x0 + model.b * x1  # one row per batch: d/da = x0, d/db = x1
 
-    forget = [(torch.tensor([2.0]), torch.tensor([1.0])), (torch.tensor([2.0]), torch.tensor([1.0]))]
-    remain = [(torch.tensor([1.0]), torch.tensor([3.0]))]
-    f_f = squared_grad_mean(named, iter(forget), loss_fn, None)
-    f_r = squared_grad_mean(named, iter(remain), loss_fn, None)
+    forget = [((torch.tensor([2.0]), torch.tensor([1.0])), 1)] * 2
+    remain = [((torch.tensor([1.0]), torch.tensor([3.0])), 1)]
+    f_f = gradient_statistic(named, iter(forget), row_losses)
+    f_r = gradient_statistic(named, iter(remain), row_losses)
     assert f_f["a"].item() == pytest.approx(4.0) and f_f["b"].item() == pytest.approx(1.0)
     assert f_r["a"].item() == pytest.approx(1.0) and f_r["b"].item() == pytest.approx(9.0)
     mask = fisher_ratio_mask(f_f, f_r, threshold=1.0)

@@ -273,3 +273,43 @@ def test_guidance_scale_on_a_classifier_is_refused_before_any_weight_change(spli
         unlearner.unlearn(split)
     assert all(torch.equal(v, state[k]) for k, v in unlearner.model.state_dict().items())
     assert unlearner.mask is None and not (tmp_path / "saliency_mask.safetensors").exists()
+
+
+def test_ewc_anchor_is_the_remain_fisher_of_the_mask_estimator(resnet, split, processor, tmp_path, monkeypatch):
+    """EWC's penalty weights: F_r as above (eval mode, every remain row once), scaled so the largest entry is 1,
+    anchored at θ0. Checked on a classifier through a registered EWC composition (selective amnesia is the built-in
+    user, on diffusion models, where the estimator is the same code)."""
+    from hf_unlearn.methods import Ascent, TaskLoss, UnlearnMethod
+    from hf_unlearn.methods.base import _REGISTRY
+
+    monkeypatch.setitem(_REGISTRY, "ewc_probe", UnlearnMethod("ewc_probe", Ascent(), TaskLoss(), geometry="ewc"))
+    seen = {}
+    anchor = Unlearner._ewc_anchor
+
+    def spy(self, *args):
+        seen["ewc"] = anchor(self, *args)
+        return seen["ewc"]
+
+    monkeypatch.setattr(Unlearner, "_ewc_anchor", spy)
+    unlearner = Unlearner.from_pretrained(
+        copy.deepcopy(resnet), _config(tmp_path, "ewc_probe", learning_rate=1e-3), image_processor=processor
+    )
+    result = unlearner.unlearn(split)
+    batches = _batches(len(split.remain))
+    assert result.work["passes"]["saliency"] == len(batches)
+
+    def normalised(train_mode):
+        model = copy.deepcopy(resnet).train(train_mode)
+        fisher = _mean_grads(model, unlearner.family, split.remain, batches, _ce(), square=True)
+        peak = max(float(f.max()) for f in fisher.values())
+        return [fisher[n] / peak for n, _ in resnet.named_parameters()]
+
+    want = normalised(False)
+    got = [f for f, _ in seen["ewc"]]
+    assert len(got) == len(want)
+    worst = max(float((g - w).abs().max()) for g, w in zip(got, want))
+    assert worst < 1e-4 and max(float(g.max()) for g in got) == pytest.approx(1.0)
+    for (_, p0), p in zip(seen["ewc"], resnet.parameters()):
+        assert torch.equal(p0, p.detach())
+    # Train mode (batch statistics in BatchNorm) gives another Fisher: the comparison can fail.
+    assert max(float((g - w).abs().max()) for g, w in zip(got, normalised(True))) > 1e-2
