@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0"
 
+from . import _quiet  # noqa: F401 (installs its filters on import, before any transformers processor is touched)
 from .config import UnlearnConfig
 from .data import ForgetRemainSplit, TrainingSet, load_digits_dataset
 from .evaluation import evaluate

@@ -28,7 +28,7 @@ from accelerate.logging import get_logger
 from safetensors.torch import load_file, save_file
 
 from .training import Endless
-from .utils import atomic_write_json, sha256_of, to_jsonable
+from .utils import apply_umask, atomic_write_json, sha256_of, to_jsonable
 
 logger = get_logger(__name__)
 
@@ -249,6 +249,7 @@ def save_checkpoint(
         raise
     if accelerator.is_main_process:
         _fsync_tree(tmp)
+        apply_umask(tmp, recursive=True)  # accelerate and torch may save through 0600 temporary files
         old = output_dir / f".{target.name}.old"
         if target.exists():
             shutil.rmtree(old, ignore_errors=True)

@@ -44,8 +44,41 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux exposes it (`/proc/self/status`)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)  # elsewhere: the classic read (set and restore at once)
+    os.umask(mask)
+    return mask
+
+
+def umask_mode(path: str | os.PathLike) -> int:
+    """The mode a plain `open` or `mkdir` would have given `path` under the current umask (0644 / 0755 under 022)."""
+    path = Path(path)
+    executable = path.is_dir() or bool(path.stat().st_mode & 0o111)
+    return (0o777 if executable else 0o666) & ~current_umask()
+
+
+def apply_umask(path: str | os.PathLike, recursive: bool = False) -> None:
+    """Gives `path` (and with `recursive` everything under it) the mode the umask gives new files and folders.
+
+    `tempfile.mkstemp` and `tempfile.mkdtemp` create 0600 files and 0700 folders whatever the umask, and some
+    libraries save through them; an output renamed into place from there would be unreadable to other users.
+    """
+    path = Path(path)
+    paths = [path]
+    if recursive and path.is_dir():
+        paths += [p for p in path.rglob("*") if not p.is_symlink()]
+    for p in paths:
+        os.chmod(p, umask_mode(p))
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Writes `text` to a temporary file beside `path`, fsyncs it, then renames it over `path`."""
+    """Writes `text` to a temporary file beside `path`, fsyncs it, then renames it over `path` (umask's mode)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -54,6 +87,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        apply_umask(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -69,6 +103,7 @@ def atomic_save_image(image, path: str | os.PathLike) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             image.save(fh, format="PNG")
+        apply_umask(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -85,7 +120,8 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     """Yields a fresh temporary folder beside `target`; on success it replaces `target` in one rename.
 
     A crash inside the block leaves `target` as it was (the previous good output) and removes the partial folder. The
-    previous folder is moved aside first and deleted only after the new one is in place.
+    previous folder is moved aside first and deleted only after the new one is in place. Everything in the new folder
+    gets the umask's modes before the rename (see [`apply_umask`]).
     """
     target = Path(target).absolute()
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -95,6 +131,7 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    apply_umask(tmp, recursive=True)
     old = None
     if target.exists():
         old = target.parent / f".{target.name}.old-{os.getpid()}"
