@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -10,6 +11,11 @@ import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_dataset, load_from_disk
 
 from .utils import sha256_of
+
+# A forget set above this share of the rows is "most of the data": the methods' budgets assume a remain set that
+# carries what the model should keep, and retraining on the few remaining rows is then cheap and exact. The
+# published random scenarios forget up to half of the rows, which stays below it.
+LARGE_FORGET_SHARE = 0.8
 
 
 @dataclass
@@ -52,6 +58,14 @@ class ForgetRemainSplit:
             raise ValueError(
                 f"The forget set (`forget_classes` / `forget_ids` / `forget_fraction` / `forget_filter`) selects "
                 f"all {n} rows, so nothing would remain to keep; forget fewer rows."
+            )
+        if len(ids) > LARGE_FORGET_SHARE * n:
+            warnings.warn(
+                f"The forget set holds {len(ids)} of the {n} rows ({100 * len(ids) / n:.1f}%): most of the data. The "
+                f"default budgets assume the remain set carries what the model keeps; with {n - len(ids)} rows left, "
+                "retraining on them (method='retrain') is cheap and exact, or check the forget selection.",
+                UserWarning,
+                stacklevel=3,
             )
         self.forget_indices = sorted(ids)
         # An int64 array, not a list: 8 bytes a row instead of ~36 keeps large memory-mapped datasets cheap.
@@ -149,6 +163,7 @@ class ForgetRemainSplit:
             "num_remain": len(self.remain_indices),
             "num_test": None if self.test_dataset is None else len(self.test_dataset),
             "forget_classes": self.forget_classes,
+            "dataset_fingerprint": getattr(self.dataset, "_fingerprint", None),
         }
 
 

@@ -74,12 +74,15 @@ def evaluate(model_or_unlearner, split, reference=None, *, batch_size: Optional[
         batch_size (`int`, *optional*): defaults to the config's `eval_batch_size`.
         seed (`int`, *optional*, defaults to `0`): seed of the attack models' subsampling.
 
-    Accuracies and MIA are percentages. Neither the model's mode nor its weights change.
+    Accuracies and MIA are percentages. Neither the model's mode nor its weights change. The split is checked first
+    with the same checks as [`Unlearner.unlearn`] (columns, labels, channels), so bad data gives the library's own
+    message before any pass.
     """
     unl = model_or_unlearner
     family, model = unl.family, unl.model
     if family.name != "image_classifier":
         raise ValueError(f"`evaluate` scores classifiers; for the {family.name} family use its own evaluator.")
+    family.validate_split(split)
     bs = batch_size or unl.config.eval_batch_size
     outs = {}
     for name, ds in [("forget", split.forget), ("remain", split.remain), ("test", split.test_dataset)]:

@@ -10,7 +10,8 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from .utils import CONFIG_NAME, RECORD_NAME, atomic_directory, atomic_write_json, to_jsonable
+from .modelcard import card_inputs_of, looks_like_repo, write_model_card
+from .utils import RECORD_NAME, atomic_directory, atomic_write_json, to_jsonable
 
 LIBRARY_NAME = "hf_unlearn"
 _VERSIONED = ["hf_unlearn", "torch", "transformers", "diffusers", "accelerate", "datasets", "peft"]
@@ -47,7 +48,8 @@ def build_request(unlearner) -> dict:
             "method": unlearner.config.method,
             "method_parts": unlearner.method.describe(),
             "hyperparameters": unlearner.config.to_dict(),
-            "forget_set": {k: split_info.get(k) for k in ("fingerprint", "scenario", "num_forget", "forget_classes")},
+            "forget_set": _forget_set(unlearner, split_info),
+            "metrics_before": getattr(unlearner, "metrics_before", None),
             "metrics": None if result is None else result.metrics,
             "runtime_s": None if result is None else result.runtime_s,
             "steps": None if result is None else result.steps,
@@ -58,23 +60,46 @@ def build_request(unlearner) -> dict:
     )
 
 
+def _forget_set(unlearner, split_info: dict) -> dict:
+    """What the record keeps of the forget set: fingerprints, counts, class ids and names, prompts; never the data."""
+    keys = ("fingerprint", "scenario", "num_forget", "forget_classes", "dataset_fingerprint", "forget_prompts")
+    info = {k: split_info.get(k) for k in keys}
+    info["anchor_prompts"] = split_info.get("anchor_prompts")
+    id2label = getattr(getattr(unlearner.model, "config", None), "id2label", None) or {}
+    if info["forget_classes"] and id2label:
+        labels = {str(k): v for k, v in id2label.items()}
+        info["forget_class_names"] = {str(c): labels.get(str(c)) for c in info["forget_classes"]}
+    return info
+
+
 # What a run writes into its `output_dir`: mask, checkpoints, partial folders of a killed save, tracker logs
-# (`hf_unlearn-{method}`, see tracking.py).
+# (`hf_unlearn-{method}`, see tracking.py), generated concept images. They are kept when a model is saved into that
+# folder and never uploaded.
 _RUN_ARTIFACTS = re.compile(
-    r"^(\.?checkpoint-\d+(\.partial|\.old)?|saliency_mask\.safetensors|hf_unlearn-[\w.-]+|unlearn_config\.(yaml|json))$"
+    r"^(\.?checkpoint-\d+(\.partial|\.old)?|saliency_mask\.safetensors|hf_unlearn-[\w.-]+|concept_cache"
+    r"|unlearn_config\.(yaml|json))$"
 )
+UPLOAD_IGNORE = ["checkpoint-*", ".checkpoint-*", "saliency_mask.safetensors", "hf_unlearn-*", "concept_cache/*", ".*"]
 
 
-def check_output_dir(path: str | os.PathLike, overwrite: bool, argument: str = "save_directory") -> None:
+def check_output_dir(
+    path: str | os.PathLike, overwrite: bool, argument: str = "save_directory", refuse_finished: bool = False
+) -> None:
     """Refuses to write into a non-empty folder that is not an earlier output of ours, unless `overwrite`.
 
     A folder is ours when it holds an unlearning record, or only what a run writes (checkpoints, the saliency mask).
+    With `refuse_finished`, a folder that holds a finished result (a record) is refused too unless `overwrite`.
     """
     path = Path(path)
     if not path.exists():
         return
     if not path.is_dir():
         raise ValueError(f"`{argument}` {path} is a file; give a folder path.")
+    if refuse_finished and not overwrite and read_record(path) is not None:
+        raise ValueError(
+            f"`{argument}` {path} already holds a finished result ({RECORD_NAME}); choose another folder, or pass "
+            "--overwrite_output_dir (overwrite_output_dir=True) to replace it."
+        )
     foreign = [p.name for p in path.iterdir() if not _RUN_ARTIFACTS.match(p.name)]
     if foreign and read_record(path) is None and not overwrite:
         raise ValueError(
@@ -93,7 +118,7 @@ def read_previous_record(model_or_path) -> Optional[dict]:
         return None
     if os.path.isdir(model_or_path):
         return read_record(model_or_path)
-    if not _looks_like_repo(model_or_path):
+    if not looks_like_repo(model_or_path):
         return None
     try:
         from huggingface_hub import hf_hub_download  # noqa: PLC0415
@@ -146,17 +171,21 @@ def save_unlearned(
     dataset_name: Optional[str] = None,
     command: Optional[str] = None,
     images: Optional[dict] = None,
+    repo_id: Optional[str] = None,
 ) -> None:
     r"""Writes model, config, record and card into a temporary folder, then swaps it in with one rename.
 
     Args:
         unlearner ([`Unlearner`]): the model and its run.
-        save_directory (`str` or `os.PathLike`): the output folder.
+        save_directory (`str` or `os.PathLike`): the output folder. What a run wrote there (checkpoints, the saliency
+            mask, generated concept images) is kept beside the model.
         overwrite (`bool`, *optional*): replace a non-empty folder that is not an hf_unlearn output (defaults to
             the config's `overwrite_output_dir`).
-        dataset_name (`str`, *optional*): the Hub dataset id of the training data, for the card's `datasets`.
+        dataset_name (`str`, *optional*): the training data: a Hub dataset id (also the card's `datasets`) or a name.
         command (`str`, *optional*): the command line that produced the model, shown in the card.
         images (`dict[str, PIL.Image.Image]`, *optional*): sample grids (diffusion), saved as PNG beside the card.
+        repo_id (`str`, *optional*): the Hub repo the folder is meant for; the card's load snippet reads from it
+            (else from `save_directory`).
 
     Under several processes only the main process writes; the others wait until the folder is complete.
     """
@@ -174,7 +203,14 @@ def save_unlearned(
             atomic_write_json(Path(tmp) / RECORD_NAME, record)
             for name, image in (images or {}).items():
                 image.save(Path(tmp) / f"{name}.png")
-            write_model_card(record, tmp, images=sorted(images or {}), adapter=_is_adapter(unlearner))
+            write_model_card(
+                record,
+                tmp,
+                model_id=repo_id or str(save_directory),
+                images=sorted(images or {}),
+                adapter=_is_adapter(unlearner),
+            )
+            _carry_run_artifacts(Path(save_directory), Path(tmp))
     state.wait_for_everyone()
 
 
@@ -182,108 +218,13 @@ def _is_adapter(unlearner) -> bool:
     return bool(unlearner.config.lora and unlearner.config.lora_save == "adapter")
 
 
-def write_model_card(record: dict, folder, *, images: Optional[list[str]] = None, adapter: bool = False) -> None:
-    """Writes `README.md`: `ModelCardData` metadata, the history of deletion requests, metrics and how to load it."""
-    from huggingface_hub import ModelCard, ModelCardData  # noqa: PLC0415
-
-    last = record["requests"][-1] if record["requests"] else {}
-    method = last.get("method", "none")
-    datasets = sorted({r["dataset"] for r in record["requests"] if _looks_like_repo(r.get("dataset"))})
-    tags = ["machine-unlearning", "hf_unlearn", *sorted({str(r.get("method")) for r in record["requests"]})]
-    data = ModelCardData(
-        library_name=(
-            "peft"
-            if adapter and record["family"] == "image_classifier"
-            else "transformers"
-            if record["family"] == "image_classifier"
-            else "diffusers"
-        ),
-        base_model=record.get("base_model") if _looks_like_repo(record.get("base_model")) else None,
-        datasets=datasets or None,
-        tags=tags + (["lora"] if adapter else []),
-    )
-    lines = [
-        f"# Unlearned model ({method})",
-        "",
-        f"Produced by {LIBRARY_NAME} from "
-        f"`{record.get('base_model') or 'a local model'}`. Its deletion requests, oldest first:",
-        "",
-        "| # | date | method | forget-set fingerprint | rows | steps | runtime (s) | FA | RA | TA |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for i, req in enumerate(record["requests"], 1):
-        fs, m = req.get("forget_set") or {}, req.get("metrics") or {}
-        runtime = req.get("runtime_s")
-        lines.append(
-            f"| {i} | {req.get('date')} | {req.get('method')} | `{str(fs.get('fingerprint'))[:16]}…` | "
-            f"{fs.get('num_forget')} | {req.get('steps')} | {'' if runtime is None else f'{runtime:.1f}'} | "
-            + " | ".join(_fmt(m.get(k)) for k in ("FA", "RA", "TA"))
-            + " |"
-        )
-    metrics = last.get("metrics") or {}
-    if metrics:
-        lines += ["", "## Metrics of the last request", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {_fmt(v)} |" for k, v in metrics.items()]
-    lines += ["", "## How to load", "", "```python", _load_snippet(record["family"], adapter), "```"]
-    if last.get("command"):
-        lines += ["", "## How to reproduce", "", "```bash", last["command"], "```"]
-    if images:
-        lines += ["", "## Samples", ""] + [f"![{name}]({name}.png)" for name in images]
-    lines += [
-        "",
-        "The full record (hyperparameters, library versions, fingerprints; never the forgotten data) is in "
-        f"`{RECORD_NAME}`, the configuration in `{CONFIG_NAME}`.",
-    ]
-    card = ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n\n" + "\n".join(lines) + "\n")
-    tmp = Path(folder) / "README.md.tmp"
-    card.save(tmp)
-    os.replace(tmp, Path(folder) / "README.md")
-
-
-def _fmt(value) -> str:
-    if value is None:
-        return ""
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
-
-
-def _looks_like_repo(value) -> bool:
-    return isinstance(value, str) and value.count("/") == 1 and not os.path.exists(value) and " " not in value
-
-
-_SNIPPETS = {
-    ("image_classifier", False): [
-        "from transformers import AutoModelForImageClassification",
-        'model = AutoModelForImageClassification.from_pretrained("PATH")',
-    ],
-    ("image_classifier", True): [
-        "from peft import PeftModel",
-        "from transformers import AutoModelForImageClassification",
-        'base = AutoModelForImageClassification.from_pretrained("BASE_MODEL")',
-        'model = PeftModel.from_pretrained(base, "PATH")',
-    ],
-    ("text_to_image", False): [
-        "from diffusers import StableDiffusionPipeline",
-        'pipe = StableDiffusionPipeline.from_pretrained("PATH")',
-    ],
-    ("text_to_image", True): [
-        "from diffusers import StableDiffusionPipeline",
-        'pipe = StableDiffusionPipeline.from_pretrained("PATH")  # the base weights, saved beside the adapter',
-        'pipe.load_lora_weights("PATH")',
-    ],
-    ("class_conditional_diffusion", False): [
-        "from hf_unlearn.pipelines import ClassConditionalPipeline",
-        'pipe = ClassConditionalPipeline.from_pretrained("PATH")',
-    ],
-    ("class_conditional_diffusion", True): [
-        "from hf_unlearn.lora import load_adapter",
-        "# `model`: the base UNet2DModel or DiT of BASE_MODEL",
-        'load_adapter(model, "PATH")',
-    ],
-}
-
-
-def _load_snippet(family: str, adapter: bool = False) -> str:
-    return "\n".join(_SNIPPETS.get((family, adapter), _SNIPPETS[("class_conditional_diffusion", adapter)]))
+def _carry_run_artifacts(target: Path, tmp: Path) -> None:
+    """Moves what a run wrote into `target` (checkpoints, mask, concept images) into the folder replacing it."""
+    if not target.is_dir():
+        return
+    for child in target.iterdir():
+        if _RUN_ARTIFACTS.match(child.name) and not (tmp / child.name).exists():
+            os.replace(child, tmp / child.name)
 
 
 def push_to_hub(
@@ -304,23 +245,48 @@ def push_to_hub(
         token (`str`, *optional*): a write token; never written to the card, the record or any log message.
         local_dir (`str`, *optional*, defaults to `<output_dir>/final`): where the complete local copy is written.
 
-    Returns the commit URL. Without network it raises `RuntimeError` saying where the complete local copy is.
+    Returns the commit URL. Without network it raises `RuntimeError` with the reason and where the local copy is.
     """
-    from huggingface_hub import HfApi  # noqa: PLC0415
-
     from .training import partial_state  # noqa: PLC0415
 
     local_dir = local_dir or os.path.join(unlearner.config.output_dir, "final")
-    save_unlearned(unlearner, local_dir, overwrite=True, **save_kwargs)
+    save_unlearned(unlearner, local_dir, overwrite=True, repo_id=repo_id, **save_kwargs)
     if not partial_state().is_main_process:
         return ""
+    return upload_to_hub(local_dir, repo_id, private=private, token=token, commit_message=commit_message)
+
+
+def upload_to_hub(
+    folder, repo_id: str, *, private: Optional[bool] = None, token: Optional[str] = None, commit_message: str = ""
+) -> str:
+    r"""Creates `repo_id` (if needed) and uploads a saved output `folder`, leaving out run artifacts.
+
+    Checkpoints, the saliency mask and generated concept images stay local. When the Hub completes a bare repo name
+    with the user's namespace, the card's load snippet is rendered again with the full id before the upload.
+
+    Returns the commit URL; raises `RuntimeError` with the reason (never the token) when the upload fails, saying that
+    `folder` holds the complete local copy.
+    """
+    from huggingface_hub import HfApi  # noqa: PLC0415
+
     api = HfApi(token=token)
     try:
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        info = api.upload_folder(repo_id=repo_id, folder_path=local_dir, commit_message=commit_message)
-    except Exception as err:  # noqa: BLE001 (network errors come in many types; the token is never in the message)
+        full_id = getattr(api.create_repo(repo_id, private=private, exist_ok=True), "repo_id", None) or repo_id
+        record = read_record(folder)
+        if full_id != repo_id and record is not None:
+            write_model_card(record, folder, model_id=full_id, **card_inputs_of(folder))
+        info = api.upload_folder(
+            repo_id=full_id,
+            folder_path=str(folder),
+            commit_message=commit_message or "Upload unlearned model",
+            ignore_patterns=UPLOAD_IGNORE,
+        )
+    except Exception as err:  # noqa: BLE001 (network errors come in many types)
+        reason = " ".join(f"{type(err).__name__}: {err}".split())
+        if token:
+            reason = reason.replace(token, "***")
         raise RuntimeError(
-            f"Could not push to the Hub repo '{repo_id}' ({type(err).__name__}); the model is saved completely in "
-            f"{local_dir}. Check the network and your token, then retry push_to_hub or upload that folder."
+            f"Could not push to the Hub repo '{repo_id}' ({reason}); the model is saved completely in {folder}. Check "
+            "the network and your token (`hf auth login`), then retry push_to_hub or upload that folder."
         ) from None
     return str(getattr(info, "commit_url", info))

@@ -21,7 +21,9 @@ from collections.abc import Mapping, Sequence
 from typing import Optional
 
 import torch
+from accelerate.state import PartialState
 from PIL import Image, ImageDraw
+from tqdm.auto import tqdm
 
 from hf_unlearn.utils import atomic_save_image
 
@@ -31,7 +33,13 @@ _LABEL_HEIGHT = 14
 
 @torch.no_grad()
 def generate_samples(
-    pipeline, prompts: Sequence[str], *, seed: int = 0, num_images_per_prompt: int = 1, **call_kwargs
+    pipeline,
+    prompts: Sequence[str],
+    *,
+    seed: int = 0,
+    num_images_per_prompt: int = 1,
+    desc: Optional[str] = None,
+    **call_kwargs,
 ) -> list[list[Image.Image]]:
     r"""Generates `num_images_per_prompt` images per prompt, prompt `i` from a CPU generator seeded `seed + i`.
 
@@ -41,6 +49,7 @@ def generate_samples(
         prompts (`list[str]`): the prompts, e.g. the forget prompts and a few unrelated ones.
         seed (`int`, *optional*, defaults to `0`): base seed; a CPU generator makes the noise identical on any device.
         num_images_per_prompt (`int`, *optional*, defaults to `1`): images per prompt.
+        desc (`str`, *optional*): with it, a progress bar over the prompts (on the local main process only).
         call_kwargs: passed to the pipeline call (`num_inference_steps`, `guidance_scale`, `height`, `width`, ...).
 
     Returns:
@@ -56,7 +65,8 @@ def generate_samples(
             "concept may show nothing; load it with `safety_checker=None` to see what the model draws."
         )
     rows = []
-    for i, prompt in enumerate(prompts):
+    shown = desc is not None and PartialState().is_local_main_process
+    for i, prompt in enumerate(tqdm(prompts, desc=desc, disable=not shown)):
         generator = torch.Generator(device="cpu").manual_seed(seed + i)
         out = pipeline(prompt=prompt, num_images_per_prompt=num_images_per_prompt, generator=generator, **call_kwargs)
         rows.append(list(out.images))
