@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState, PartialState
-from accelerate.utils import DataLoaderConfiguration
+from accelerate.utils import DataLoaderConfiguration, DistributedType
 
 
 def build_optimizer(params: list[torch.nn.Parameter], config) -> torch.optim.Optimizer:
@@ -111,6 +111,20 @@ def make_accelerator(config) -> Accelerator:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         step_scheduler_with_optimizer=False,
     )
+
+
+def check_sharding(distributed_type, method, config) -> None:
+    """Refuses a saliency mask under DeepSpeed or FSDP, before any work: the mask multiplies `param.grad`, which ZeRO
+    leaves empty (its gradients live in partitioned buffers) and FSDP holds as flat shards, so the mask would be
+    silently skipped or misapplied and the method would no longer be the one asked for."""
+    masked = method.saliency is not None or bool(getattr(config, "mask_path", None))
+    if masked and distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+        raise ValueError(
+            f"Method '{method.name}' uses a saliency mask, which is not supported under {distributed_type.value} yet "
+            "(the mask would silently not apply to sharded gradients). Launch with DDP (e.g. "
+            "configs/accelerate/multi_gpu_ddp.yaml), add `lora=True` if memory is short, or pick a method without a "
+            "mask (finetune, gradient_ascent, random_label, bad_teacher, scrub, esd)."
+        )
 
 
 def partial_state() -> PartialState:
