@@ -28,7 +28,7 @@ from .saliency import (
     topk_mask,
 )
 from .tracking import check_log_with, start_tracking, stop_tracking
-from .training import alpha_at, build_optimizer, lr_factor, make_accelerator
+from .training import alpha_at, build_optimizer, check_sharding, lr_factor, make_accelerator
 from .utils import set_seed
 from .validation import check_finite_weights, check_run_output_dir
 
@@ -123,6 +123,7 @@ class Unlearner:
         self._validate_run()
         check_log_with(cfg.log_with)  # before the Accelerator: accelerate drops a missing tracker silently
         accelerator = make_accelerator(cfg)
+        check_sharding(accelerator.distributed_type, method, cfg)
         start_tracking(accelerator, cfg, method.name)
         set_seed(cfg.seed)
         start = time.perf_counter()
