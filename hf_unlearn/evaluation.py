@@ -81,7 +81,11 @@ def evaluate(model_or_unlearner, split, reference=None, *, batch_size: Optional[
     unl = model_or_unlearner
     family, model = unl.family, unl.model
     if family.name != "image_classifier":
-        raise ValueError(f"`evaluate` scores classifiers; for the {family.name} family use its own evaluator.")
+        raise ValueError(
+            f"`evaluate` scores classifiers (and `Unlearner.evaluate` text-to-image models); score a {family.name} "
+            "model with `hf_unlearn.metrics.generation.generation_metrics` and a judge classifier, then keep the "
+            "result with `unlearner.record_metrics(metrics)`."
+        )
     family.validate_split(split)
     bs = batch_size or unl.config.eval_batch_size
     outs = {}

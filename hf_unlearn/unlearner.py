@@ -29,7 +29,7 @@ from .saliency import (
 )
 from .tracking import check_log_with, start_tracking, stop_tracking
 from .training import alpha_at, build_optimizer, check_sharding, lr_factor, make_accelerator
-from .utils import set_seed
+from .utils import apply_umask, set_seed
 from .validation import check_finite_weights, check_run_output_dir
 
 logger = get_logger(__name__)
@@ -75,6 +75,7 @@ class Unlearner:
         self.method = get_method(self.config.method, family.name)
         self.mask: Optional[dict[str, torch.Tensor]] = None
         self.result: Optional[UnlearnResult] = None
+        self.metrics_before: Optional[dict] = None  # the model's metrics before the current run (record, card)
         self.records: list[dict] = list(getattr(family, "previous_records", []))
         self.source = getattr(family, "source", None)
 
@@ -118,9 +119,8 @@ class Unlearner:
     def unlearn(self, split) -> UnlearnResult:
         """Runs the method on `split` (a [`ForgetRemainSplit`] or a concept split) and returns an [`UnlearnResult`]."""
         cfg, method = self.config, self.method
-        split = self.family.prepare_split(split, cfg)
-        self.family.validate_split(split)
-        self._validate_run()
+        self.metrics_before = self.result.metrics if self.result is not None else self.metrics_before
+        split = self.validate(split)
         check_log_with(cfg.log_with)  # before the Accelerator: accelerate drops a missing tracker silently
         accelerator = make_accelerator(cfg)
         check_sharding(accelerator.distributed_type, method, cfg)
@@ -195,6 +195,15 @@ class Unlearner:
         self._split_info = split.describe()
         logger.info(f"{method.name}: {total} cycles in {runtime:.1f}s (saliency {saliency_s:.1f}s)")
         return self.result
+
+    def validate(self, split):
+        """Prepares `split` for this model (text-to-image: generates or loads the concept images) and runs every check
+        `unlearn` runs before any weight changes: columns, labels, channels, resolution, finite weights, the output
+        folder. Returns the prepared split; raises `ValueError` naming the argument at fault."""
+        split = self.family.prepare_split(split, self.config)
+        self.family.validate_split(split)
+        self._validate_run()
+        return split
 
     def _validate_run(self) -> None:
         """Checks that need the model and config together; run before any weight changes."""
@@ -437,7 +446,9 @@ class Unlearner:
             module.train(training)
         if accelerator.is_main_process and cfg.output_dir:
             os.makedirs(cfg.output_dir, exist_ok=True)
-            save_mask(self.mask, os.path.join(cfg.output_dir, "saliency_mask.safetensors"))
+            path = os.path.join(cfg.output_dir, "saliency_mask.safetensors")
+            save_mask(self.mask, path)
+            apply_umask(path)  # save_mask writes through a 0600 temporary file
         return time.perf_counter() - start
 
     def _fisher_rows(self, module):
@@ -461,7 +472,8 @@ class Unlearner:
         )
 
         def batches():
-            for indices, total in plan:
+            shown = accelerator.is_local_main_process
+            for indices, total in tqdm(plan, desc=f"saliency pass ({len(dataset)} rows)", disable=not shown):
                 self._work["passes"]["saliency"] += 1
                 batch = base.collate_fn([base.dataset[i] for i in indices]) if indices else None
                 yield (None if batch is None else send_to_device(batch, device)), total
@@ -487,11 +499,32 @@ class Unlearner:
 
     # Evaluation and saving live in their own modules; these are thin entry points.
     def evaluate(self, split, reference=None, **kwargs) -> dict:
-        """Metrics of the current model on `split` (see [`hf_unlearn.evaluate`])."""
+        """Metrics of the current model on `split`, which is checked first as `unlearn` checks it.
+
+        Classifiers: FA, RA, TA, MIA, ... (see [`hf_unlearn.evaluate`]); text-to-image: `concept_gap` and
+        `remain_noise_loss` (see [`~metrics.concept.concept_metrics`]). They are kept by [`record_metrics`].
+        """
+        if self.family.name == "text_to_image":
+            from .metrics.concept import concept_metrics  # noqa: PLC0415
+
+            if reference is not None:
+                raise ValueError("`reference` (a retrained model for KL/JS/Avg.D) is for classifiers; leave it unset.")
+            split = self.validate(split)
+            return self.record_metrics(concept_metrics(self.family, split, **kwargs))
         from .evaluation import evaluate  # noqa: PLC0415
 
-        metrics = evaluate(self, split, reference=reference, **kwargs)
-        if self.result is not None:
+        return self.record_metrics(evaluate(self, split, reference=reference, **kwargs))
+
+    def record_metrics(self, metrics: dict) -> dict:
+        """Keeps `metrics` for the record and the model card's before/after table, and returns them.
+
+        Until a run has finished they are the "before" metrics, afterwards the run's (`UnlearnResult.metrics`). Use it
+        for metrics computed outside [`evaluate`], e.g. `generation_metrics` with a judge for class-conditional
+        diffusion or `evaluate_nudity(...).to_dict()` for Stable Diffusion.
+        """
+        if self.result is None:
+            self.metrics_before = metrics
+        else:
             self.result.metrics = metrics
         return metrics
 
