@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import functools
 import importlib
 import json
 import os
+import shlex
 import sys
-from dataclasses import dataclass, field
-from typing import Optional
+from pathlib import Path
 
-import yaml
-
+from .cli_args import DataArguments, debug_requested, parse_with_config
 from .config import UnlearnConfig
+
+__all__ = ["DataArguments", "evaluate_main", "main", "parse_with_config", "unlearn_main"]
 
 COMMANDS = {
     "demo": ("hf_unlearn.cli", "demo_main", "Train a tiny classifier on the bundled digits, forget a class, report."),
@@ -28,76 +29,59 @@ COMMANDS = {
 }
 
 
-@dataclass
-class DataArguments:
-    """What to unlearn from which model (the method's hyperparameters are `UnlearnConfig`'s flags)."""
+def _echo(*lines: str) -> None:
+    """Prints on the main process only (under `accelerate launch` every process runs the command)."""
+    from .training import partial_state  # noqa: PLC0415
 
-    model: str = field(metadata={"help": "A local folder or Hub repo id of the model to unlearn."})
-    output: Optional[str] = field(default=None, metadata={"help": "Folder for the unlearned model (save_pretrained)."})
-    dataset: str = field(
-        default="digits",
-        metadata={"help": "A save_to_disk folder, a Hub dataset id, or 'digits' (the bundled scikit-learn digits)."},
-    )
-    split: str = field(default="train", metadata={"help": "Split the model was trained on."})
-    test_split: Optional[str] = field(
-        default="test", metadata={"help": "Held-out split for TA and MIA ('' for none)."}
-    )
-    forget_classes: Optional[list[int]] = field(default=None, metadata={"help": "Forget every row of these classes."})
-    forget_ids: Optional[list[int]] = field(default=None, metadata={"help": "Forget these row ids."})
-    forget_fraction: Optional[float] = field(default=None, metadata={"help": "Forget a random fraction of the rows."})
-    forget_seed: int = field(default=0, metadata={"help": "Seed of the random forget fraction."})
-    reference: Optional[str] = field(default=None, metadata={"help": "Retrained model (RT) for KL/JS/Avg.D."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the Hub repo to run."})
-    do_eval: bool = field(default=True, metadata={"help": "Evaluate before and after (classifiers)."})
-    forget_prompts: Optional[list[str]] = field(
-        default=None, metadata={"help": "Text-to-image: prompts of the concept to forget (images are generated)."}
-    )
-    remain_prompts: Optional[list[str]] = field(
-        default=None, metadata={"help": "Text-to-image: prompts of what to keep; also the forget prompts' anchors."}
-    )
-    num_concept_images: int = field(default=8, metadata={"help": "Text-to-image: images generated per prompt set."})
-    generation_steps: int = field(
-        default=50, metadata={"help": "Text-to-image: denoising steps for the concept images and the sample grid."}
-    )
-    sample_prompts: Optional[list[str]] = field(
-        default=None,
-        metadata={
-            "help": "Text-to-image: prompts drawn before and after unlearning with the same seeds; the grid is saved "
-            "as samples_before_after.png (in --output and its model card, else in --output_dir)."
-        },
-    )
-    dataset_name: Optional[str] = field(
-        default=None, metadata={"help": "Hub dataset id for the model card (default: --dataset when it is a repo id)."}
-    )
+    if partial_state().is_main_process:
+        print(*lines, sep="\n", flush=True)
 
 
-def parse_with_config(dataclass_types, argv, prog: str):
-    """`HfArgumentParser` over `dataclass_types`; `--config file.yaml` sets defaults that flags then override."""
-    from transformers import HfArgumentParser  # noqa: PLC0415
+def _quiet_other_processes() -> None:
+    """Logs and progress bars of the libraries below only on the main process."""
+    from .training import partial_state  # noqa: PLC0415
 
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config", default=None)
-    known, rest = pre.parse_known_args(argv)
-    parser = HfArgumentParser(dataclass_types, prog=prog)
-    parser.add_argument("--config", default=None, help="A YAML file of config values; flags override it.")
-    if known.config:
-        with open(known.config) as fh:
-            values = yaml.safe_load(fh) or {}
-        valid = {f.name for t in dataclass_types for f in dataclasses.fields(t)}
-        unknown = sorted(set(values) - valid)
-        if unknown:
-            raise SystemExit(
-                f"error: unknown keys {unknown} in {known.config}; valid keys: {', '.join(sorted(valid))}"
-            )
-        parser.set_defaults(**values)
-        for action in parser._actions:  # a required flag (`--model`) is satisfied by the file's value
-            if action.dest in values:
-                action.required = False
-    parsed = parser.parse_args_into_dataclasses(args=rest, look_for_args_file=False)
-    return parsed[: len(dataclass_types)]
+    if partial_state().is_main_process:
+        return
+    import datasets  # noqa: PLC0415
+    import diffusers  # noqa: PLC0415
+    import transformers  # noqa: PLC0415
+
+    for lib in (transformers, diffusers, datasets):
+        lib.utils.logging.set_verbosity_error()
+        lib.utils.logging.disable_progress_bar()
 
 
-def _load_data(args: DataArguments):
+def cli_command(func):
+    """Runs a command; a user error (bad data, options, paths) prints one line `error: ...` and returns 2.
+
+    With `--debug` or `HF_UNLEARN_DEBUG=1` the error propagates with its full traceback.
+    """
+
+    @functools.wraps(func)
+    def run(argv=None) -> int:
+        argv = list(sys.argv[1:] if argv is None else argv)
+        from .unlearner import DivergenceError  # noqa: PLC0415
+
+        try:
+            return int(func(argv) or 0)
+        except (ValueError, OSError, ImportError, DivergenceError) as err:
+            if debug_requested(argv):
+                raise
+            _echo_error(err)
+            return 2
+
+    return run
+
+
+def _echo_error(err: BaseException) -> None:
+    from .training import partial_state  # noqa: PLC0415
+
+    if partial_state().is_main_process:
+        print("error: " + " ".join(str(err).split()), file=sys.stderr, flush=True)
+
+
+def _load_data(args: DataArguments, config: UnlearnConfig):
     from .data import ForgetRemainSplit, load_any_dataset, load_digits_dataset  # noqa: PLC0415
 
     if args.forget_prompts:
@@ -110,12 +94,12 @@ def _load_data(args: DataArguments):
             num_inference_steps=args.generation_steps,
             seed=args.forget_seed,
         )
-    if args.dataset == "digits":
+    if args.dataset_name == "digits":
         ds = load_digits_dataset()
         train, test = ds[args.split], (ds[args.test_split] if args.test_split else None)
     else:
-        train = load_any_dataset(args.dataset, args.split)
-        test = load_any_dataset(args.dataset, args.test_split) if args.test_split else None
+        train = load_any_dataset(args.dataset_name, args.split)
+        test = load_any_dataset(args.dataset_name, args.test_split) if args.test_split else None
     return ForgetRemainSplit.from_dataset(
         train,
         forget_classes=args.forget_classes,
@@ -123,19 +107,32 @@ def _load_data(args: DataArguments):
         forget_fraction=args.forget_fraction,
         seed=args.forget_seed,
         test_dataset=test,
+        label_column=config.label_column,
     )
 
 
+def _dataset_label(args: DataArguments) -> str:
+    """How the model card names the data: the bundled digits by name, a Hub id or folder as given."""
+    from .modelcard import DIGITS_DATASET  # noqa: PLC0415
+
+    if args.forget_prompts:
+        return "concept images the model generated from the forget and remain prompts"
+    return DIGITS_DATASET if args.dataset_name == "digits" else args.dataset_name
+
+
 def _print_metrics(rows: dict[str, dict]) -> None:
-    keys = ["FA", "RA", "TA", "TA_forget", "MIA", "MIA_svc", "KL", "avg_d"]
-    print("| model | " + " | ".join(keys) + " |")
-    print("|---" * (len(keys) + 1) + "|")
+    """A table of the scalar metrics that have a value in at least one row."""
+    keys = []
+    for m in rows.values():
+        keys += [k for k, v in m.items() if isinstance(v, (int, float)) and v is not None and k not in keys]
+    lines = ["| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for name, m in rows.items():
-        cells = ["" if m.get(k) is None else f"{m[k]:.2f}" for k in keys]
-        print(f"| {name} | " + " | ".join(cells) + " |")
+        cells = ["" if m.get(k) is None else f"{m[k]:.2f}" if isinstance(m[k], float) else str(m[k]) for k in keys]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    _echo(*lines)
 
 
-def _samples(unlearner, args: DataArguments):
+def _samples(unlearner, args: DataArguments, desc: str):
     from .metrics.samples import generate_samples  # noqa: PLC0415
 
     size = unlearner.family.resolution
@@ -146,70 +143,75 @@ def _samples(unlearner, args: DataArguments):
         num_inference_steps=args.generation_steps,
         height=size,
         width=size,
+        desc=desc,
     )
 
 
-def unlearn_main(argv=None) -> int:
+def _prepare(args: DataArguments, config: UnlearnConfig):
+    """Everything checked before any work: the output folder, the data, the model, and the data against the model."""
+    from .hub import check_output_dir  # noqa: PLC0415
     from .unlearner import Unlearner  # noqa: PLC0415
 
-    args, config = parse_with_config((DataArguments, UnlearnConfig), argv, "hf-unlearn unlearn")
-    split = _load_data(args)
+    check_output_dir(config.output_dir, config.overwrite_output_dir, argument="--output_dir", refuse_finished=True)
+    _quiet_other_processes()
+    split = _load_data(args, config)
     unlearner = Unlearner.from_pretrained(args.model, config, trust_remote_code=args.trust_remote_code)
-    if args.output:
-        from .hub import check_output_dir  # noqa: PLC0415
+    family = unlearner.family.name
+    if args.sample_prompts and family != "text_to_image":
+        raise ValueError(f"`--sample_prompts` needs a text-to-image model; {args.model} is a {family} model.")
+    return unlearner, unlearner.validate(split)
 
-        check_output_dir(args.output, config.overwrite_output_dir)
-    classifier = unlearner.family.name == "image_classifier" and args.do_eval
-    if args.sample_prompts and unlearner.family.name != "text_to_image":
-        family = unlearner.family.name
-        raise SystemExit(f"error: --sample_prompts needs a text-to-image model; {args.model} is a {family} model.")
-    before = unlearner.evaluate(split) if classifier else None
-    samples = {"before": _samples(unlearner, args)} if args.sample_prompts else {}
+
+@cli_command
+def unlearn_main(argv=None) -> int:
+    """`hf-unlearn unlearn`: check, evaluate, unlearn, evaluate, save into `--output_dir`, optionally push."""
+    args, config = parse_with_config((DataArguments, UnlearnConfig), argv, "hf-unlearn unlearn")
+    unlearner, split = _prepare(args, config)
+    evaluated = args.do_eval and unlearner.family.name in ("image_classifier", "text_to_image")
+    before = unlearner.evaluate(split) if evaluated else None
+    samples = {"before": _samples(unlearner, args, "samples before")} if args.sample_prompts else {}
     result = unlearner.unlearn(split)
     images = {}
     if samples:
         from .metrics.samples import comparison_grid  # noqa: PLC0415
 
-        samples["after"] = _samples(unlearner, args)
+        samples["after"] = _samples(unlearner, args, "samples after")
         images["samples_before_after"] = comparison_grid(samples, args.sample_prompts)
-        if not args.output:
-            from .utils import atomic_save_image  # noqa: PLC0415
+    if evaluated:
+        _print_metrics({"before": before, "after": unlearner.evaluate(split, reference=args.reference)})
+    summary = {k: getattr(result, k) for k in ("method", "fingerprint", "num_forget", "mask_fraction")}
+    _echo(json.dumps({**summary, "runtime_s": round(result.runtime_s, 2)}))
+    command = "hf-unlearn unlearn " + shlex.join(argv)
+    unlearner.save_pretrained(config.output_dir, dataset_name=_dataset_label(args), command=command, images=images)
+    _echo(f"saved to {config.output_dir}")
+    return _push(args, config) if args.push_to_hub else 0
 
-            path = os.path.join(unlearner.config.output_dir, "samples_before_after.png")
-            atomic_save_image(images["samples_before_after"], path)
-            print(f"before/after samples: {path}")
-    rows = {}
-    if classifier:
-        rows = {"before": before, "after": unlearner.evaluate(split, reference=args.reference)}
-        _print_metrics(rows)
-    print(
-        json.dumps(
-            {
-                "method": result.method,
-                "runtime_s": round(result.runtime_s, 2),
-                "fingerprint": result.fingerprint,
-                "num_forget": result.num_forget,
-                "mask_fraction": result.mask_fraction,
-            }
-        )
-    )
-    if args.output:
-        import shlex  # noqa: PLC0415
 
-        hub_id = args.dataset if args.dataset.count("/") == 1 and not os.path.exists(args.dataset) else None
-        command = "hf-unlearn unlearn " + shlex.join(sys.argv[1:] if argv is None else argv)
-        unlearner.save_pretrained(
-            args.output, dataset_name=args.dataset_name or hub_id, command=command, images=images
-        )
-        print(f"saved to {args.output}")
+def _push(args: DataArguments, config: UnlearnConfig) -> int:
+    """Uploads the saved `--output_dir`; when that fails the local copy stays and the reason is printed (exit 1)."""
+    from .hub import upload_to_hub  # noqa: PLC0415
+    from .training import partial_state  # noqa: PLC0415
+
+    if not partial_state().is_main_process:
+        return 0
+    repo_id = args.hub_model_id or Path(config.output_dir).absolute().name
+    try:
+        url = upload_to_hub(config.output_dir, repo_id, private=args.hub_private_repo)
+    except RuntimeError as err:
+        _echo_error(err)
+        return 1
+    _echo(f"pushed to {url}")
     return 0
 
 
+@cli_command
 def evaluate_main(argv=None) -> int:
+    """`hf-unlearn evaluate`: the metrics of a model on a split (classifiers; text-to-image: the concept gap)."""
     from .unlearner import Unlearner  # noqa: PLC0415
 
     args, config = parse_with_config((DataArguments, UnlearnConfig), argv, "hf-unlearn evaluate")
-    split = _load_data(args)
+    _quiet_other_processes()
+    split = _load_data(args, config)
     unlearner = Unlearner.from_pretrained(args.model, config, trust_remote_code=args.trust_remote_code)
     metrics = unlearner.evaluate(split, reference=args.reference)
     _print_metrics({os.path.basename(os.path.normpath(args.model)): metrics})
@@ -260,15 +262,18 @@ def demo_main(argv=None) -> int:
 
 
 def main(argv=None) -> int:
+    """`hf-unlearn COMMAND [options]`; a user error prints one `error:` line and exits with code 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print("usage: hf-unlearn {" + ",".join(COMMANDS) + "} [options]\n")
         for name, (_, _, text) in COMMANDS.items():
             print(f"  {name:<20} {text}")
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"error: unknown command {argv[0]!r}; choose one of {', '.join(COMMANDS)}.", file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     module, func, _ = COMMANDS[argv[0]]
-    return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
+    return int(cli_command(getattr(importlib.import_module(module), func))(argv[1:]) or 0)
 
 
 if __name__ == "__main__":

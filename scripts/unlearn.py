@@ -1,5 +1,5 @@
-"""`accelerate launch scripts/unlearn.py --model PATH --forget-classes 3 --method sfr_on --output out/` (same flags as
-`hf-unlearn unlearn`)."""
+"""`accelerate launch scripts/unlearn.py --model PATH --forget_classes 3 --method sfr_on --output_dir out/` (same flags
+as `hf-unlearn unlearn`; only the main process prints and saves)."""
 
 import sys
 
