@@ -68,3 +68,25 @@ def sd_path(tmp_path_factory):
     from tiny_sd import train_tiny_sd
 
     return train_tiny_sd(tmp_path_factory.mktemp("sd"))
+
+
+@pytest.fixture(scope="session")
+def untrained_resnet_dir(tmp_path_factory):
+    """A tiny ResNet built from its config (untrained) and its digits processor, saved: for checks of the plumbing."""
+    from hf_unlearn.models import digits_image_processor, tiny_classifier
+
+    folder = tmp_path_factory.mktemp("untrained_resnet")
+    tiny_classifier("resnet", seed=0).save_pretrained(folder)
+    digits_image_processor().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def digits_folder(digits_small, tmp_path_factory):
+    """200 training and 100 test rows of the real digits, saved with `save_to_disk` (what `--dataset_name` reads)."""
+    from datasets import DatasetDict
+
+    folder = tmp_path_factory.mktemp("digits_folder")
+    small = {"train": digits_small["train"].select(range(200)), "test": digits_small["test"].select(range(100))}
+    DatasetDict(small).save_to_disk(folder)
+    return folder
