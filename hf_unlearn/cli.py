@@ -65,6 +65,10 @@ def cli_command(func):
 
         try:
             return int(func(argv) or 0)
+        except SystemExit as stop:  # argparse's: the one-line error is printed already; `--help` exits with 0
+            if isinstance(stop.code, int) and stop.code != 0:
+                return stop.code
+            raise
         except (ValueError, OSError, ImportError, DivergenceError) as err:
             if debug_requested(argv):
                 raise

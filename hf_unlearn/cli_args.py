@@ -204,8 +204,12 @@ def parse_with_config(dataclass_types, argv, prog: str):
         for action in parser._actions:  # a required flag (`--model`) is satisfied by the file's value
             if action.dest in values:
                 action.required = False
-    parsed = parser.parse_args_into_dataclasses(args=rest, look_for_args_file=False)
-    return parsed[: len(dataclass_types)]
+    *parsed, unused = parser.parse_args_into_dataclasses(
+        args=rest, look_for_args_file=False, return_remaining_strings=True
+    )
+    if unused:
+        parser.error(f"unrecognized arguments: {' '.join(unused)}")
+    return tuple(parsed[: len(dataclass_types)])
 
 
 def debug_requested(argv) -> bool:

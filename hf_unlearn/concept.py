@@ -151,7 +151,9 @@ class ConceptSplit:
             "num_remain": self.num_remain,
             "forget_classes": None,
             "forget_prompts": self.forget_prompts,
-            "anchor_prompts": self.anchor_prompts,
+            # What each forget prompt is remapped to (by default the remain prompts, paired by position).
+            "anchor_prompts": self.anchor_prompts
+            or (self.anchors_for(self.forget_prompts) if self.forget_prompts else None),
         }
 
     def anchors_for(self, prompts: list[str]) -> list[str]:
