@@ -131,6 +131,7 @@ def test_push_to_hub_offline_fails_clearly_keeps_folder_and_never_writes_the_tok
         saved["unlearner"].push_to_hub("someone/unlearned-digits", private=True, token=SECRET, local_dir=str(local))
     message = str(err.value)
     assert "someone/unlearned-digits" in message and str(local) in message and SECRET not in message
+    assert "OfflineModeIsEnabled: Cannot reach" in message  # the reason, not only the exception's class
     assert err.value.__cause__ is None and err.value.__suppress_context__
     assert SECRET not in caplog.text
     assert {"model.safetensors", CONFIG_NAME, RECORD_NAME, "README.md"} <= set(os.listdir(local))
