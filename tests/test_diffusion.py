@@ -255,10 +255,8 @@ def test_cli_unlearn_saves_a_pipeline(unet_dir, tmp_path):
             "8",
             "--saliency_max_batches",
             "2",
-            "--output",
-            str(out),
             "--output_dir",
-            str(tmp_path / "run"),
+            str(out),
         ]
     )
     assert code == 0
