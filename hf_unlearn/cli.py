@@ -19,7 +19,11 @@ __all__ = ["DataArguments", "evaluate_main", "main", "parse_with_config", "unlea
 COMMANDS = {
     "demo": ("hf_unlearn.cli", "demo_main", "Train a tiny classifier on the bundled digits, forget a class, report."),
     "unlearn": ("hf_unlearn.cli", "unlearn_main", "Unlearn a forget set from a model and save the result."),
-    "evaluate": ("hf_unlearn.cli", "evaluate_main", "Score a classifier on a forget/remain/test split."),
+    "evaluate": (
+        "hf_unlearn.cli",
+        "evaluate_main",
+        "Score a model on its data: a classifier's FA/RA/TA/MIA, a text-to-image model's concept gap.",
+    ),
     "benchmark": ("hf_unlearn.benchmarks.classification", "main", "Digits classification benchmark against RT."),
     "benchmark-diffusion": (
         "hf_unlearn.benchmarks.diffusion",
