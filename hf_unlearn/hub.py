@@ -261,8 +261,8 @@ def upload_to_hub(
 ) -> str:
     r"""Creates `repo_id` (if needed) and uploads a saved output `folder`, leaving out run artifacts.
 
-    Checkpoints, the saliency mask and generated concept images stay local. When the Hub completes a bare repo name
-    with the user's namespace, the card's load snippet is rendered again with the full id before the upload.
+    Checkpoints, the saliency mask and generated concept images stay local. The card is rendered again first, so that
+    its load snippet reads from the repo (with the namespace the Hub gives a bare repo name).
 
     Returns the commit URL; raises `RuntimeError` with the reason (never the token) when the upload fails, saying that
     `folder` holds the complete local copy.
@@ -273,7 +273,7 @@ def upload_to_hub(
     try:
         full_id = getattr(api.create_repo(repo_id, private=private, exist_ok=True), "repo_id", None) or repo_id
         record = read_record(folder)
-        if full_id != repo_id and record is not None:
+        if record is not None:  # the uploaded card loads from the repo, not from the local folder
             write_model_card(record, folder, model_id=full_id, **card_inputs_of(folder))
         info = api.upload_folder(
             repo_id=full_id,

@@ -172,8 +172,8 @@ def _metric_rows(family: str, before: Optional[dict], after: Optional[dict]) -> 
     rows = []
     for key in keys:
         values = before.get(key), after.get(key)
-        if all(v is None for v in values) or any(isinstance(v, (dict, list)) for v in values):
-            continue
+        if all(v is None for v in values) or not all(v is None or isinstance(v, (int, float)) for v in values):
+            continue  # per-class dicts, histograms, names of feature extractors: in the record, not the table
         label, text = known.get(key, (key, "see the metric definitions below."))
         rows.append({"label": label, "help": text, "before": _fmt(values[0]), "after": _fmt(values[1])})
     return rows
