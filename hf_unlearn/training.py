@@ -117,8 +117,7 @@ def check_sharding(distributed_type, method, config) -> None:
     """Refuses a saliency mask under DeepSpeed or FSDP, before any work: the mask multiplies `param.grad`, which ZeRO
     leaves empty (its gradients live in partitioned buffers) and FSDP holds as flat shards, so the mask would be
     silently skipped or misapplied and the method would no longer be the one asked for."""
-    masked = method.saliency is not None or bool(getattr(config, "mask_path", None))
-    if masked and distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+    if method.saliency is not None and distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
         raise ValueError(
             f"Method '{method.name}' uses a saliency mask, which is not supported under {distributed_type.value} yet "
             "(the mask would silently not apply to sharded gradients). Launch with DDP (e.g. "

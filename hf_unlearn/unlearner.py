@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -11,22 +10,13 @@ from typing import Any, Optional
 
 import torch
 from accelerate.logging import get_logger
-from accelerate.utils import send_to_device
 from tqdm.auto import tqdm
 
 from .checkpointing import EngineState, endless_at, resolve_checkpoint, run_identity, save_checkpoint
 from .config import UnlearnConfig
 from .families import detect_family, get_family_class, normalize_family
-from .methods import StepContext, get_method
-from .saliency import (
-    fisher_ratio_mask,
-    global_batches,
-    gradient_statistic,
-    load_mask,
-    mask_fraction,
-    save_mask,
-    topk_mask,
-)
+from .methods import get_method
+from .parts import SaliencyInputs, Step, StepContext, load_mask, mask_fraction, pass_statistic, save_mask
 from .tracking import check_log_with, start_tracking, stop_tracking
 from .training import alpha_at, build_optimizer, check_sharding, lr_factor, make_accelerator
 from .utils import apply_umask, set_seed
@@ -127,8 +117,8 @@ class Unlearner:
         start_tracking(accelerator, cfg, method.name)
         set_seed(cfg.seed)
         start = time.perf_counter()
-        if method.remain_source == "replay":  # samples of θ0, so before any step; counted in the runtime
-            split = self.family.replay_split(split, cfg, accelerator.device)
+        if method.remain_loss is not None:  # e.g. generative replay: samples of θ0, so before any step
+            split = method.remain_loss.prepare_split(split, self.family, cfg, accelerator.device)
         if method.reinit:
             self.family.model = self.family.fresh_model(cfg.retrain_init)
         if cfg.lora or cfg.gradient_checkpointing:  # before the optimizer: it must see only the adapters
@@ -141,10 +131,9 @@ class Unlearner:
         resume = self._load_resume(identity, accelerator)
         self._work = _new_work()
         if resume is None:
-            saliency_s = self._saliency(ctx, named, split, accelerator)
-            ewc = self._ewc_anchor(ctx, named, split, accelerator) if method.geometry == "ewc" else None
-        else:  # the saved mask and anchor: recomputing them would draw other batches and change the result
-            saliency_s, self.mask, ewc = 0.0, resume.mask, resume.ewc
+            saliency_s, geometry_state = self._at_theta0(ctx, named, split, accelerator)
+        else:  # the saved mask and geometry state: recomputing them would draw other batches and change the result
+            saliency_s, self.mask, geometry_state = 0.0, resume.mask, resume.ewc
         first, forget_it, remain_it, history = self._start_position(
             ctx, forget_loader, remain_loader, resume, accelerator
         )
@@ -158,7 +147,9 @@ class Unlearner:
         )
         try:
             for step in bar:
-                logs = self._cycle(ctx, optimizer, params, named, forget_it, remain_it, step, accelerator, ewc)
+                logs = self._cycle(
+                    ctx, optimizer, params, named, forget_it, remain_it, step, accelerator, geometry_state
+                )
                 history.append(logs)
                 if accelerator.is_local_main_process and step % cfg.logging_steps == 0:
                     bar.set_postfix({k: round(v, 4) for k, v in logs.items() if k.endswith("loss")})
@@ -170,7 +161,7 @@ class Unlearner:
                         identity,
                         history,
                         mask=self.mask,
-                        ewc=ewc,
+                        ewc=geometry_state,
                         generator_state=ctx.generator.get_state(),
                     )
                     save_checkpoint(accelerator, cfg.output_dir, state, cfg.checkpoints_total_limit)
@@ -216,8 +207,9 @@ class Unlearner:
         if self.config.checkpointing_steps or self.config.resume_from_checkpoint:
             check_run_output_dir(self.config)
 
-    def _cycle(self, ctx, optimizer, params, named, forget_it, remain_it, step, accelerator, ewc) -> dict:
-        """One cycle: the forget step and K remain steps (fast-slow), or one joint step; then the β interpolation."""
+    def _cycle(self, ctx, optimizer, params, named, forget_it, remain_it, step, accelerator, geometry_state) -> dict:
+        """One cycle: the steps the method's geometry plans (fast-slow: a forget step then K remain steps; otherwise
+        one joint step), then the β interpolation toward the weights at the start of the cycle."""
         cfg, method, total = self.config, self.method, self.config.max_steps
         ctx.step = step
         for group in optimizer.param_groups:
@@ -226,25 +218,18 @@ class Unlearner:
         forget_on = method.forget_loss is not None and step < total * (cfg.forget_steps_fraction or 1.0)
         before = [p.detach().clone() for p in params] if cfg.interpolation_beta < 1 else None
         logs = {"step": step, "lr": optimizer.param_groups[0]["lr"], "alpha": alpha}
-        if method.geometry == "fast_slow":
-            if forget_on:
-                logs |= self._step(ctx, optimizer, params, named, forget_it, None, alpha, accelerator)
-            for _ in range(cfg.remain_steps_per_forget):
-                # The fast steps: plain descent, clipped by their own norm (none for classifiers, as the authors).
-                logs |= self._step(
-                    ctx, optimizer, params, named, None, remain_it, alpha, accelerator, clip=cfg.remain_max_grad_norm
-                )
-        else:
+        for plan in method.geometry.steps(cfg, forget_on, method.remain_loss is not None):
             logs |= self._step(
                 ctx,
                 optimizer,
                 params,
                 named,
-                forget_it if forget_on else None,
-                remain_it if method.remain_loss else None,
+                forget_it if plan.forget else None,
+                remain_it if plan.remain else None,
                 alpha,
                 accelerator,
-                ewc=ewc,
+                plan,
+                geometry_state,
             )
         if before is not None:
             with torch.no_grad():
@@ -279,6 +264,8 @@ class Unlearner:
         return resume.step, forget_it, remain_it, list(resume.history)
 
     def _prepare(self, split, accelerator):
+        """Trainable parameters, the parts' auxiliary models (set up from θ0), optimizer and step loaders, prepared by
+        accelerate, in a `StepContext` the parts read."""
         cfg, method, family = self.config, self.method, self.family
         model = family.model
         model.train()
@@ -287,14 +274,22 @@ class Unlearner:
         ]
         if not named:
             raise ValueError("The model has no trainable parameters for this configuration (check `train_modules`).")
-        original = teacher = None
-        if method.needs_original:
-            original = copy.deepcopy(model).eval().requires_grad_(False)
-        if method.needs_teacher:
-            teacher = family.fresh_model("config").eval().requires_grad_(False)
+        generator = torch.Generator().manual_seed(cfg.seed + 1000 * accelerator.process_index)
+        ctx = StepContext(
+            family=family,
+            model=model,
+            config=cfg,
+            forget_classes=getattr(split, "forget_classes", None),
+            gather=accelerator.gather,
+            num_processes=accelerator.num_processes,
+            generator=generator,
+        )
+        for part in (method.forget_loss, method.remain_loss):  # frozen originals, teachers: from θ0, before any step
+            if part is not None:
+                part.setup(ctx)
         optimizer = build_optimizer([p for _, p in named], cfg)
         batch = cfg.per_device_train_batch_size
-        # The saliency passes read the datasets themselves (`_statistic`); these loaders feed the steps only.
+        # The saliency passes read the datasets themselves (`pass_statistic`); these loaders feed the steps only.
         forget_loader = (
             family.make_dataloader(split.forget, batch_size=batch, shuffle=True, seed=cfg.seed)
             if method.forget_loss is not None
@@ -305,37 +300,22 @@ class Unlearner:
             if method.remain_loss is not None
             else None
         )
-        model, optimizer = accelerator.prepare(model, optimizer)
+        ctx.model, optimizer = accelerator.prepare(model, optimizer)
         forget_loader, remain_loader = (
             None if dl is None else accelerator.prepare_data_loader(dl) for dl in (forget_loader, remain_loader)
         )
-        if original is not None:
-            original = original.to(accelerator.device)
-        if teacher is not None:
-            teacher = teacher.to(accelerator.device)
-        generator = torch.Generator().manual_seed(cfg.seed + 1000 * accelerator.process_index)
-        ctx = StepContext(
-            family=family,
-            model=model,
-            config=cfg,
-            forget_classes=getattr(split, "forget_classes", None),
-            original=original,
-            teacher=teacher,
-            gather=accelerator.gather,
-            num_processes=accelerator.num_processes,
-            generator=generator,
-        )
+        for name in ("original", "teacher"):
+            if getattr(ctx, name) is not None:
+                setattr(ctx, name, getattr(ctx, name).to(accelerator.device))
         return ctx, named, optimizer, forget_loader, remain_loader
 
     def _step(
-        self, ctx, optimizer, params, named, forget_it, remain_it, alpha, accelerator, ewc=None, clip="forget"
+        self, ctx, optimizer, params, named, forget_it, remain_it, alpha, accelerator, plan: Step, geometry_state
     ) -> dict:
-        """One optimizer step: forget and/or remain gradients, the mask, clipping, the divergence guard.
-
-        `clip` is the clipping norm of this step; `"forget"` means `max_grad_norm` (forget and joint steps).
-        """
+        """One optimizer step as `plan` says: forget and/or remain gradients, the mask, the geometry's penalty,
+        clipping at `plan.clip`, the divergence guard."""
         cfg, logs, work = self.config, {}, self._work
-        clip = cfg.max_grad_norm if clip == "forget" else clip
+        clip = plan.clip
         accum = cfg.gradient_accumulation_steps
         optimizer.zero_grad(set_to_none=True)
         if forget_it is not None:
@@ -360,10 +340,9 @@ class Unlearner:
                 ctx.row_valid = remain_it.valid_rows(accelerator, self.family.batch_size_of(batch))
                 with accelerator.autocast(), _maybe_no_sync(accelerator, ctx.model, i == accum - 1):
                     loss, part_logs = self.method.remain_loss(ctx, batch)
-                    if ewc is not None:
-                        loss = loss + cfg.ewc_lambda * sum(
-                            (f * (p - p0) ** 2).sum() for (_, p), (f, p0) in zip(named, ewc)
-                        )
+                    penalty = self.method.geometry.penalty(geometry_state, named, cfg)
+                    if penalty is not None:
+                        loss = loss + penalty
                     _check_finite(loss, "remain loss", ctx.step, cfg)
                     accelerator.backward(loss / accum)
                 logs |= part_logs
@@ -418,84 +397,40 @@ class Unlearner:
             if p.grad is not None:
                 p.grad.mul_(self.mask[name].to(p.grad.dtype))
 
-    def _saliency(self, ctx, named, split, accelerator) -> float:
-        """The method's mask, from one pass over each set at θ0 in eval mode (BatchNorm statistics untouched)."""
-        cfg, kind = self.config, self.method.saliency
+    def _at_theta0(self, ctx, named, split, accelerator) -> tuple[float, Any]:
+        """The method's mask and its geometry's state, from passes at θ0 in eval mode, as the authors: no BatchNorm
+        statistics rewritten, no dropout, before unlearning starts; train mode restored. Returns the mask's time."""
+        cfg, method = self.config, self.method
         start = time.perf_counter()
-        if kind is None:
-            self.mask = None
-            return 0.0
-        if cfg.mask_path:
-            self.mask = load_mask(cfg.mask_path, named)
-            return time.perf_counter() - start
         module = accelerator.unwrap_model(ctx.model)
+
+        def statistic(dataset, rows, clip_norm=None, square=True):
+            def count():
+                self._work["passes"]["saliency"] += 1
+
+            return pass_statistic(self.family, cfg, accelerator, named, dataset, rows, clip_norm, square, count)
+
+        inputs = SaliencyInputs(self.family, cfg, module, named, split, statistic)
         training = module.training
-        module.eval()  # as the authors: no BatchNorm statistics rewritten, no dropout, before unlearning starts
+        module.eval()
         try:
-            if kind == "fisher_ratio":
-                rows = self._fisher_rows(module)
-                f_forget = self._statistic(named, split.forget, rows, accelerator, cfg.saliency_clip_norm)
-                f_remain = self._statistic(named, split.remain, rows, accelerator, cfg.saliency_clip_norm)
-                self.mask = fisher_ratio_mask(f_forget, f_remain, cfg.mask_threshold, cfg.mask_eps)
+            if method.saliency is None:
+                self.mask = None
+            elif cfg.mask_path:
+                self.mask = load_mask(cfg.mask_path, named)
             else:
-                # SalUn: the gradient of the true-label forget loss (its magnitude is the same for ascent or descent).
-                rows = lambda batch: self.family.per_sample_loss(module, batch)  # noqa: E731
-                grads = self._statistic(named, split.forget, rows, accelerator, None, square=False)
-                self.mask = topk_mask(grads, cfg.salun_sparsity)
+                self.mask = method.saliency.compute(inputs)
+            saliency_s = time.perf_counter() - start
+            geometry_state = method.geometry.setup(inputs)
         finally:
             module.train(training)
-        if accelerator.is_main_process and cfg.output_dir:
+        if self.mask is not None and not cfg.mask_path and accelerator.is_main_process and cfg.output_dir:
             os.makedirs(cfg.output_dir, exist_ok=True)
             path = os.path.join(cfg.output_dir, "saliency_mask.safetensors")
             save_mask(self.mask, path)
             apply_umask(path)  # save_mask writes through a 0600 temporary file
-        return time.perf_counter() - start
-
-    def _fisher_rows(self, module):
-        scale = self.config.saliency_guidance_scale
-        if scale is None:
-            return lambda batch: self.family.per_sample_loss(module, batch)
-        return lambda batch: self.family.guided_per_sample_loss(module, batch, scale)
-
-    def _statistic(self, named, dataset, rows, accelerator, clip_norm, square=True):
-        """`gradient_statistic` over one seeded pass of `dataset`, cut into global batches that every process
-        count shares (so one process and many give the same statistic)."""
-        cfg, device = self.config, accelerator.device
-        base = self.family.make_dataloader(dataset, batch_size=cfg.per_device_train_batch_size, shuffle=False, seed=0)
-        plan = global_batches(
-            len(dataset),
-            cfg.per_device_train_batch_size,
-            accelerator.num_processes,
-            accelerator.process_index,
-            cfg.seed,
-            cfg.saliency_max_batches,
-        )
-
-        def batches():
-            shown = accelerator.is_local_main_process
-            for indices, total in tqdm(plan, desc=f"saliency pass ({len(dataset)} rows)", disable=not shown):
-                self._work["passes"]["saliency"] += 1
-                batch = base.collate_fn([base.dataset[i] for i in indices]) if indices else None
-                yield (None if batch is None else send_to_device(batch, device)), total
-
-        def reduce_sum(t):
-            return accelerator.reduce(t, reduction="sum") if accelerator.num_processes > 1 else t
-
-        return gradient_statistic(named, batches(), rows, reduce_sum, square=square, clip_norm=clip_norm)
-
-    def _ewc_anchor(self, ctx, named, split, accelerator):
-        """EWC's (Fisher, θ0) pairs: the same estimator, batches and eval mode as the mask, on the remain set."""
-        module = accelerator.unwrap_model(ctx.model)
-        training = module.training
-        module.eval()
-        try:
-            rows = lambda batch: self.family.per_sample_loss(module, batch)  # noqa: E731
-            fisher = self._statistic(named, split.remain, rows, accelerator, None)
-        finally:
-            module.train(training)
-        peak = max(float(f.max()) for f in fisher.values()) or 1.0
-        # Normalised so `ewc_lambda` has the same meaning whatever the loss scale of the model.
-        return [(fisher[n] / peak, p.detach().clone()) for n, p in named]
+            saliency_s = time.perf_counter() - start
+        return saliency_s, geometry_state
 
     # Evaluation and saving live in their own modules; these are thin entry points.
     def evaluate(self, split, reference=None, **kwargs) -> dict:

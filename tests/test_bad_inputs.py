@@ -103,7 +103,7 @@ def test_bad_hyperparameter(model, data, field, value):
 
 def test_negative_temperature_is_accepted_and_reverses_the_weighting(model, data):
     # Documented: λ < 0 turns ascent's ℓ^(−λ) into ℓ^(+|λ|), i.e. the weighting of a descent part.
-    from hf_unlearn.methods.parts import adaptive_weights
+    from hf_unlearn.parts import adaptive_weights
 
     losses = torch.tensor([0.1, 1.0, 3.0])
     reversed_ = adaptive_weights(losses, losses, -0.5, sign=-1.0)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hf_unlearn.methods import adaptive_weights
-from hf_unlearn.saliency import fisher_ratio_mask, gradient_statistic, load_mask, save_mask, topk_mask
+from hf_unlearn.parts import fisher_ratio_mask, gradient_statistic, load_mask, save_mask, topk_mask
 
 
 def test_adaptive_weights_are_softmax_of_negative_lambda_log_loss():

@@ -159,7 +159,8 @@ def test_preset_carries_the_published_settings(name):
     # Step counts from the authors' counting: N remain iterations, a forget step before every K-th.
     assert authors["iterations"] % authors["K"] == 0
     cycles = authors["iterations"] // authors["K"]
-    assert get_method(resolved.method, authors["family"]).geometry == "fast_slow"  # one cycle = 1 forget + K remain
+    # One cycle = 1 forget + K remain steps.
+    assert get_method(resolved.method, authors["family"]).geometry.name == "fast_slow"
     assert resolved.max_steps == cycles and resolved.remain_steps_per_forget == authors["K"]
     forget_steps = resolved.max_steps * (resolved.forget_steps_fraction or 1.0)
     assert forget_steps == cycles

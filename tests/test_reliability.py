@@ -11,7 +11,7 @@ from datasets import concatenate_datasets, load_from_disk
 
 import hf_unlearn.checkpointing as checkpointing
 import hf_unlearn.hub as hub
-import hf_unlearn.saliency as saliency
+import hf_unlearn.parts.saliency as saliency
 import hf_unlearn.utils as utils
 from hf_unlearn import DivergenceError, ForgetRemainSplit, UnlearnConfig, Unlearner, list_methods
 from hf_unlearn.checkpointing import list_checkpoints

@@ -17,7 +17,8 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from hf_unlearn import ForgetRemainSplit, UnlearnConfig, Unlearner
 from hf_unlearn.benchmarks.diffusion import tiny_scheduler, tiny_unet
 from hf_unlearn.models import TrainingRecipe, tiny_classifier, train_classifier
-from hf_unlearn.saliency import global_batches
+from hf_unlearn.parts import global_batches
+from hf_unlearn.parts.geometry import EWC
 
 BATCH, SEED = 16, 0
 NUM_ROWS, FORGET_IDS = 120, list(range(0, 111, 3))  # 37 forget rows (2×16 + 5), 83 remain rows (5×16 + 3)
@@ -96,7 +97,7 @@ def _disagreement(a, b, decided) -> int:
 
 def test_fisher_mask_is_computed_in_eval_mode_over_every_row(resnet, split, processor, tmp_path, monkeypatch):
     seen = {"forward_modes": [], "optimizer_modes": []}
-    spy_target = Unlearner._saliency
+    spy_target = Unlearner._at_theta0
 
     def spy(self, ctx, named, split_, accelerator):
         module = accelerator.unwrap_model(ctx.model)
@@ -111,7 +112,7 @@ def test_fisher_mask_is_computed_in_eval_mode_over_every_row(resnet, split, proc
         seen["buffers_after"] = {k: v.clone() for k, v in module.named_buffers()}
         return out
 
-    monkeypatch.setattr(Unlearner, "_saliency", spy)
+    monkeypatch.setattr(Unlearner, "_at_theta0", spy)
     model = copy.deepcopy(resnet)
     original_buffers = {k: v.clone() for k, v in model.named_buffers()}
     assert any(k.endswith("running_mean") for k in original_buffers)
@@ -284,13 +285,13 @@ def test_ewc_anchor_is_the_remain_fisher_of_the_mask_estimator(resnet, split, pr
 
     monkeypatch.setitem(_REGISTRY, "ewc_probe", UnlearnMethod("ewc_probe", Ascent(), TaskLoss(), geometry="ewc"))
     seen = {}
-    anchor = Unlearner._ewc_anchor
+    setup = EWC.setup
 
-    def spy(self, *args):
-        seen["ewc"] = anchor(self, *args)
+    def spy(self, inputs):
+        seen["ewc"] = setup(self, inputs)
         return seen["ewc"]
 
-    monkeypatch.setattr(Unlearner, "_ewc_anchor", spy)
+    monkeypatch.setattr(EWC, "setup", spy)
     unlearner = Unlearner.from_pretrained(
         copy.deepcopy(resnet), _config(tmp_path, "ewc_probe", learning_rate=1e-3), image_processor=processor
     )

@@ -8,20 +8,35 @@ from typing import Any
 from .base import ModelFamily
 from .detect import read_config_file
 
-# family id -> (module, class); modules are imported on first use so optional stacks load lazily.
-_FAMILIES: dict[str, tuple[str, str]] = {
-    "image_classifier": ("hf_unlearn.families.image_classifier", "ImageClassifierFamily"),
-    "class_conditional_diffusion": (
-        "hf_unlearn.families.class_conditional_diffusion",
-        "ClassConditionalDiffusionFamily",
-    ),
-    "text_to_image": ("hf_unlearn.families.text_to_image", "TextToImageFamily"),
+# family id -> the class, or "module:Class" imported on first use so optional stacks load lazily; detection asks the
+# families in this order.
+_FAMILIES: dict[str, Any] = {
+    "image_classifier": "hf_unlearn.families.image_classifier:ImageClassifierFamily",
+    "class_conditional_diffusion": "hf_unlearn.families.class_conditional_diffusion:ClassConditionalDiffusionFamily",
+    "text_to_image": "hf_unlearn.families.text_to_image:TextToImageFamily",
 }
 _ALIASES = {
     "text-to-image": "text_to_image",
     "image-classifier": "image_classifier",
     "class-conditional-diffusion": "class_conditional_diffusion",
 }
+
+
+def register_family(name: str, family_class, *, aliases: tuple[str, ...] = (), overwrite: bool = False) -> None:
+    """Adds a model family: a [`ModelFamily`] subclass (or `"module:Class"`, imported on first use).
+
+    Detection asks every registered family's `can_load`, in registration order, so a new family is found for its
+    objects and folders without any other edit; `family="<name>"` and the CLI's `--family` accept it.
+    """
+    if name in _FAMILIES and not overwrite:
+        raise ValueError(f"A family named '{name}' is already registered; pass overwrite=True to replace it.")
+    if not isinstance(family_class, str) and not (
+        isinstance(family_class, type) and issubclass(family_class, ModelFamily)
+    ):
+        raise ValueError(f"`family_class` must be a ModelFamily subclass or 'module:Class', got {family_class!r}.")
+    _FAMILIES[name] = family_class
+    for alias in aliases:
+        _ALIASES[alias] = name
 
 
 def list_families() -> list[str]:
@@ -36,49 +51,36 @@ def normalize_family(name: str) -> str:
 
 
 def get_family_class(name: str) -> type[ModelFamily]:
-    module, cls = _FAMILIES[normalize_family(name)]
-    return getattr(importlib.import_module(module), cls)
+    name = normalize_family(name)
+    entry = _FAMILIES[name]
+    if isinstance(entry, str):
+        module, cls = entry.split(":")
+        entry = _FAMILIES[name] = getattr(importlib.import_module(module), cls)
+    return entry
 
 
 def detect_family(model_or_path: Any) -> str:
-    """Finds the family of a model object, folder or repo id, in the documented order.
-
-    1. a model object, by its class; 2. a folder or repo with `model_index.json` (a diffusers pipeline, whose
-    `_class_name` picks text-to-image or class-conditional); 3. a diffusers model config whose `_class_name` is
-    `UNet2DModel` or `DiTTransformer2DModel`; 4. a transformers config whose `architectures` end in
-    `ForImageClassification`.
-    """
+    """Finds the family of a model object, folder or repo id: the first registered family whose `can_load` accepts
+    it (image classifiers: a `*ForImageClassification` model or config; class-conditional diffusion: a UNet2DModel /
+    DiTTransformer2DModel or a pipeline without a text encoder; text-to-image: a UNet2DConditionModel or a pipeline
+    with a text encoder). Families added with [`register_family`] are asked after these."""
     from torch import nn  # noqa: PLC0415
 
-    if isinstance(model_or_path, nn.Module):
-        name = type(model_or_path).__name__
-        if name in ("UNet2DModel", "DiTTransformer2DModel"):
-            return "class_conditional_diffusion"
-        if name == "UNet2DConditionModel":
-            return "text_to_image"
-        if get_family_class("image_classifier").can_load(model_or_path):
-            return "image_classifier"
+    for name in list(_FAMILIES):
+        if get_family_class(name).can_load(model_or_path):
+            return name
+    if isinstance(model_or_path, nn.Module) or hasattr(model_or_path, "components"):
         raise ValueError(
-            f"Cannot tell the family of a {name} object; supported are transformers *ForImageClassification models, "
-            "diffusers UNet2DModel / DiTTransformer2DModel (class-conditional) and Stable Diffusion pipelines. "
-            "Pass family=... to choose."
+            f"Cannot tell the family of a {type(model_or_path).__name__} object; supported are transformers "
+            "*ForImageClassification models, diffusers UNet2DModel / DiTTransformer2DModel (class-conditional) and "
+            f"Stable Diffusion pipelines (registered families: {', '.join(_FAMILIES)}). Pass family=... to choose."
         )
-    if hasattr(model_or_path, "components"):  # a diffusers pipeline object
-        return "text_to_image" if "text_encoder" in model_or_path.components else "class_conditional_diffusion"
-    index = read_config_file(model_or_path, "model_index.json")
-    if index is not None:
-        components = {k for k in index if not k.startswith("_")}
-        return "text_to_image" if "text_encoder" in components else "class_conditional_diffusion"
-    cfg = read_config_file(model_or_path, "config.json")
+    cfg = read_config_file(model_or_path, "config.json") or read_config_file(model_or_path, "model_index.json")
     if cfg is None:
         raise ValueError(
             f"`{model_or_path}` is neither a folder with config.json / model_index.json nor a reachable Hub repo; "
             "check the path (offline, the repo must be in the local cache)."
         )
-    if cfg.get("_class_name") in ("UNet2DModel", "DiTTransformer2DModel"):
-        return "class_conditional_diffusion"
-    if any(str(a).endswith("ForImageClassification") for a in cfg.get("architectures") or []):
-        return "image_classifier"
     found = cfg.get("_class_name") or cfg.get("architectures") or cfg.get("model_type")
     raise ValueError(
         f"`{model_or_path}` holds a {found} model, which hf_unlearn does not support; supported are transformers "
@@ -86,4 +88,4 @@ def detect_family(model_or_path: Any) -> str:
     )
 
 
-__all__ = ["ModelFamily", "detect_family", "get_family_class", "list_families", "normalize_family"]
+__all__ = ["ModelFamily", "detect_family", "get_family_class", "list_families", "normalize_family", "register_family"]

@@ -6,9 +6,7 @@ to the published SFR-on settings where the benchmark does not cover a family.
 
 from __future__ import annotations
 
-from .base import UnlearnMethod, get_method, list_methods, register_method
-from .context import StepContext
-from .parts import (
+from ..parts import (
     Ascent,
     DistillRemain,
     ForgetLoss,
@@ -16,10 +14,12 @@ from .parts import (
     NegativeGuidance,
     RemainLoss,
     Remap,
+    StepContext,
     TaskLoss,
     TeacherKL,
     adaptive_weights,
 )
+from .base import UnlearnMethod, get_method, list_methods, register_method
 
 _CLASSIFIER = "image_classifier"
 _DIFFUSION = ("class_conditional_diffusion", "text_to_image")
@@ -135,11 +135,10 @@ for _method in [
     UnlearnMethod(
         "selective_amnesia",
         Remap(),
-        TaskLoss(),
+        TaskLoss(source="replay"),
         geometry="ewc",
         families=_DIFFUSION,
         defaults=_BASELINE_DEFAULTS,
-        remain_source="replay",
         description="SA: surrogate (remap) target for the forgotten condition, generative replay, EWC at θ0.",
     ),
     UnlearnMethod(

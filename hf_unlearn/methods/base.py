@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
-from .parts import ForgetLoss, RemainLoss
-
-SALIENCY = (None, "fisher_ratio", "topk")
-GEOMETRIES = ("euclidean", "fast_slow", "ewc")
+from ..parts import ForgetLoss, Geometry, RemainLoss, Saliency, get_geometry, get_saliency
 
 
 @dataclass(frozen=True)
@@ -19,44 +16,38 @@ class UnlearnMethod:
         name (`str`): registry name.
         forget_loss ([`ForgetLoss`], *optional*): the forgetting part; `None` for FT and retrain.
         remain_loss ([`RemainLoss`], *optional*): the remaining part; `None` for plain gradient ascent.
-        saliency (`str`, *optional*): `None`, `"fisher_ratio"` (SFR-on) or `"topk"` (SalUn).
-        geometry (`str`, *optional*, defaults to `"euclidean"`): `"euclidean"` (one joint step), `"fast_slow"`
-            (SFR-on: a forget step then K remain steps, one optimizer) or `"ewc"` (a Fisher penalty at θ0 on the
-            joint step).
+        saliency (`str` or [`~parts.Saliency`], *optional*): `None` (no mask), `"fisher_ratio"` (SFR-on), `"topk"`
+            (SalUn), another registered name ([`~parts.register_saliency`]) or a `Saliency` object.
+        geometry (`str` or [`~parts.Geometry`], *optional*, defaults to `"euclidean"`): `"euclidean"` (one joint
+            step), `"fast_slow"` (SFR-on: a forget step then K remain steps, one optimizer), `"ewc"` (a Fisher penalty
+            at θ0 on the joint step), another registered name ([`~parts.register_geometry`]) or a `Geometry` object.
         mask_scope (`str`, *optional*, defaults to `"forget"`): the mask restricts the forget gradient only, or
             `"all"` of it (SalUn masks the whole update).
         reinit (`bool`, *optional*, defaults to `False`): start from a fresh model (retrain).
         families (`tuple[str]`, *optional*): the families it supports (derived from its parts if unset).
         defaults (`dict`, *optional*): config defaults, `{"*": {...}, "<family>": {...}}`.
-        remain_source (`str`, *optional*, defaults to `"data"`): what the remaining part trains on: the remain rows
-            (`"data"`), or `"replay"`: samples the original model generates for the remain rows' conditions (selective
-            amnesia's generative replay; the remain images themselves are never seen).
     """
 
     name: str
     forget_loss: Optional[ForgetLoss] = None
     remain_loss: Optional[RemainLoss] = None
-    saliency: Optional[str] = None
-    geometry: str = "euclidean"
+    saliency: Union[str, Saliency, None] = None
+    geometry: Union[str, Geometry] = "euclidean"
     mask_scope: str = "forget"
     reinit: bool = False
     families: Optional[tuple[str, ...]] = None
     defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
     description: str = ""
-    remain_source: str = "data"
 
     def __post_init__(self):
-        if self.saliency not in SALIENCY:
-            raise ValueError(f"`saliency` is {self.saliency!r}; choose one of {SALIENCY}.")
-        if self.geometry not in GEOMETRIES:
-            raise ValueError(f"`geometry` is {self.geometry!r}; choose one of {GEOMETRIES}.")
-        if self.remain_source not in ("data", "replay"):
-            raise ValueError(f"`remain_source` is {self.remain_source!r}; choose 'data' or 'replay'.")
+        # Names resolve to the registered part objects once, here (frozen dataclass: set through object).
+        object.__setattr__(self, "saliency", get_saliency(self.saliency))
+        object.__setattr__(self, "geometry", get_geometry(self.geometry))
         if self.mask_scope not in ("forget", "all"):
             raise ValueError(f"`mask_scope` is {self.mask_scope!r}; choose 'forget' or 'all'.")
         if self.forget_loss is None and self.remain_loss is None:
             raise ValueError(f"Method '{self.name}' needs a forget_loss, a remain_loss or both.")
-        if self.geometry == "fast_slow" and (self.forget_loss is None or self.remain_loss is None):
+        if self.geometry.name == "fast_slow" and (self.forget_loss is None or self.remain_loss is None):
             raise ValueError(f"Method '{self.name}': the fast-slow geometry needs both a forget and a remain loss.")
 
     @property
@@ -78,20 +69,17 @@ class UnlearnMethod:
         return merged
 
     @property
-    def needs_original(self) -> bool:
-        return any(getattr(p, "needs_original", False) for p in (self.forget_loss, self.remain_loss))
-
-    @property
-    def needs_teacher(self) -> bool:
-        return getattr(self.forget_loss, "needs_teacher", False)
+    def remain_source(self) -> str:
+        """`"replay"` when the remaining part trains on generated samples of the original, else `"data"`."""
+        return getattr(self.remain_loss, "source", "data")
 
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,
-            "saliency": self.saliency,
+            "saliency": None if self.saliency is None else self.saliency.name,
             "forget_loss": repr(self.forget_loss),
             "remain_loss": repr(self.remain_loss),
-            "geometry": self.geometry,
+            "geometry": self.geometry.name,
             "mask_scope": self.mask_scope,
             "reinit": self.reinit,
         }

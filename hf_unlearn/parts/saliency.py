@@ -1,15 +1,23 @@
-"""Saliency masks over parameters: SFR-on's forget/remain Fisher ratio and SalUn's top-k gradient magnitude."""
+"""The saliency part of the unified view: which weights a method may move.
+
+`Saliency` objects compute a mask from gradient statistics at θ0 (SFR-on's forget/remain Fisher ratio, SalUn's top-k
+gradient magnitude); the statistics come from `pass_statistic`, one seeded pass over a set cut into global batches, so
+one process and many give the same mask. A new criterion is a subclass with a `name` and `compute`, then
+`register_saliency`: the loop needs no edit."""
 
 from __future__ import annotations
 
 import os
 import tempfile
 from collections.abc import Callable, Iterable
-from typing import Optional
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import torch
+from accelerate.utils import send_to_device
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
 Mask = dict[str, torch.Tensor]
 
@@ -70,6 +78,129 @@ def gradient_statistic(
     if count == 0:
         raise ValueError("Saliency needs at least one batch from each set; the set was empty.")
     return {name: total / count for name, total in sums.items()}
+
+
+def pass_statistic(
+    family,
+    config,
+    accelerator,
+    named_params: list[tuple[str, torch.nn.Parameter]],
+    dataset,
+    row_losses: Callable[[dict], torch.Tensor],
+    clip_norm: Optional[float] = None,
+    square: bool = True,
+    on_batch: Callable[[], None] = lambda: None,
+) -> dict[str, torch.Tensor]:
+    """`gradient_statistic` over one seeded pass of `dataset` (seed `config.seed`, at most
+    `config.saliency_max_batches` batches of `config.per_device_train_batch_size` rows per process), cut into global
+    batches that every process count shares, so one process and many give the same statistic. `on_batch` is called
+    once per batch (the engine counts passes with it)."""
+    device = accelerator.device
+    base = family.make_dataloader(dataset, batch_size=config.per_device_train_batch_size, shuffle=False, seed=0)
+    plan = global_batches(
+        len(dataset),
+        config.per_device_train_batch_size,
+        accelerator.num_processes,
+        accelerator.process_index,
+        config.seed,
+        config.saliency_max_batches,
+    )
+
+    def batches():
+        shown = accelerator.is_local_main_process
+        for indices, total in tqdm(plan, desc=f"saliency pass ({len(dataset)} rows)", disable=not shown):
+            on_batch()
+            batch = base.collate_fn([base.dataset[i] for i in indices]) if indices else None
+            yield (None if batch is None else send_to_device(batch, device)), total
+
+    def reduce_sum(t):
+        return accelerator.reduce(t, reduction="sum") if accelerator.num_processes > 1 else t
+
+    return gradient_statistic(named_params, batches(), row_losses, reduce_sum, square=square, clip_norm=clip_norm)
+
+
+@dataclass
+class SaliencyInputs:
+    """What a `Saliency` (and a `Geometry`'s setup) may look at: θ0 in eval mode, the sets and the pass statistic.
+
+    `statistic(dataset, row_losses, clip_norm=None, square=True)` runs [`pass_statistic`] with the run's family,
+    config, accelerator and trainable parameters.
+    """
+
+    family: Any
+    config: Any
+    module: torch.nn.Module
+    named_params: list[tuple[str, torch.nn.Parameter]]
+    split: Any
+    statistic: Callable[..., dict[str, torch.Tensor]]
+
+
+class Saliency:
+    """A saliency criterion: `compute` returns a boolean mask per trainable parameter (True: the weight may move)."""
+
+    name = "saliency"
+
+    def compute(self, inputs: SaliencyInputs) -> Mask:
+        raise NotImplementedError
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+class FisherRatio(Saliency):
+    """SFR-on: M_k = [(F_f,k + ε) / (F_r,k + ε) ≥ γ], F the squared batch-mean gradient of the task loss (guided for
+    diffusion when `saliency_guidance_scale` is set, clipped before squaring with `saliency_clip_norm`)."""
+
+    name = "fisher_ratio"
+
+    def compute(self, inputs: SaliencyInputs) -> Mask:
+        cfg, family, module = inputs.config, inputs.family, inputs.module
+        if cfg.saliency_guidance_scale is None:
+            rows = lambda batch: family.per_sample_loss(module, batch)  # noqa: E731
+        else:
+            rows = lambda batch: family.guided_per_sample_loss(module, batch, cfg.saliency_guidance_scale)  # noqa: E731
+        f_forget = inputs.statistic(inputs.split.forget, rows, cfg.saliency_clip_norm)
+        f_remain = inputs.statistic(inputs.split.remain, rows, cfg.saliency_clip_norm)
+        return fisher_ratio_mask(f_forget, f_remain, cfg.mask_threshold, cfg.mask_eps)
+
+
+class TopK(Saliency):
+    """SalUn: the `salun_sparsity` share of weights with the largest |gradient| of the true-label forget loss (its
+    magnitude is the same for ascent or descent)."""
+
+    name = "topk"
+
+    def compute(self, inputs: SaliencyInputs) -> Mask:
+        family, module = inputs.family, inputs.module
+        rows = lambda batch: family.per_sample_loss(module, batch)  # noqa: E731
+        grads = inputs.statistic(inputs.split.forget, rows, None, square=False)
+        return topk_mask(grads, inputs.config.salun_sparsity)
+
+
+_SALIENCY: dict[str, Saliency] = {}
+
+
+def register_saliency(saliency: Saliency, *, overwrite: bool = False) -> Saliency:
+    """Makes `saliency` usable by name in `UnlearnMethod(saliency="<name>")`."""
+    if saliency.name in _SALIENCY and not overwrite:
+        raise ValueError(
+            f"A saliency named '{saliency.name}' is already registered; pass overwrite=True to replace it."
+        )
+    _SALIENCY[saliency.name] = saliency
+    return saliency
+
+
+def get_saliency(name_or_saliency) -> Optional[Saliency]:
+    """The registered saliency `name` (a `Saliency` passes through; `None` means no mask)."""
+    if name_or_saliency is None or isinstance(name_or_saliency, Saliency):
+        return name_or_saliency
+    if name_or_saliency not in _SALIENCY:
+        raise ValueError(f"`saliency` is {name_or_saliency!r}; choose None or one of {sorted(_SALIENCY)}.")
+    return _SALIENCY[name_or_saliency]
+
+
+register_saliency(FisherRatio())
+register_saliency(TopK())
 
 
 def fisher_ratio_mask(fisher_forget: dict, fisher_remain: dict, threshold: float = 1.0, eps: float = 1e-12) -> Mask:

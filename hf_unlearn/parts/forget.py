@@ -1,4 +1,5 @@
-"""The forgetting and remaining losses of the unified view. Each part only calls family primitives."""
+"""The forgetting part of the unified view: the loss to minimise on a forget batch. Each part only calls family
+primitives (`per_sample_loss`, `remap_loss`, `logits`, ...), so one part serves every family that has them."""
 
 from __future__ import annotations
 
@@ -45,8 +46,6 @@ class ForgetLoss:
 
     name = "forget"
     families: Optional[tuple[str, ...]] = None  # None: every family
-    needs_original = False
-    needs_teacher = False
     # +1: the part descends toward a target (weights ∝ ℓ^(+λ), far rows first); -1: it ascends the task loss
     # (weights ∝ ℓ^(−λ), rows not yet forgotten first). Both are "focus on the rows that still need forgetting".
     sign = 1.0
@@ -56,6 +55,9 @@ class ForgetLoss:
 
     def __init__(self, weighted: bool = False):
         self.weighted = weighted
+
+    def setup(self, ctx: StepContext) -> None:
+        """Builds what the part needs besides the model (a frozen original, a teacher) into `ctx`, before training."""
 
     def __call__(self, ctx: StepContext, batch: dict) -> tuple[torch.Tensor, dict]:
         rows = self.per_row(ctx, batch)
@@ -152,8 +154,12 @@ class TeacherKL(ForgetLoss):
         self.teacher = teacher
         self.name = f"kl_{teacher}"
         self.sign = -1.0 if ascend else 1.0
-        self.needs_teacher = teacher == "random"
-        self.needs_original = teacher == "original"
+
+    def setup(self, ctx):
+        if self.teacher == "random":
+            ctx.ensure_teacher()
+        else:
+            ctx.ensure_original()
 
     def per_row(self, ctx, batch):
         teacher = ctx.teacher if self.teacher == "random" else ctx.original
@@ -168,7 +174,9 @@ class NegativeGuidance(ForgetLoss):
 
     name = "negative_guidance"
     families = ("text_to_image", "class_conditional_diffusion")
-    needs_original = True
+
+    def setup(self, ctx):
+        ctx.ensure_original()
 
     def per_row(self, ctx, batch):
         return ctx.family.negative_guidance_loss(ctx.model, ctx.original, batch, ctx.config.esd_negative_guidance)
@@ -180,47 +188,3 @@ def distill_kl(ctx: StepContext, teacher, batch) -> torch.Tensor:
         target = F.softmax(ctx.family.logits(teacher, batch).float() / temperature, dim=-1)
     log_p = F.log_softmax(ctx.family.logits(ctx.model, batch).float() / temperature, dim=-1)
     return (target * (torch.log(target.clamp_min(1e-12)) - log_p)).sum(-1) * temperature**2
-
-
-class RemainLoss:
-    """A remaining part: the scalar to minimise on a remain batch."""
-
-    name = "remain"
-    families: Optional[tuple[str, ...]] = None
-    needs_original = False
-
-    def __call__(self, ctx: StepContext, batch: dict) -> tuple[torch.Tensor, dict]:
-        raise NotImplementedError
-
-    def __repr__(self):
-        return f"{type(self).__name__}()"
-
-
-class TaskLoss(RemainLoss):
-    """The family's own training loss on remain rows (cross-entropy, noise prediction with condition dropout)."""
-
-    name = "task"
-
-    def __call__(self, ctx, batch):
-        loss = ctx.batch_mean(ctx.family.remain_rows(ctx.model, batch))
-        return loss, {"remain_loss": loss.detach().item()}
-
-
-class DistillRemain(RemainLoss):
-    """KL to the original model on remain rows, plus `distill_ce_weight` × cross-entropy (BT uses weight 0)."""
-
-    name = "distill"
-    families = ("image_classifier",)
-    needs_original = True
-
-    def __init__(self, with_ce: bool = False):
-        self.with_ce = with_ce
-
-    def __call__(self, ctx, batch):
-        loss = ctx.batch_mean(distill_kl(ctx, ctx.original, batch))
-        if self.with_ce:
-            loss = loss + ctx.config.distill_ce_weight * ctx.batch_mean(ctx.family.per_sample_loss(ctx.model, batch))
-        return loss, {"remain_loss": loss.detach().item()}
-
-    def __repr__(self):
-        return f"DistillRemain(with_ce={self.with_ce})"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -26,6 +27,18 @@ class StepContext:
     step: int = 0
     # Rows of the current forget batch that count (`None`: all); a multi-process loader pads its last batch.
     row_valid: Optional[torch.Tensor] = None
+
+    def ensure_original(self) -> nn.Module:
+        """A frozen copy of the model as it is now (θ0), made once and shared by every part that asks."""
+        if self.original is None:
+            self.original = copy.deepcopy(self.model).eval().requires_grad_(False)
+        return self.original
+
+    def ensure_teacher(self) -> nn.Module:
+        """A frozen, freshly initialised model of the same configuration (the bad teacher), made once."""
+        if self.teacher is None:
+            self.teacher = self.family.fresh_model("config").eval().requires_grad_(False)
+        return self.teacher
 
     def batch_mean(self, rows: torch.Tensor) -> torch.Tensor:
         """The mean of per-row values over the global batch, each real row once, as DDP will average it.
