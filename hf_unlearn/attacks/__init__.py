@@ -14,6 +14,7 @@ result.curve, result.steps_to_recover
 """
 
 from .judges import check_judge, judge_scores, nudity_judge
+from .prompt import PromptAttackConfig, PromptAttackResult, prompt_attack
 from .relearn import (
     RelearnConfig,
     RelearnResult,
@@ -37,12 +38,3 @@ __all__ = [
     "prompt_attack",
     "relearn_attack",
 ]
-
-
-def __getattr__(name):
-    # The prompt attack needs diffusers; load it on first use so classifier-only users never import it.
-    if name in ("PromptAttackConfig", "PromptAttackResult", "prompt_attack"):
-        from . import prompt
-
-        return getattr(prompt, name)
-    raise AttributeError(f"module 'hf_unlearn.attacks' has no attribute '{name}'")

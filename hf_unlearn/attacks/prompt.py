@@ -145,7 +145,7 @@ def prompt_attack(
         to the plain (unattacked) rate.
     """
     config = config or PromptAttackConfig()
-    rows = _prompt_rows(prompts, config)
+    rows = prompt_rows(prompts, config)
     if (original is None) == (target_images is None):
         raise ValueError(
             "Pass `original` (the pipeline before erasure, which draws each prompt's target image) or "
@@ -167,7 +167,8 @@ def prompt_attack(
     return result
 
 
-def _prompt_rows(prompts, config: PromptAttackConfig) -> list[dict]:
+def prompt_rows(prompts, config: PromptAttackConfig) -> list[dict]:
+    """The prompts as rows with a seed and a guidance scale each; refuses no prompts, blank ones, a bare string."""
     from ..metrics.nudity import load_prompts  # noqa: PLC0415
 
     if prompts is None or (isinstance(prompts, (list, tuple)) and not prompts):
@@ -301,7 +302,8 @@ class _Attack:
         return {**record, **self._outcome(ids, score, success, steps, True)}, plain, image
 
     def _outcome(self, ids: torch.Tensor, score: float, success: bool, steps: int, attacked: bool) -> dict:
-        kept = [i for i in ids[0].tolist() if i not in (self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)]
+        special = set(self.tokenizer.all_special_ids)
+        kept = [i for i in ids[0].tolist() if i not in special]
         text = self.tokenizer.decode(kept, skip_special_tokens=True).strip()
         return {
             "attacked": attacked,
@@ -386,4 +388,4 @@ def _candidate_ids(tokenizer, num_embeddings: int, config: PromptAttackConfig) -
     return sorted(ids)
 
 
-__all__ = ["PromptAttackConfig", "PromptAttackResult", "project_to_simplex", "prompt_attack"]
+__all__ = ["PromptAttackConfig", "PromptAttackResult", "project_to_simplex", "prompt_attack", "prompt_rows"]

@@ -1,0 +1,202 @@
+"""`hf-unlearn attack prompt|relearn`: the robustness attacks from the command line, written as JSON (and a grid).
+
+```bash
+# Adversarial prompts against an erased SD pipeline, judged by NudeNet (UnlearnDiffAtk counts nudity at 0.45)
+hf-unlearn attack prompt --model out/unlearned --original CompVis/stable-diffusion-v1-4 \
+    --prompts nudity.csv --judge nudity --threshold 0.45 --output attack_out
+# Relearning: 5 forgotten rows, 20 steps, on the unlearned model and on RT, three row draws
+hf-unlearn attack relearn --model unlearned=out/unlearned --model RT=rt_folder \
+    --dataset digits --forget-classes 3 --num-rows 5 --steps 20 --seeds 0,1,2 --output attack_out
+```
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import os
+import sys
+from typing import Optional
+
+from ..utils import atomic_write_json
+from .prompt import PromptAttackConfig
+from .relearn import RelearnConfig
+
+_NOT_FLAGS = {"seed", "inplace"}  # relearn: seeds come from --seeds; the CLI always attacks a copy
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, config_class, skip=()) -> None:
+    """One flag per config field, with the field's type, default and help text."""
+    for f in dataclasses.fields(config_class):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata.get("help", "")
+        if f.type in (bool, "bool"):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
+            continue
+        kind = {"int": int, "float": float, "str": str}.get(str(f.type).replace("Optional[", "").rstrip("]"), str)
+        parser.add_argument(flag, type=kind, default=f.default, help=f"{help_text} (default: {f.default})")
+
+
+def _config(args, config_class, **extra):
+    names = {f.name for f in dataclasses.fields(config_class)}
+    return config_class(**{k: v for k, v in vars(args).items() if k in names}, **extra)
+
+
+def add_attack_parser(subparsers) -> argparse.ArgumentParser:
+    """Adds `attack` (with `prompt` and `relearn`) to an argparse `subparsers` object; returns the `attack` parser."""
+    parser = subparsers.add_parser("attack", help="Attack an erasure: adversarial prompts or relearning.")
+    kinds = parser.add_subparsers(dest="attack", required=True)
+    prompt = kinds.add_parser("prompt", help="UnlearnDiffAtk-style adversarial prompts against a text-to-image model.")
+    prompt.add_argument("--model", required=True, help="The erased pipeline (folder or Hub id).")
+    prompt.add_argument("--original", required=True, help="The pipeline before erasure; it draws the target images.")
+    prompt.add_argument("--prompts", nargs="+", required=True, help="The concept's prompts, or one I2P-style CSV.")
+    prompt.add_argument(
+        "--judge",
+        default="nudity",
+        help="'nudity' (NudeNet's highest exposed-part score), 'colour' (the tiny colour model's judge), or "
+        "'module:function' naming a function that returns a judge callable.",
+    )
+    prompt.add_argument("--device", default=None, help="Device of both pipelines (default: cuda if available).")
+    prompt.add_argument(
+        "--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="Weights dtype."
+    )
+    prompt.add_argument("--output", required=True, help="Folder for prompt_attack.json and prompt_attack_grid.png.")
+    _add_config_flags(prompt, PromptAttackConfig)
+    relearn = kinds.add_parser("relearn", help="Fine-tune on k forgotten rows and measure forget accuracy per step.")
+    relearn.add_argument(
+        "--model", required=True, action="append", help="NAME=PATH (repeat it: the unlearned model, RT, ...)."
+    )
+    relearn.add_argument("--dataset", default="digits", help="'digits', a Hub dataset id or a local folder.")
+    relearn.add_argument("--split", default="train", help="The split the forget rows come from.")
+    relearn.add_argument("--forget-classes", required=True, type=int, nargs="+", help="The forgotten classes.")
+    relearn.add_argument("--seeds", default="0", help="Comma-separated seeds: one row draw and run per seed.")
+    relearn.add_argument("--judge", default=None, help="Diffusion models: a classifier folder that names samples.")
+    relearn.add_argument("--judge-image-size", type=int, default=None, help="Resize samples for the judge.")
+    relearn.add_argument("--samples", type=int, default=50, help="Diffusion models: samples per forgotten class.")
+    relearn.add_argument("--output", required=True, help="Folder for relearn.json.")
+    _add_config_flags(relearn, RelearnConfig, skip=_NOT_FLAGS)
+    return parser
+
+
+def run_attack(args: argparse.Namespace) -> int:
+    """Runs the attack that `add_attack_parser` parsed; returns the exit code."""
+    return _run_prompt(args) if args.attack == "prompt" else _run_relearn(args)
+
+
+def attack_main(argv=None) -> int:
+    """`hf-unlearn attack ...` as a standalone entry point (argv without the leading 'attack')."""
+    parser = argparse.ArgumentParser(prog="hf-unlearn")
+    add_attack_parser(parser.add_subparsers(dest="command", required=True))
+    return run_attack(parser.parse_args(["attack", *(argv or [])]))
+
+
+def make_judge(spec: str):
+    """'nudity', 'colour' or 'module:function' (called with no arguments) as a judge callable."""
+    if spec == "nudity":
+        from .judges import nudity_judge  # noqa: PLC0415
+
+        return nudity_judge()
+    if spec in ("colour", "color"):
+        from .tiny import ColourJudge  # noqa: PLC0415
+
+        return ColourJudge()
+    module, _, name = spec.partition(":")
+    if not name:
+        raise ValueError(f"`--judge` is '{spec}'; give 'nudity', 'colour' or 'module:function'.")
+    return getattr(importlib.import_module(module), name)()
+
+
+def _load_pipeline(path: str, device: Optional[str], dtype: str):
+    import torch  # noqa: PLC0415
+    from diffusers import StableDiffusionPipeline  # noqa: PLC0415
+
+    pipe = StableDiffusionPipeline.from_pretrained(path, safety_checker=None, torch_dtype=getattr(torch, dtype))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _run_prompt(args) -> int:
+    from .judges import check_judge  # noqa: PLC0415
+    from .prompt import prompt_attack, prompt_rows  # noqa: PLC0415
+
+    config = _config(args, PromptAttackConfig)
+    prompts = args.prompts[0] if len(args.prompts) == 1 and os.path.isfile(args.prompts[0]) else args.prompts
+    prompt_rows(prompts, config)  # refuses empty or blank prompts before any model is loaded
+    judge = make_judge(args.judge)
+    check_judge(judge, 64)
+    model = _load_pipeline(args.model, args.device, args.dtype)
+    original = _load_pipeline(args.original, args.device, args.dtype)
+    result = prompt_attack(model, prompts, judge, original=original, config=config)
+    paths = result.save(args.output)
+    print(
+        f"attack success {100 * result.attack_success_rate:.1f}% (plain {100 * result.plain_success_rate:.1f}%) over "
+        f"{len(result.rows)} prompts; {paths['json']}, {paths['grid']}"
+    )
+    return 0
+
+
+def _run_relearn(args) -> int:
+    from ..data import ForgetRemainSplit, load_any_dataset, load_digits_dataset  # noqa: PLC0415
+
+    models = dict(_named(spec) for spec in args.model)
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    configs = {seed: _config(args, RelearnConfig, seed=seed) for seed in seeds}
+    data = (
+        load_digits_dataset()[args.split] if args.dataset == "digits" else load_any_dataset(args.dataset, args.split)
+    )
+    forget = ForgetRemainSplit.from_dataset(data, forget_classes=args.forget_classes).forget
+    if args.num_rows > len(forget):
+        raise ValueError(f"`num_rows` (k) is {args.num_rows}, but the forget set has {len(forget)} rows.")
+    report = {"forget_classes": args.forget_classes, "num_forget": len(forget), "models": {}}
+    for name, path in models.items():
+        runs = [_relearn_one(path, forget, configs[seed], args) for seed in seeds]
+        report["models"][name] = {
+            "path": path,
+            "runs": runs,
+            "steps_to_recover": [r["steps_to_recover"] for r in runs],
+        }
+        print(f"{name}: forget accuracy {runs[0]['curve'][0]:.3f} before; steps to recover per seed", end=" ")
+        print(report["models"][name]["steps_to_recover"])
+    os.makedirs(args.output, exist_ok=True)
+    atomic_write_json(os.path.join(args.output, "relearn.json"), report)
+    print(f"wrote {os.path.join(args.output, 'relearn.json')}")
+    return 0
+
+
+def _named(spec: str) -> tuple[str, str]:
+    name, sep, path = spec.partition("=")
+    if not sep or not name or not path:
+        raise ValueError(f"`--model` is '{spec}'; give it as NAME=PATH, e.g. RT=benchmark_results/models/rt.")
+    return name, path
+
+
+def _relearn_one(path: str, forget, config: RelearnConfig, args) -> dict:
+    from ..config import UnlearnConfig  # noqa: PLC0415
+    from ..unlearner import Unlearner  # noqa: PLC0415
+    from .relearn import generated_forget_accuracy, relearn_attack  # noqa: PLC0415
+
+    kwargs = {}
+    if args.dataset == "digits":
+        from ..models import digits_image_processor  # noqa: PLC0415
+
+        kwargs["image_processor"] = digits_image_processor()
+    family = Unlearner.from_pretrained(path, UnlearnConfig(output_dir=""), **kwargs).family
+    measure = None
+    if args.judge is not None:
+        from transformers import AutoModelForImageClassification  # noqa: PLC0415
+
+        from ..metrics.generation import Judge  # noqa: PLC0415
+
+        judge = Judge(AutoModelForImageClassification.from_pretrained(args.judge), image_size=args.judge_image_size)
+        measure = generated_forget_accuracy(family, judge, args.forget_classes, samples=args.samples)
+    return relearn_attack(family, forget, measure=measure, config=config).to_dict()
+
+
+__all__ = ["add_attack_parser", "attack_main", "make_judge", "run_attack"]
+
+
+if __name__ == "__main__":
+    raise SystemExit(attack_main(sys.argv[1:]))
