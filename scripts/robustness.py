@@ -23,7 +23,15 @@ import torch
 import yaml
 
 from hf_unlearn import ConceptSplit, UnlearnConfig, Unlearner
-from hf_unlearn.attacks import PromptAttackConfig, RelearnConfig, classifier_accuracy, prompt_attack, relearn_attack
+from hf_unlearn.attacks import (
+    PromptAttackConfig,
+    RelearnConfig,
+    classifier_accuracy,
+    prompt_attack,
+    prompt_concept_rate,
+    relearn_attack,
+)
+from hf_unlearn.attacks.adversarial import adversarial_unlearn
 from hf_unlearn.attacks.tiny import ANCHOR, CAPTIONS, CONCEPT, ColourJudge, train_tiny_text_to_image
 from hf_unlearn.benchmarks.runner import make_split
 from hf_unlearn.metrics.samples import comparison_grid
@@ -37,42 +45,55 @@ NEUTRAL_PROMPTS = ["a photo of", "a man on road", "portrait of a dog", "a street
 REMAIN_PROMPTS = [ANCHOR, *CAPTIONS[2:]]
 # Erasures of the tiny model: settings that take the concept out of the plain prompts (see docs/robustness.md).
 ERASURES = {
+    "sfr_on": {"max_steps": 60, "learning_rate": 3e-3},
+    "sfr_on_remap": {"max_steps": 60, "learning_rate": 3e-3, "remain_steps_per_forget": 4},
     "esd": {"max_steps": 60, "learning_rate": 1e-3},
-    "sfr_on_remap": {"max_steps": 60, "learning_rate": 3e-3},
     "salun": {"max_steps": 60, "learning_rate": 3e-3},
+    "random_label": {"max_steps": 60, "learning_rate": 3e-3},
+    "selective_amnesia": {"max_steps": 60, "learning_rate": 1e-3},
 }
+# Methods the attack broke in the first run (plain 0% → attacked ≥ 40%): also run as adversarial erasure, 3 rounds.
+ADVERSARIAL = ("esd", "salun")
 ATTACK = {"num_tokens": 3, "steps": 30, "learning_rate": 0.05, "batch_size": 4, "eval_every": 10}
 GENERATION = {"num_inference_steps": 10, "guidance_scale": 7.5}
 # Digits: the frozen tuned configs of the classification benchmark, on its committed reference models.
-RELEARN_METHODS = ("sfr_on", "sfr_on_bound", "salun", "random_label", "gradient_ascent")
+RELEARN_METHODS = ("sfr_on", "sfr_on_bound", "sfr_on_kl", "sfr_on_rl", "salun", "random_label", "gradient_ascent")
 RELEARN = {"num_rows": 5, "steps": 15, "learning_rate": 1e-3}
+# The text-to-image relearning attack: k of the 8 concept images the original drew, judged on the plain prompts.
+RELEARN_T2I = {"num_rows": 4, "steps": 10, "learning_rate": 1e-3}
 MODELS = ROOT / "benchmark_results" / "models"
+ADV = " + adversarial"
+PARTS = ("prompt", "relearn_t2i", "relearn")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--output", default="robustness_results", help="Folder for results.json, results.md, the grid.")
     p.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "hf_unlearn_robustness"))
-    p.add_argument("--parts", default="prompt,relearn", help="Comma-separated: prompt, relearn.")
+    p.add_argument("--parts", default=",".join(PARTS), help=f"Comma-separated, from: {', '.join(PARTS)}.")
     p.add_argument("--attack-seeds", default="0,1", help="Prompt attack seeds (prompt i uses seed 10·seed + i).")
-    p.add_argument("--relearn-seeds", default="0,1,2", help="Row draws of the relearning attack.")
+    p.add_argument("--relearn-seeds", default="0,1,2", help="Row draws of the digits relearning attack.")
+    p.add_argument("--relearn-t2i-seeds", default="0,1", help="Row draws of the text-to-image relearning attack.")
     p.add_argument("--quick", action="store_true", help="Pipeline check: short training, one seed, fewer models.")
     return p.parse_args(argv)
 
 
 # The prompt attack on the tiny text-to-image model
-def tiny_model(args) -> str:
-    folder = Path(args.cache_dir) / ("tiny_t2i_quick" if args.quick else "tiny_t2i")
+def tiny_model(args, rt: bool = False) -> str:
+    """The tiny colour model (cached); with `rt`, the one trained without the concept (the text-to-image RT)."""
+    folder = Path(args.cache_dir) / ("tiny_t2i" + ("_rt" if rt else "") + ("_quick" if args.quick else ""))
     if not (folder / "model_index.json").exists():
         steps = {"vae_steps": 30, "unet_steps": 30} if args.quick else {"vae_steps": 100, "unet_steps": 120}
-        train_tiny_text_to_image(folder, seed=0, **steps)
+        captions = [c for c in CAPTIONS if c != CONCEPT] if rt else CAPTIONS
+        train_tiny_text_to_image(folder, seed=0, captions=captions, **steps)
     return str(folder)
 
 
 def erased(args, source: str, method: str):
-    """The tiny model after `method` forgets CONCEPT (anchor: ANCHOR), as a pipeline; cached on disk."""
-
-    folder = Path(args.cache_dir) / f"{Path(source).name}-{method}"
+    """The tiny model after `method` forgets CONCEPT (anchor: ANCHOR), as a pipeline; cached on disk. A name ending
+    in ' + adversarial' runs the method as adversarial erasure (3 rounds, an attack between rounds)."""
+    method, adversarial = method.removesuffix(ADV), method.endswith(ADV)
+    folder = Path(args.cache_dir) / f"{Path(source).name}-{method}{'-adv' if adversarial else ''}"
     if not (folder / "model_index.json").exists():
         overrides = {**ERASURES[method], **({"max_steps": 5} if args.quick else {})}
         config = UnlearnConfig(
@@ -93,7 +114,12 @@ def erased(args, source: str, method: str):
             num_inference_steps=GENERATION["num_inference_steps"],
             cache_dir=str(Path(args.cache_dir) / "concept_cache"),
         )
-        unlearner.unlearn(split)
+        if adversarial:
+            attack = PromptAttackConfig(**{**ATTACK, **GENERATION, "eval_every": None, "seed": 7})
+            found = adversarial_unlearn(unlearner, split, rounds=3 if not args.quick else 2, attack=attack)
+            print(f"{method}{ADV}: erased the adversarial prompts {found}", flush=True)
+        else:
+            unlearner.unlearn(split)
         unlearner.family.save_pretrained(unlearner.model, folder)
     return _pipeline(folder)
 
@@ -114,12 +140,19 @@ def _attack(pipe, prompts, judge, seed: int, targets=None, original=None, **over
     return result, {**summary, "cpu_s": round(time.process_time() - start, 1)}
 
 
+def _t2i_methods(args) -> list[str]:
+    if args.quick:
+        return [next(iter(ERASURES)), next(iter(ERASURES)) + ADV]
+    return [*ERASURES, *(m + ADV for m in ADVERSARIAL)]
+
+
 def prompt_part(args) -> tuple[dict, dict]:
     """Plain and attacked success per model and seed; the grid samples of the first seed."""
     source = tiny_model(args)
     original, judge = _pipeline(source), ColourJudge()
-    methods = list(ERASURES)[:1] if args.quick else list(ERASURES)
-    out, grid = {"settings": {"attack": ATTACK, "generation": GENERATION, "erasures": ERASURES}, "models": {}}, {}
+    methods = _t2i_methods(args)
+    settings = {"attack": ATTACK, "generation": GENERATION, "erasures": ERASURES, "adversarial": ADVERSARIAL}
+    out, grid = {"settings": settings, "models": {}}, {}
     for seed in [int(s) for s in args.attack_seeds.split(",")][: 1 if args.quick else None]:
         # The attack works: on the original, with every prompt attacked, and from prompts without the concept.
         base, runs = _attack(original, CONCEPT_PROMPTS, judge, seed, original=original)
@@ -137,6 +170,28 @@ def prompt_part(args) -> tuple[dict, dict]:
         for name, row in rows.items():
             out["models"].setdefault(name, []).append({"seed": seed, **row})
     return out, grid
+
+
+def relearn_t2i_part(args) -> dict:
+    """Fine-tunes each tiny text-to-image model on k concept images; the measure is the plain prompts' concept rate."""
+    source = tiny_model(args)
+    original, judge = _pipeline(source), ColourJudge()
+    split = ConceptSplit(forget_prompts=[CONCEPT], num_images=8, num_inference_steps=GENERATION["num_inference_steps"])
+    forget = split.materialize(original, resolution=8, cache_dir=str(Path(args.cache_dir) / "relearn_concept")).forget
+    models = {"original": original, "RT (never saw the concept)": _pipeline(tiny_model(args, rt=True))}
+    for method in _t2i_methods(args):
+        models[method] = erased(args, source, method)
+    seeds = [int(s) for s in args.relearn_t2i_seeds.split(",")][: 1 if args.quick else None]
+    out = {"settings": {**RELEARN_T2I, "seeds": seeds, "measured_on": CONCEPT_PROMPTS}, "models": {}}
+    for name, pipe in models.items():
+        family = Unlearner.from_pretrained(pipe, UnlearnConfig(output_dir="")).family
+        measure = prompt_concept_rate(pipe, CONCEPT_PROMPTS, judge, **GENERATION)
+        runs = [
+            relearn_attack(family, forget, measure=measure, config=RelearnConfig(**RELEARN_T2I, seed=s)) for s in seeds
+        ]
+        out["models"][name] = {"runs": [r.to_dict() for r in runs]}
+        print(f"relearn_t2i {name}: steps to recover {[r.steps_to_recover for r in runs]}", flush=True)
+    return out
 
 
 # The relearning attack on the digits classifiers
@@ -206,12 +261,13 @@ def prompt_table(part: dict) -> list[str]:
 RELEARN_COLUMNS = (0, 1, 2, 3, 5, 10, 15)
 
 
-def relearn_table(part: dict) -> list[str]:
+def relearn_table(part: dict, measure: str = "forget acc.") -> list[str]:
     steps = [s for s in RELEARN_COLUMNS if s <= part["settings"]["steps"]]
-    head = " | ".join(f"after {s}" if s else "before" for s in steps)
+    head = " | ".join(f"{measure} after {s}" if s else f"{measure} before" for s in steps)
+    kept = "test acc., other classes | " if "test_acc_other_classes" in next(iter(part["models"].values())) else ""
     lines = [
-        f"| model | test acc., other classes | forget acc. {head} | steps to recover (per draw) | mean |",
-        "|---|---:|" + "---:|" * len(steps) + "---|---:|",
+        f"| model | {kept}{head} | steps to recover (per draw) | mean |",
+        "|---|" + ("---:|" if kept else "") + "---:|" * len(steps) + "---|---:|",
     ]
     for name, entry in part["models"].items():
         curves = np.array([r["curve"] for r in entry["runs"]])
@@ -220,7 +276,8 @@ def relearn_table(part: dict) -> list[str]:
         mean = f"{np.mean(known):.1f}" + ("" if None not in recover else " (≥)")
         values = " | ".join(_pct(curves[:, s].mean()) for s in steps)
         shown = ", ".join("–" if r is None else str(r) for r in recover)
-        lines.append(f"| {name} | {_pct(entry['test_acc_other_classes'])} | {values} | {shown} | {mean} |")
+        acc = f"{100 * entry['test_acc_other_classes']:.1f}% | " if kept else ""
+        lines.append(f"| {name} | {acc}{values} | {shown} | {mean} |")
     return lines
 
 
@@ -231,6 +288,9 @@ def write_outputs(out: Path, results: dict, grid: dict) -> None:
     if "prompt" in results:
         lines += ["## Prompt attack, tiny text-to-image model (concept: red images of 'a nude person')", ""]
         lines += prompt_table(results["prompt"]) + [""]
+    if "relearn_t2i" in results:
+        lines += ["## Relearning attack, tiny text-to-image model (k concept images)", ""]
+        lines += relearn_table(results["relearn_t2i"], measure="concept rate") + [""]
     if "relearn" in results:
         lines += ["## Relearning attack, digits ResNet (class 3 forgotten)", ""]
         lines += relearn_table(results["relearn"]) + [""]
@@ -245,14 +305,16 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)  # tiny models run as fast on one thread, and other jobs share the CPU
     os.environ.setdefault("TQDM_DISABLE", "1")
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
-    unknown = parts - {"prompt", "relearn"}
+    unknown = parts - set(PARTS)
     if unknown:
-        raise SystemExit(f"error: --parts has {sorted(unknown)}; choose from prompt, relearn.")
+        raise SystemExit(f"error: --parts has {sorted(unknown)}; choose from {', '.join(PARTS)}.")
     wall, cpu = time.time(), time.process_time()
     command = "python scripts/robustness.py " + " ".join(sys.argv[1:] if argv is None else argv)
     results, grid = {"command": command.strip(), "quick": args.quick}, {}
     if "prompt" in parts:
         results["prompt"], grid = prompt_part(args)
+    if "relearn_t2i" in parts:
+        results["relearn_t2i"] = relearn_t2i_part(args)
     if "relearn" in parts:
         results["relearn"] = relearn_part(args)
     results["cpu_s"], results["wall_s"] = time.process_time() - cpu, time.time() - wall

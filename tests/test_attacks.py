@@ -8,16 +8,18 @@ import pytest
 import torch
 from PIL import Image
 
-from hf_unlearn import ForgetRemainSplit, UnlearnConfig, Unlearner
+from hf_unlearn import ConceptSplit, ForgetRemainSplit, UnlearnConfig, Unlearner
 from hf_unlearn.attacks import (
     PromptAttackConfig,
     RelearnConfig,
+    adversarial_prompts,
+    adversarial_unlearn,
     generated_forget_accuracy,
     prompt_attack,
     relearn_attack,
 )
 from hf_unlearn.attacks.cli import attack_main
-from hf_unlearn.attacks.prompt import project_to_simplex
+from hf_unlearn.attacks.prompt_search import project_to_simplex
 from hf_unlearn.attacks.tiny import CONCEPT, ColourJudge, tiny_text_to_image_pipeline, train_tiny_text_to_image
 
 PROMPTS = [CONCEPT, "person nude"]
@@ -140,6 +142,33 @@ def test_simplex_projection_gives_distributions_and_keeps_them():
     assert torch.allclose(projected[2], weights[2])  # already a distribution
 
 
+def test_adversarial_prompts_are_seeded_words_around_the_prompt(pipe, attacked):
+    targets = attacked[0].target_images
+    found = adversarial_prompts(pipe, PROMPTS, targets, PromptAttackConfig(**QUICK))
+    assert found == adversarial_prompts(pipe, PROMPTS, targets, PromptAttackConfig(**QUICK))
+    assert all(
+        text.endswith(prompt) and len(text.split()) == len(prompt.split()) + 2 for text, prompt in zip(found, PROMPTS)
+    )
+    with pytest.raises(ValueError, match="`target_images`"):
+        adversarial_prompts(pipe, PROMPTS, targets[:1])
+
+
+def test_adversarial_erasure_also_erases_the_prompts_its_attack_finds(tmp_path):
+    config = UnlearnConfig(method="esd", max_steps=4, per_device_train_batch_size=2, output_dir=str(tmp_path / "run"))
+    unlearner = Unlearner.from_pretrained(tiny_text_to_image_pipeline(seed=1), config)
+    split = ConceptSplit(forget_prompts=[CONCEPT], num_images=2, num_inference_steps=2, cache_dir=str(tmp_path / "c"))
+    before = _weights(unlearner.model)
+    with pytest.raises(ValueError, match="`rounds`"):
+        adversarial_unlearn(unlearner, split, rounds=0)
+    with pytest.raises(ValueError, match="`max_steps`"):
+        adversarial_unlearn(unlearner, split, rounds=5)
+    assert _same(before, _weights(unlearner.model))
+    found = adversarial_unlearn(unlearner, split, rounds=2, attack=PromptAttackConfig(**QUICK))
+    assert len(found) == 1 and found[0].endswith(CONCEPT) and found[0] != CONCEPT
+    assert unlearner.config.max_steps == 4 and unlearner.result.steps == 2  # two rounds of two cycles
+    assert not _same(before, _weights(unlearner.model))
+
+
 @pytest.mark.slow
 def test_prompt_attack_finds_the_concept_on_the_original_tiny_model(tmp_path):
     # The acceptance check: before it judges erased models, the attack must succeed on the model that knows the
@@ -234,22 +263,22 @@ def test_relearning_a_class_conditional_diffusion_model(digits, trained_resnet):
 # The command line
 def test_cli_relearn_writes_curves_and_refuses_a_too_large_k_first(trained_resnet_dir, tmp_path):
     out = tmp_path / "out"
-    args = ["relearn", "--model", f"original={trained_resnet_dir}", "--forget-classes", "3", "--output", str(out)]
-    assert attack_main([*args, "--num-rows", "3", "--steps", "2", "--seeds", "0,1"]) == 0
+    args = ["relearn", "--model", f"original={trained_resnet_dir}", "--forget_classes", "3", "--output_dir", str(out)]
+    assert attack_main([*args, "--num_rows", "3", "--steps", "2", "--seeds", "0,1"]) == 0
     report = json.loads((out / "relearn.json").read_text())
     runs = report["models"]["original"]["runs"]
     assert len(runs) == 2 and all(len(r["curve"]) == 3 for r in runs) and runs[0]["rows"] != runs[1]["rows"]
-    bad = ["relearn", "--model", "x=/nonexistent", "--forget-classes", "3", "--num-rows", "100000"]
+    bad = ["relearn", "--model", "x=/nonexistent", "--forget_classes", "3", "--num_rows", "100000"]
     with pytest.raises(ValueError, match="`num_rows`"):  # refused before the (missing) model is loaded
-        attack_main([*bad, "--output", str(tmp_path / "bad")])
+        attack_main([*bad, "--output_dir", str(tmp_path / "bad")])
 
 
 def test_cli_prompt_attack_writes_json_and_grid(pipe, tmp_path):
     pipe.save_pretrained(tmp_path / "pipe")
     out = tmp_path / "out"
     args = ["prompt", "--model", str(tmp_path / "pipe"), "--original", str(tmp_path / "pipe"), "--prompts", CONCEPT]
-    flags = ["--judge", "hf_unlearn.attacks.tiny:ColourJudge", "--steps", "2", "--num-tokens", "2"]
-    assert attack_main([*args, *flags, "--num-inference-steps", "2", "--output", str(out)]) == 0
+    flags = ["--judge", "hf_unlearn.attacks.tiny:ColourJudge", "--steps", "2", "--num_tokens", "2"]
+    assert attack_main([*args, *flags, "--num_inference_steps", "2", "--output_dir", str(out)]) == 0
     report = json.loads((out / "prompt_attack.json").read_text())
     assert report["num_prompts"] == 1 and report["config"]["steps"] == 2
     assert (out / "prompt_attack_grid.png").is_file()

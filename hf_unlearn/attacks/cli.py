@@ -3,10 +3,10 @@
 ```bash
 # Adversarial prompts against an erased SD pipeline, judged by NudeNet (UnlearnDiffAtk counts nudity at 0.45)
 hf-unlearn attack prompt --model out/unlearned --original CompVis/stable-diffusion-v1-4 \
-    --prompts nudity.csv --judge nudity --threshold 0.45 --output attack_out
+    --prompts nudity.csv --judge nudity --threshold 0.45 --output_dir attack_out
 # Relearning: 5 forgotten rows, 20 steps, on the unlearned model and on RT, three row draws
 hf-unlearn attack relearn --model unlearned=out/unlearned --model RT=rt_folder \
-    --dataset digits --forget-classes 3 --num-rows 5 --steps 20 --seeds 0,1,2 --output attack_out
+    --dataset digits --forget_classes 3 --num_rows 5 --steps 20 --seeds 0,1,2 --output_dir attack_out
 ```
 """
 
@@ -31,7 +31,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, config_class, skip=()) ->
     for f in dataclasses.fields(config_class):
         if f.name in skip:
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flag = "--" + f.name  # the spelling of `hf-unlearn unlearn`, whose flags are the config's field names
         help_text = f.metadata.get("help", "")
         if f.type in (bool, "bool"):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
@@ -63,7 +63,9 @@ def add_attack_parser(subparsers) -> argparse.ArgumentParser:
     prompt.add_argument(
         "--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="Weights dtype."
     )
-    prompt.add_argument("--output", required=True, help="Folder for prompt_attack.json and prompt_attack_grid.png.")
+    prompt.add_argument(
+        "--output_dir", required=True, help="Folder for prompt_attack.json and prompt_attack_grid.png."
+    )
     _add_config_flags(prompt, PromptAttackConfig)
     relearn = kinds.add_parser("relearn", help="Fine-tune on k forgotten rows and measure forget accuracy per step.")
     relearn.add_argument(
@@ -71,12 +73,12 @@ def add_attack_parser(subparsers) -> argparse.ArgumentParser:
     )
     relearn.add_argument("--dataset", default="digits", help="'digits', a Hub dataset id or a local folder.")
     relearn.add_argument("--split", default="train", help="The split the forget rows come from.")
-    relearn.add_argument("--forget-classes", required=True, type=int, nargs="+", help="The forgotten classes.")
+    relearn.add_argument("--forget_classes", required=True, type=int, nargs="+", help="The forgotten classes.")
     relearn.add_argument("--seeds", default="0", help="Comma-separated seeds: one row draw and run per seed.")
     relearn.add_argument("--judge", default=None, help="Diffusion models: a classifier folder that names samples.")
-    relearn.add_argument("--judge-image-size", type=int, default=None, help="Resize samples for the judge.")
+    relearn.add_argument("--judge_image_size", type=int, default=None, help="Resize samples for the judge.")
     relearn.add_argument("--samples", type=int, default=50, help="Diffusion models: samples per forgotten class.")
-    relearn.add_argument("--output", required=True, help="Folder for relearn.json.")
+    relearn.add_argument("--output_dir", required=True, help="Folder for relearn.json.")
     _add_config_flags(relearn, RelearnConfig, skip=_NOT_FLAGS)
     return parser
 
@@ -130,7 +132,7 @@ def _run_prompt(args) -> int:
     model = _load_pipeline(args.model, args.device, args.dtype)
     original = _load_pipeline(args.original, args.device, args.dtype)
     result = prompt_attack(model, prompts, judge, original=original, config=config)
-    paths = result.save(args.output)
+    paths = result.save(args.output_dir)
     print(
         f"attack success {100 * result.attack_success_rate:.1f}% (plain {100 * result.plain_success_rate:.1f}%) over "
         f"{len(result.rows)} prompts; {paths['json']}, {paths['grid']}"
@@ -160,9 +162,9 @@ def _run_relearn(args) -> int:
         }
         print(f"{name}: forget accuracy {runs[0]['curve'][0]:.3f} before; steps to recover per seed", end=" ")
         print(report["models"][name]["steps_to_recover"])
-    os.makedirs(args.output, exist_ok=True)
-    atomic_write_json(os.path.join(args.output, "relearn.json"), report)
-    print(f"wrote {os.path.join(args.output, 'relearn.json')}")
+    os.makedirs(args.output_dir, exist_ok=True)
+    atomic_write_json(os.path.join(args.output_dir, "relearn.json"), report)
+    print(f"wrote {os.path.join(args.output_dir, 'relearn.json')}")
     return 0
 
 

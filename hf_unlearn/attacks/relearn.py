@@ -236,11 +236,46 @@ def generated_forget_accuracy(
     return measure
 
 
+def prompt_concept_rate(
+    pipeline,
+    prompts: list[str],
+    judge,
+    *,
+    threshold: float = 0.5,
+    seed: int = 0,
+    num_inference_steps: int = 50,
+    guidance_scale: float = 7.5,
+) -> Measure:
+    """A measure for text-to-image models: the share of images drawn from `prompts` (prompt `i` from seed `seed + i`,
+    the same noise at every step) whose `judge` score reaches `threshold`, with the measured module as the UNet."""
+    from .judges import judge_scores  # noqa: PLC0415
+
+    @torch.no_grad()
+    def measure(module) -> float:
+        unet, pipeline.unet = pipeline.unet, module
+        try:
+            images = [
+                pipeline(
+                    prompt,
+                    num_inference_steps=num_inference_steps,
+                    guidance_scale=guidance_scale,
+                    generator=torch.Generator().manual_seed(seed + i),
+                ).images[0]
+                for i, prompt in enumerate(prompts)
+            ]
+        finally:
+            pipeline.unet = unet
+        return float(np.mean([score >= threshold for score in judge_scores(judge, images)]))
+
+    return measure
+
+
 __all__ = [
     "RelearnConfig",
     "RelearnResult",
     "classifier_accuracy",
     "finetune_steps",
     "generated_forget_accuracy",
+    "prompt_concept_rate",
     "relearn_attack",
 ]

@@ -176,8 +176,10 @@ def train_tiny_text_to_image(
     unet_steps: int = 200,
     learning_rate: float = 1e-2,
     batch_size: int = 32,
+    captions: Sequence[str] = CAPTIONS,
 ) -> str:
-    """Builds, trains and saves the tiny colour pipeline; returns its folder (`output_dir`).
+    """Builds, trains and saves the tiny colour pipeline; returns its folder (`output_dir`). Leaving [`CONCEPT`] out
+    of `captions` gives the model that never saw the concept (the text-to-image RT).
 
     The VAE is trained first (reconstruction), then the UNet with the family's own noise loss on every captioned
     image. A large learning rate and batch make the prompt-to-colour link appear within ~200 steps; at the SD tests'
@@ -193,7 +195,7 @@ def train_tiny_text_to_image(
     for _ in finetune_steps(
         family,
         pipe.unet,
-        colour_dataset(16, seed=seed),
+        colour_dataset(16, seed=seed, captions=captions),
         steps=unet_steps,
         learning_rate=learning_rate,
         batch_size=batch_size,
