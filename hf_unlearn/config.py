@@ -26,6 +26,7 @@ GLOBAL_DEFAULTS: dict[str, Any] = {
     "per_device_train_batch_size": 64,
     "divergence_guard": "copy",
 }
+_BUDGET_FIELDS = ("max_steps", "num_forget_epochs")
 DEFAULT_METHOD = "sfr_on"  # when no family is known; each family names its own recommended variant
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("cosine", "constant", "linear")
@@ -81,6 +82,15 @@ class UnlearnConfig:
             "help": "Number of unlearning cycles: one forget step + K remain steps each under the fast-slow geometry "
             "(SFR-on), one joint step otherwise. The authors count remain iterations: their 1500 iterations with K=5 "
             "are max_steps=300."
+        },
+    )
+    num_forget_epochs: Optional[float] = field(
+        default=None,
+        metadata={
+            "help": "Budget as passes over the forget set: ceil(num_forget_epochs × forget batches per pass at the "
+            "global batch size) cycles. Set alone, it replaces `max_steps`; set with it, the run takes the larger "
+            "budget. Both unset: the method's and family's default (classifiers: 20 cycles and at least one pass "
+            "over the forget set; see docs/budget.md)."
         },
     )
     per_device_train_batch_size: Optional[int] = field(
@@ -240,7 +250,8 @@ class UnlearnConfig:
 
     def validate(self) -> None:
         """Checks values that are wrong whatever the model; raises `ValueError` naming the field."""
-        positive = ["learning_rate", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps"]
+        positive = ["learning_rate", "max_steps", "num_forget_epochs", "per_device_train_batch_size"]
+        positive += ["gradient_accumulation_steps"]
         positive += ["eval_batch_size", "logging_steps", "lora_r"]
         for name in positive:
             _check_number(self, name, minimum=0, strict=True)
@@ -283,8 +294,15 @@ class UnlearnConfig:
             layers.append(get_family_class(family).default_config)
         layers.append(GLOBAL_DEFAULTS)
         values = self.to_dict()
+        if values["max_steps"] is None and values["num_forget_epochs"] is None:
+            # A budget the user gives is used as given; the default one is a number of cycles raised to a number of
+            # passes over the forget set, so a large forget set is not cut short by a budget tuned on a small one.
+            for key in _BUDGET_FIELDS:
+                values[key] = next((d[key] for d in layers if d.get(key) is not None), None)
+            if method.forget_loss is None:  # retraining, fine-tuning: no forget set to pass over
+                values["num_forget_epochs"] = None
         for key, value in values.items():
-            if value is None:
+            if value is None and key not in _BUDGET_FIELDS:
                 for layer in layers:
                     if layer.get(key) is not None:
                         values[key] = layer[key]
@@ -292,6 +310,24 @@ class UnlearnConfig:
         values["family"] = family
         values["method"] = name
         return UnlearnConfig(**values)
+
+    def resolve_budget(self, num_forget_rows: int, global_batch_size: int) -> UnlearnConfig:
+        """Returns a copy whose `max_steps` is the run's number of cycles.
+
+        `max_steps` alone is taken as given; `num_forget_epochs` alone becomes ceil(num_forget_epochs × forget batches
+        per pass), the forget set having `num_forget_rows` rows and each forget step reading `global_batch_size` of
+        them (per-device batch × processes × accumulation, so one process and many run the same cycles); both set:
+        the larger of the two (at least `max_steps` cycles and at least `num_forget_epochs` passes).
+        """
+        if self.num_forget_epochs is None:
+            if self.max_steps is None:
+                raise ValueError(
+                    "Neither `max_steps` nor `num_forget_epochs` is set; call `resolve` first or set one."
+                )
+            return self
+        batches = math.ceil(num_forget_rows / max(1, global_batch_size))
+        cycles = max(1, math.ceil(self.num_forget_epochs * batches - 1e-9))
+        return dataclasses.replace(self, max_steps=max(cycles, self.max_steps or 0))
 
     # Serialisation
     def to_dict(self) -> dict[str, Any]:

@@ -140,6 +140,7 @@ def plan(args, cfg, ctx, phase: str, tuned: Optional[dict] = None) -> list[tuple
     seeds = ([0] if args.quick else None) or _ints(args.seeds) or cfg["report_seeds"]
     for seed in seeds:
         tasks += [("report", seed, name, {}, "reference") for name in REFERENCE_ROWS]
+        rows = len(ctx.split(seed).forget_indices)
         for method in [] if args.references_only else methods:
             entry = (tuned or {}).get(method) or tuned_entry(cfg, ctx, method)
             if entry is not None:
@@ -150,15 +151,17 @@ def plan(args, cfg, ctx, phase: str, tuned: Optional[dict] = None) -> list[tuple
             else:
                 logger.warning(f"No frozen tuned config for {method} on {ctx.tag}; only its default row is run.")
             if not (args.no_defaults or args.quick):
-                same = entry is not None and _resolved(method, entry["overrides"]) == _resolved(method, {})
+                same = entry is not None and _resolved(method, entry["overrides"], rows) == _resolved(method, {}, rows)
                 # Defaults that resolve to the tuned values are the same run: reuse it instead of running it twice.
                 tasks.append(("report", seed, method, dict(entry["overrides"]) if same else {}, "default"))
     return tasks
 
 
-def _resolved(method: str, overrides: dict) -> dict:
-    values = UnlearnConfig(method=method, output_dir="", **overrides).resolve("image_classifier").to_dict()
-    return {k: v for k, v in values.items() if k not in ("output_dir", "seed")}
+def _resolved(method: str, overrides: dict, num_forget_rows: int) -> dict:
+    """What a run would use on a forget set of `num_forget_rows` rows: the budget in cycles, whatever its unit."""
+    config = UnlearnConfig(method=method, output_dir="", **overrides).resolve("image_classifier")
+    values = config.resolve_budget(num_forget_rows, config.per_device_train_batch_size).to_dict()
+    return {k: v for k, v in values.items() if k not in ("output_dir", "seed", "num_forget_epochs")}
 
 
 def _shard_of(task, tasks, count: int) -> int:
