@@ -3,14 +3,17 @@
 __version__ = "0.1.0"
 
 from . import _quiet  # noqa: F401 (installs its filters on import, before any transformers processor is touched)
+from .concept import ConceptSplit
 from .config import UnlearnConfig
 from .data import ForgetRemainSplit, TrainingSet, load_digits_dataset
 from .evaluation import evaluate
 from .families import detect_family, list_families
 from .methods import UnlearnMethod, get_method, list_methods, register_method
+from .metrics.samples import comparison_grid, generate_samples
 from .unlearner import DivergenceError, Unlearner, UnlearnResult
 
 __all__ = [
+    "ConceptSplit",
     "DivergenceError",
     "ForgetRemainSplit",
     "TrainingSet",
@@ -24,24 +27,18 @@ __all__ = [
     "list_families",
     "list_methods",
     "load_digits_dataset",
+    "comparison_grid",
+    "generate_samples",
     "register_method",
 ]
 
 
 def __getattr__(name):
-    # Optional stacks (diffusion, nudity) load on first use, so `import hf_unlearn` stays light.
-    if name == "ConceptSplit":
-        from .concept import ConceptSplit
-
-        return ConceptSplit
+    # The nudity stack (the optional `nudity` extra: nudenet, onnxruntime, opencv) loads on first use.
     if name == "evaluate_nudity":
         from .metrics.nudity import evaluate_nudity
 
         return evaluate_nudity
-    if name in ("generate_samples", "comparison_grid"):
-        from .metrics import samples
-
-        return getattr(samples, name)
     if name in ("evaluate_quality", "CLIPScorer"):
         from .metrics import quality
 

@@ -12,6 +12,8 @@ from typing import Any, Optional
 
 import yaml
 
+from .families import get_family_class
+from .methods import get_method
 from .utils import CONFIG_NAME, atomic_write_json, atomic_write_text
 
 # Values used when neither the user, the method nor the family sets a field that defaults to `None`.
@@ -276,16 +278,11 @@ class UnlearnConfig:
         _check_choice(self, "train_modules", ("all", "cross_attention", "non_cross_attention"))
         if self.divergence_guard is not None:
             _check_choice(self, "divergence_guard", ("copy", "check", "off"))
-        from .methods import get_method  # noqa: PLC0415 (the registry imports this module)
-
         if self.method is not None:
             get_method(self.method)
 
     def resolve(self, family: Optional[str] = None) -> UnlearnConfig:
         """Returns a copy whose `None` fields are filled from the method, then the family, then library defaults."""
-        from .families import get_family_class  # noqa: PLC0415
-        from .methods import get_method  # noqa: PLC0415
-
         family = family or self.family
         name = self.method or (get_family_class(family).default_method if family else DEFAULT_METHOD)
         method = get_method(name, family)

@@ -7,6 +7,7 @@ from typing import Any, Optional
 import torch
 from tqdm.auto import tqdm
 
+from .families import ModelFamily, get_family_class
 from .metrics.classification import classification_metrics
 from .training import partial_state
 
@@ -48,20 +49,17 @@ def _resolve_reference(reference, like) -> Optional[Any]:
     """A reference given as a model, an `Unlearner` or a path, as a (family, model) pair."""
     if reference is None:
         return None
-    from .unlearner import Unlearner  # noqa: PLC0415
-
-    if isinstance(reference, Unlearner):
+    if isinstance(getattr(reference, "family", None), ModelFamily):  # an Unlearner (not imported: it imports us)
         return reference.family, reference.model
     if isinstance(reference, torch.nn.Module):
         return like.family, reference
-    loaded = Unlearner.from_pretrained(
+    loaded = get_family_class(like.family.name).from_pretrained(
         reference,
         like.config,
-        family=like.family.name,
         image_processor=getattr(like.family, "image_processor", None),
         transform=getattr(like.family, "transform", None),
     )
-    return loaded.family, loaded.model
+    return loaded, loaded.model
 
 
 def evaluate(model_or_unlearner, split, reference=None, *, batch_size: Optional[int] = None, seed: int = 0) -> dict:

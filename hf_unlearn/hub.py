@@ -6,12 +6,21 @@ import datetime
 import json
 import os
 import platform
-import re
 from pathlib import Path
 from typing import Optional
 
+from .lora import save_model, trainable_parameter_count
 from .modelcard import card_inputs_of, looks_like_repo, write_model_card
-from .utils import RECORD_NAME, atomic_directory, atomic_write_json, to_jsonable
+from .training import partial_state
+from .utils import (
+    RECORD_NAME,
+    RUN_ARTIFACTS,
+    atomic_directory,
+    atomic_write_json,
+    check_output_dir,
+    read_record,
+    to_jsonable,
+)
 
 LIBRARY_NAME = "hf_unlearn"
 _VERSIONED = ["hf_unlearn", "torch", "transformers", "diffusers", "accelerate", "datasets", "peft"]
@@ -27,15 +36,6 @@ def library_versions() -> dict[str, Optional[str]]:
         except PackageNotFoundError:
             versions[name] = None
     return versions
-
-
-def read_record(path: str | os.PathLike) -> Optional[dict]:
-    """The unlearning record of an earlier output folder, or `None` if the folder holds none."""
-    file = Path(path) / RECORD_NAME
-    if not file.is_file():
-        return None
-    with open(file) as fh:
-        return json.load(fh)
 
 
 def build_request(unlearner) -> dict:
@@ -72,41 +72,7 @@ def _forget_set(unlearner, split_info: dict) -> dict:
     return info
 
 
-# What a run writes into its `output_dir`: mask, checkpoints, partial folders of a killed save, tracker logs
-# (`hf_unlearn-{method}`, see tracking.py), generated concept images. They are kept when a model is saved into that
-# folder and never uploaded.
-_RUN_ARTIFACTS = re.compile(
-    r"^(\.?checkpoint-\d+(\.partial|\.old)?|saliency_mask\.safetensors|hf_unlearn-[\w.-]+|concept_cache"
-    r"|unlearn_config\.(yaml|json))$"
-)
 UPLOAD_IGNORE = ["checkpoint-*", ".checkpoint-*", "saliency_mask.safetensors", "hf_unlearn-*", "concept_cache/*", ".*"]
-
-
-def check_output_dir(
-    path: str | os.PathLike, overwrite: bool, argument: str = "save_directory", refuse_finished: bool = False
-) -> None:
-    """Refuses to write into a non-empty folder that is not an earlier output of ours, unless `overwrite`.
-
-    A folder is ours when it holds an unlearning record, or only what a run writes (checkpoints, the saliency mask).
-    With `refuse_finished`, a folder that holds a finished result (a record) is refused too unless `overwrite`.
-    """
-    path = Path(path)
-    if not path.exists():
-        return
-    if not path.is_dir():
-        raise ValueError(f"`{argument}` {path} is a file; give a folder path.")
-    if refuse_finished and not overwrite and read_record(path) is not None:
-        raise ValueError(
-            f"`{argument}` {path} already holds a finished result ({RECORD_NAME}); choose another folder, or pass "
-            "--overwrite_output_dir (overwrite_output_dir=True) to replace it."
-        )
-    foreign = [p.name for p in path.iterdir() if not _RUN_ARTIFACTS.match(p.name)]
-    if foreign and read_record(path) is None and not overwrite:
-        raise ValueError(
-            f"`{argument}` {path} is not empty (it holds {sorted(foreign)[:3]}) and holds no {RECORD_NAME}, so it is "
-            "not an earlier hf_unlearn output; choose another folder or pass overwrite=True (overwrite_output_dir) "
-            "to replace it."
-        )
 
 
 def read_previous_record(model_or_path) -> Optional[dict]:
@@ -151,8 +117,6 @@ def _lora_summary(unlearner) -> Optional[dict]:
     cfg = unlearner.config
     if not cfg.lora:
         return None
-    from .lora import trainable_parameter_count  # noqa: PLC0415
-
     trainable, total = trainable_parameter_count(unlearner.model)
     return {
         "r": cfg.lora_r,
@@ -189,9 +153,6 @@ def save_unlearned(
 
     Under several processes only the main process writes; the others wait until the folder is complete.
     """
-    from .lora import save_model  # noqa: PLC0415
-    from .training import partial_state  # noqa: PLC0415
-
     state = partial_state()
     overwrite = unlearner.config.overwrite_output_dir if overwrite is None else overwrite
     check_output_dir(save_directory, overwrite)
@@ -223,7 +184,7 @@ def _carry_run_artifacts(target: Path, tmp: Path) -> None:
     if not target.is_dir():
         return
     for child in target.iterdir():
-        if _RUN_ARTIFACTS.match(child.name) and not (tmp / child.name).exists():
+        if RUN_ARTIFACTS.match(child.name) and not (tmp / child.name).exists():
             os.replace(child, tmp / child.name)
 
 
@@ -247,8 +208,6 @@ def push_to_hub(
 
     Returns the commit URL. Without network it raises `RuntimeError` with the reason and where the local copy is.
     """
-    from .training import partial_state  # noqa: PLC0415
-
     local_dir = local_dir or os.path.join(unlearner.config.output_dir, "final")
     save_unlearned(unlearner, local_dir, overwrite=True, repo_id=repo_id, **save_kwargs)
     if not partial_state().is_main_process:

@@ -30,7 +30,6 @@ logger = get_logger(__name__)
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
-DIFFUSERS_LORA_NAME = "pytorch_lora_weights.safetensors"
 _ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
@@ -96,31 +95,33 @@ def lora_config_for(model: nn.Module, config, *, with_head: bool):
     )
 
 
+def _saves_own_lora(family) -> bool:
+    """A family that keeps `lora_save` itself (text-to-image: base pipeline + a diffusers LoRA file) trains diffusers'
+    adapters (`add_adapter`) and saves them; every other family trains a `peft.PeftModel`."""
+    return getattr(family, "lora_save", None) is not None
+
+
 def apply_lora(family, config) -> nn.Module:
     """Adds LoRA adapters to `family.model` so that only they (and a classifier's head) are trainable.
 
-    Classifiers become a `peft.PeftModel` (`get_peft_model`); `UNet2DConditionModel` uses diffusers' `add_adapter`;
-    other diffusers models get adapters in place (`peft.inject_adapter_in_model`). A model that already carries
-    adapters (e.g. a reloaded adapter output) keeps them, made trainable. Raises `ValueError` naming
-    `lora_target_modules` when no module matches, before any weight changes.
+    Classifiers and class-conditional diffusion models become a `peft.PeftModel` (`get_peft_model`), so their adapter
+    saves and loads with plain peft; a Stable Diffusion `UNet2DConditionModel` uses diffusers' `add_adapter`. A model
+    that already carries adapters (e.g. an adapter folder loaded with [`load_adapter_folder`]) keeps them, made
+    trainable. Raises `ValueError` naming `lora_target_modules` when no module matches, before any weight changes.
     """
     model = family.model
     if has_lora(model):  # e.g. `PeftModel.from_pretrained(base, adapter)`, loaded for inference by default
         for name, param in model.named_parameters():
             param.requires_grad_("lora_" in name or "modules_to_save" in name)
         return model
-    lora_config = lora_config_for(model, config, with_head=family.name == "image_classifier")
+    lora_config = lora_config_for(model, config, with_head=getattr(family, "lora_trains_head", False))
     try:
-        if family.name == "image_classifier":
+        if _saves_own_lora(family):
+            model.add_adapter(lora_config)
+        else:
             from peft import get_peft_model  # noqa: PLC0415
 
             model = get_peft_model(model, lora_config)
-        elif hasattr(model, "add_adapter"):
-            model.add_adapter(lora_config)
-        else:
-            from peft import inject_adapter_in_model  # noqa: PLC0415
-
-            inject_adapter_in_model(lora_config, model)
     except ValueError as err:
         raise ValueError(
             f"`lora_target_modules` is {lora_config.target_modules!r}, which matches no layer of "
@@ -128,7 +129,7 @@ def apply_lora(family, config) -> nn.Module:
             f"{sorted(_leaf_names(model) - {''})[:8]}) or use ['all-linear']."
         ) from None
     for name, param in model.named_parameters():
-        # add_adapter / inject_adapter_in_model freeze the base already; make it explicit for every path.
+        # get_peft_model / add_adapter freeze the base already; make it explicit for every path.
         param.requires_grad_("lora_" in name or "modules_to_save" in name)
     freeze_batch_norm_statistics(model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -221,67 +222,53 @@ def merged_copy(model: nn.Module) -> nn.Module:
 def save_model(family, model: nn.Module, directory: str | os.PathLike, config, base_model: Optional[str] = None):
     """Writes `model` into `directory`: natively without LoRA, else per `config.lora_save` (adapter or merged).
 
-    Adapter outputs: a classifier's peft adapter (`PeftModel.from_pretrained(base, dir)`); an SD UNet's diffusers LoRA
-    (`pipe.load_lora_weights(dir)`); other diffusers models' peft adapter (see [`load_adapter`]).
+    Adapter outputs are peft's own (`PeftModel.save_pretrained`: `adapter_config.json` naming `base_model`, and
+    `adapter_model.safetensors`), loaded with `PeftModel.from_pretrained(base, dir)`; a family that saves its own
+    LoRA format (Stable Diffusion: `pipe.load_lora_weights(dir)`) writes it itself.
     """
-    if not has_lora(model) or getattr(family, "lora_save", None) is not None:
-        # A family that keeps `lora_save` itself (text-to-image: base pipeline + diffusers LoRA file) saves it.
+    if not has_lora(model) or _saves_own_lora(family):
         family.save_pretrained(model, directory)
         return
     if config.lora_save == "merged":
         family.save_pretrained(merged_copy(model), directory)
         return
-    if hasattr(model, "peft_config") and hasattr(model, "get_base_model"):  # a PeftModel
-        model.peft_config["default"].base_model_name_or_path = base_model
-        model.save_pretrained(directory, safe_serialization=True)
-        processor = getattr(family, "image_processor", None)
-        if processor is not None:
-            processor.save_pretrained(directory)
-        return
-    from peft import get_peft_model_state_dict  # noqa: PLC0415
-    from safetensors.torch import save_file  # noqa: PLC0415
-
-    state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
-    if type(model).__name__ == "UNet2DConditionModel":
-        from diffusers import StableDiffusionPipeline  # noqa: PLC0415
-
-        StableDiffusionPipeline.save_lora_weights(directory, unet_lora_layers=state, safe_serialization=True)
-    save_file(state, os.path.join(directory, ADAPTER_WEIGHTS_NAME), metadata={"format": "pt"})
-    lora_config = _peft_config_of(model)
-    values = lora_config.to_dict()
-    values.update(base_model_name_or_path=base_model, base_model_class=type(model).__name__)
-    Path(directory, ADAPTER_CONFIG_NAME).write_text(json.dumps(_jsonable(values), indent=2, sort_keys=True) + "\n")
-
-
-def _peft_config_of(model):
-    configs = getattr(model, "peft_config", None)
-    if configs:
-        return next(iter(configs.values()))
-    raise ValueError(f"{type(model).__name__} carries LoRA layers but no peft_config; cannot save the adapter.")
-
-
-def _jsonable(value):
-    if isinstance(value, set):
-        return sorted(value)
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
-
-
-def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
-    """Adds the adapter saved in `directory` (by an adapter-mode run on a diffusers model) to `model`, in place."""
-    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict  # noqa: PLC0415
-    from safetensors.torch import load_file  # noqa: PLC0415
-
-    values = json.loads(Path(directory, ADAPTER_CONFIG_NAME).read_text())
-    known = set(LoraConfig.__dataclass_fields__)
-    lora_config = LoraConfig(**{k: v for k, v in values.items() if k in known and k not in ("peft_type", "task_type")})
-    inject_adapter_in_model(lora_config, model)
-    set_peft_model_state_dict(model, load_file(os.path.join(directory, ADAPTER_WEIGHTS_NAME)))
-    return model
+    if not (hasattr(model, "peft_config") and hasattr(model, "get_base_model")):
+        raise ValueError(
+            f"The {type(model).__name__} carries LoRA layers outside a peft.PeftModel, so its adapter cannot be saved "
+            "in peft's format; save it with lora_save='merged'."
+        )
+    model.peft_config["default"].base_model_name_or_path = base_model
+    model.save_pretrained(directory, safe_serialization=True)
+    processor = getattr(family, "image_processor", None)
+    if processor is not None:
+        processor.save_pretrained(directory)
 
 
 def is_adapter_folder(path: str | os.PathLike) -> bool:
-    return Path(path, ADAPTER_CONFIG_NAME).is_file() and not Path(path, "config.json").is_file()
+    """Whether `path` is a local folder holding a peft adapter alone (`adapter_config.json`, no `config.json`)."""
+    return (
+        isinstance(path, (str, os.PathLike))
+        and Path(path, ADAPTER_CONFIG_NAME).is_file()
+        and not Path(path, "config.json").is_file()
+    )
+
+
+def adapter_base_model(path: str | os.PathLike) -> str:
+    """The base model an adapter folder was trained on: `base_model_name_or_path` of its `adapter_config.json`, as
+    `peft.AutoPeftModel` reads it. Raises `ValueError` when the file names none."""
+    values = json.loads(Path(path, ADAPTER_CONFIG_NAME).read_text())
+    base = values.get("base_model_name_or_path")
+    if not base:
+        raise ValueError(
+            f"`{path}` is an adapter folder, but its {ADAPTER_CONFIG_NAME} names no `base_model_name_or_path`; set it "
+            "to the base model's folder or repo id, or load the base and attach the adapter with PeftModel yourself."
+        )
+    return str(base)
+
+
+def load_adapter_folder(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """`PeftModel.from_pretrained(model, path, is_trainable=True)`: the base `model` with the adapter of `path`, whose
+    adapters train on (a further deletion request continues the same adapter)."""
+    from peft import PeftModel  # noqa: PLC0415
+
+    return PeftModel.from_pretrained(model, str(path), is_trainable=True)

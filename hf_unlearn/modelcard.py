@@ -122,10 +122,10 @@ _SNIPPETS = {
         'pipe = ClassConditionalPipeline.from_pretrained("{model}")',
     ],
     ("class_conditional_diffusion", True): [
-        "from hf_unlearn.lora import load_adapter",
+        "from peft import PeftModel",
         "from hf_unlearn.pipelines import ClassConditionalPipeline",
         'pipe = ClassConditionalPipeline.from_pretrained("{base}")',
-        'load_adapter(pipe.unet, "{model}")',
+        'pipe.unet = PeftModel.from_pretrained(pipe.unet, "{model}").merge_and_unload()',
     ],
 }
 

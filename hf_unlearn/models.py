@@ -21,6 +21,10 @@ from transformers import (
     ViTImageProcessor,
 )
 
+from .config import UnlearnConfig
+from .data import TrainingSet
+from .unlearner import Unlearner
+
 DIGITS_SIZE = 16
 
 
@@ -86,8 +90,6 @@ class TrainingRecipe:
     weight_decay: float = 0.0
 
     def config(self, seed: int, output_dir: Optional[str] = None):
-        from .config import UnlearnConfig  # noqa: PLC0415
-
         return UnlearnConfig(
             method="retrain",
             retrain_init="config",
@@ -107,9 +109,6 @@ RECIPES = {"resnet": TrainingRecipe(300, 2e-3), "vit": TrainingRecipe(600, 2e-3)
 
 def train_classifier(model, dataset, recipe: TrainingRecipe, seed: int = 0, image_processor=None):
     """Trains `model` from a fresh init on every row of `dataset` with `recipe`; returns the `Unlearner` holding it."""
-    from .data import TrainingSet  # noqa: PLC0415
-    from .unlearner import Unlearner  # noqa: PLC0415
-
     image_processor = image_processor or digits_image_processor()
     unlearner = Unlearner.from_pretrained(model, recipe.config(seed), image_processor=image_processor)
     unlearner.unlearn(TrainingSet(dataset))

@@ -7,11 +7,12 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -152,3 +153,48 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.tolist()
     return value
+
+
+# What a run writes into its `output_dir`: mask, checkpoints, partial folders of a killed save, tracker logs
+# (`hf_unlearn-{method}`, see tracking.py), generated concept images. They are kept when a model is saved into that
+# folder and never uploaded.
+RUN_ARTIFACTS = re.compile(
+    r"^(\.?checkpoint-\d+(\.partial|\.old)?|saliency_mask\.safetensors|hf_unlearn-[\w.-]+|concept_cache"
+    r"|unlearn_config\.(yaml|json))$"
+)
+
+
+def read_record(path: str | os.PathLike) -> Optional[dict]:
+    """The unlearning record of an earlier output folder, or `None` if the folder holds none."""
+    file = Path(path) / RECORD_NAME
+    if not file.is_file():
+        return None
+    with open(file) as fh:
+        return json.load(fh)
+
+
+def check_output_dir(
+    path: str | os.PathLike, overwrite: bool, argument: str = "save_directory", refuse_finished: bool = False
+) -> None:
+    """Refuses to write into a non-empty folder that is not an earlier output of ours, unless `overwrite`.
+
+    A folder is ours when it holds an unlearning record, or only what a run writes (checkpoints, the saliency mask).
+    With `refuse_finished`, a folder that holds a finished result (a record) is refused too unless `overwrite`.
+    """
+    path = Path(path)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise ValueError(f"`{argument}` {path} is a file; give a folder path.")
+    if refuse_finished and not overwrite and read_record(path) is not None:
+        raise ValueError(
+            f"`{argument}` {path} already holds a finished result ({RECORD_NAME}); choose another folder, or pass "
+            "--overwrite_output_dir (overwrite_output_dir=True) to replace it."
+        )
+    foreign = [p.name for p in path.iterdir() if not RUN_ARTIFACTS.match(p.name)]
+    if foreign and read_record(path) is None and not overwrite:
+        raise ValueError(
+            f"`{argument}` {path} is not empty (it holds {sorted(foreign)[:3]}) and holds no {RECORD_NAME}, so it is "
+            "not an earlier hf_unlearn output; choose another folder or pass overwrite=True (overwrite_output_dir) "
+            "to replace it."
+        )

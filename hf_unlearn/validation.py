@@ -12,6 +12,8 @@ from typing import Optional
 import torch
 from safetensors import SafetensorError, safe_open
 
+from .utils import check_output_dir
+
 # Weight files that are pickles: loading them can run arbitrary code, so they are never read.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
@@ -65,8 +67,6 @@ def check_finite_weights(model: torch.nn.Module, argument: str = "model_or_path"
 
 def check_run_output_dir(config) -> None:
     """Checks that `output_dir` (where the run writes its mask and checkpoints) is ours or may be overwritten."""
-    from .hub import check_output_dir  # noqa: PLC0415
-
     if config.output_dir:
         check_output_dir(config.output_dir, config.overwrite_output_dir, argument="output_dir")
 

@@ -13,7 +13,7 @@ from peft import PeftModel
 from transformers import AutoModelForImageClassification
 
 from hf_unlearn import ForgetRemainSplit, UnlearnConfig, Unlearner
-from hf_unlearn.lora import default_target_modules, load_adapter, prepare_model, trainable_parameter_count
+from hf_unlearn.lora import default_target_modules, prepare_model, trainable_parameter_count
 from hf_unlearn.models import tiny_classifier
 
 PIXELS = torch.randn(6, 1, 16, 16, generator=torch.Generator().manual_seed(0))
@@ -184,16 +184,18 @@ def test_bad_targets_and_unsupported_checkpointing_raise_before_any_weight_chang
         assert all(torch.equal(before[n], p.detach()) for n, p in unlearner.model.named_parameters() if n in before)
 
 
-def test_class_conditional_unet_gets_injected_adapters_and_saves_them(tmp_path, digits):
+@pytest.fixture(scope="module")
+def unet_run(tmp_path_factory, digits):
     from hf_unlearn.benchmarks.diffusion import tiny_scheduler, tiny_unet
 
-    folder = tmp_path / "unet"
+    tmp = tmp_path_factory.mktemp("unet_lora")
+    folder = tmp / "unet"
     tiny_unet(seed=0).save_pretrained(folder)
     tiny_scheduler().save_pretrained(folder)
     train = digits["train"].train_test_split(train_size=120, seed=0, stratify_by_column="label")["train"]
     split = ForgetRemainSplit.from_dataset(train, forget_classes=[3])
     config = _lora_config(
-        tmp_path,
+        tmp,
         method="sfr_on_remap",
         max_steps=1,
         learning_rate=1e-3,
@@ -203,7 +205,27 @@ def test_class_conditional_unet_gets_injected_adapters_and_saves_them(tmp_path, 
     unlearner = Unlearner.from_pretrained(str(folder), config)
     original = {n: p.detach().clone() for n, p in unlearner.model.named_parameters()}
     unlearner.unlearn(split)
-    named = dict(unlearner.model.named_parameters())
+    unlearner.save_pretrained(tmp / "unet_adapter")
+    return {
+        "tmp": tmp,
+        "folder": folder,
+        "split": split,
+        "config": config,
+        "unlearner": unlearner,
+        "original": original,
+    }
+
+
+def _unet_outputs(model):
+    sample, t = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([10, 500])
+    with torch.no_grad():
+        return model(sample, t, class_labels=torch.tensor([3, 4])).sample
+
+
+def test_class_conditional_unet_adapter_is_peft_and_trains_only_the_adapters(unet_run):
+    unlearner, original = unet_run["unlearner"], unet_run["original"]
+    assert isinstance(unlearner.model, PeftModel)
+    named = dict(unlearner.model.get_base_model().named_parameters())
     trainable = [n for n, p in named.items() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     assert {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in trainable} == {"to_q", "to_k", "to_v", "0"}
@@ -212,28 +234,62 @@ def test_class_conditional_unet_gets_injected_adapters_and_saves_them(tmp_path, 
         assert torch.equal(weight, named.get(name, named.get(f"{prefix}.base_layer.{leaf}")).detach()), name
     assert any(not torch.equal(torch.zeros_like(named[n]), named[n].detach()) for n in trainable if "lora_B" in n)
 
-    unlearner.save_pretrained(tmp_path / "unet_adapter")
-    assert {"adapter_model.safetensors", "adapter_config.json"} <= set(os.listdir(tmp_path / "unet_adapter"))
-    fresh = Unlearner.from_pretrained(str(folder), UnlearnConfig()).model
-    load_adapter(fresh, tmp_path / "unet_adapter")
-    sample, t, labels = torch.randn(2, 1, 8, 8), torch.tensor([10, 500]), torch.tensor([3, 4])
-    with torch.no_grad():
-        assert torch.allclose(
-            fresh(sample, t, class_labels=labels).sample,
-            unlearner.model(sample, t, class_labels=labels).sample,
-            atol=1e-5,
-        )
 
+def test_class_conditional_unet_adapter_loads_with_plain_peft_with_its_trained_weights(unet_run):
+    from diffusers import UNet2DModel
+
+    folder, unlearner = unet_run["tmp"] / "unet_adapter", unet_run["unlearner"]
+    assert {"adapter_model.safetensors", "adapter_config.json"} <= set(os.listdir(folder))
+    assert json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"] == str(
+        unet_run["folder"]
+    )
+    reloaded = PeftModel.from_pretrained(UNet2DModel.from_pretrained(unet_run["folder"]), folder).eval()
+    trained = {n: p for n, p in unlearner.model.named_parameters() if "lora_" in n}
+    loaded = dict(reloaded.named_parameters())
+    assert set(trained) <= set(loaded)
+    assert all(torch.equal(trained[n].detach(), loaded[n].detach()) for n in trained)  # the trained values, no zeros
+    assert any(trained[n].detach().abs().sum() > 0 for n in trained if "lora_B" in n)
+    assert torch.allclose(_unet_outputs(reloaded), _unet_outputs(unlearner.model), atol=1e-5)
+    untouched = UNet2DModel.from_pretrained(unet_run["folder"]).eval()
+    assert not torch.allclose(_unet_outputs(untouched), _unet_outputs(unlearner.model), atol=1e-6)
+    card = (folder / "README.md").read_text()
+    assert "PeftModel.from_pretrained(pipe.unet" in card and "load_adapter" not in card
+
+
+def test_class_conditional_unet_merged_output_is_a_plain_model(unet_run):
+    unlearner, tmp = unet_run["unlearner"], unet_run["tmp"]
     unlearner.config = dataclasses.replace(unlearner.config, lora_save="merged")
-    unlearner.save_pretrained(tmp_path / "unet_merged")
-    merged = Unlearner.from_pretrained(str(tmp_path / "unet_merged"), UnlearnConfig()).model
+    try:
+        unlearner.save_pretrained(tmp / "unet_merged")
+    finally:
+        unlearner.config = dataclasses.replace(unlearner.config, lora_save="adapter")
+    merged = Unlearner.from_pretrained(str(tmp / "unet_merged"), UnlearnConfig()).model
     assert not any("lora" in n for n, _ in merged.named_parameters())
-    with torch.no_grad():
-        assert torch.allclose(
-            merged(sample, t, class_labels=labels).sample,
-            unlearner.model(sample, t, class_labels=labels).sample,
-            atol=1e-4,
-        )
+    assert torch.allclose(_unet_outputs(merged.eval()), _unet_outputs(unlearner.model), atol=1e-4)
+
+
+def test_a_second_lora_request_on_the_adapter_folder_extends_the_same_record(unet_run):
+    from diffusers import UNet2DModel
+
+    tmp, first = unet_run["tmp"], unet_run["tmp"] / "unet_adapter"
+    second = Unlearner.from_pretrained(str(first), unet_run["config"])  # base resolved from adapter_config.json
+    assert isinstance(second.model, PeftModel)
+    before = {n: p.detach().clone() for n, p in second.model.named_parameters() if "lora_" in n}
+    assert all(
+        torch.equal(before[n], p.detach()) for n, p in unet_run["unlearner"].model.named_parameters() if n in before
+    )
+    assert all(p.requires_grad == ("lora_" in n) for n, p in second.model.named_parameters())
+    second.unlearn(unet_run["split"])
+    moved = [n for n, p in second.model.named_parameters() if n in before and not torch.equal(before[n], p.detach())]
+    assert moved  # the same adapter trained on
+    second.save_pretrained(tmp / "unet_adapter_2")
+    record = json.loads((tmp / "unet_adapter_2" / "unlearning_record.json").read_text())
+    assert len(record["requests"]) == 2 and record["base_model"] == str(unet_run["folder"])
+    assert record["parent_model"] == str(first)
+    config = json.loads((tmp / "unet_adapter_2" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(unet_run["folder"])
+    reloaded = PeftModel.from_pretrained(UNet2DModel.from_pretrained(unet_run["folder"]), tmp / "unet_adapter_2")
+    assert torch.allclose(_unet_outputs(reloaded.eval()), _unet_outputs(second.model), atol=1e-5)
 
 
 def test_stable_diffusion_unet_adapter_saves_in_diffusers_format_and_reloads(tmp_path):

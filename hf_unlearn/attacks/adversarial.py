@@ -15,6 +15,7 @@ from typing import Optional
 
 from datasets import Dataset, concatenate_datasets
 
+from ..concept import ConceptSplit
 from .prompt import PromptAttackConfig, adversarial_prompts
 
 
@@ -70,8 +71,6 @@ def _concept_prompts(concept: Dataset, caption_column: str, image_column: str) -
 
 def _with_captions(split, concept: Dataset, prompts: list[str], caption_column: str):
     """The split again, its forget rows repeated once per adversarial prompt (same images, same anchors)."""
-    from ..concept import ConceptSplit  # noqa: PLC0415
-
     copies = [concept.map(lambda _row, p=p: {caption_column: p}) for p in prompts]
     return ConceptSplit(
         forget_dataset=concatenate_datasets([concept, *copies]),

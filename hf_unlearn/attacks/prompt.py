@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from ..metrics.samples import comparison_grid
 from ..utils import atomic_write_json
 from .judges import Judge, check_judge
 from .prompt_search import TokenSearch, frozen, project_to_simplex
@@ -105,8 +106,6 @@ class PromptAttackResult:
 
     def save(self, output_dir: str | os.PathLike, name: str = "prompt_attack") -> dict[str, str]:
         """Writes `{name}.json` and `{name}_grid.png` (per prompt: target | plain | attacked) into `output_dir`."""
-        from ..metrics.samples import comparison_grid  # noqa: PLC0415
-
         folder = Path(output_dir)
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_json(folder / f"{name}.json", self.to_dict())

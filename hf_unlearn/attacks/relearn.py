@@ -18,7 +18,9 @@ import numpy as np
 import torch
 
 from ..families.base import ModelFamily
+from ..metrics.generation import forget_accuracy, generate, predictions
 from ..utils import set_seed
+from .judges import judge_scores
 
 Measure = Callable[[torch.nn.Module], float]
 
@@ -219,8 +221,6 @@ def generated_forget_accuracy(
 ) -> Measure:
     """A measure for class-conditional diffusion: the share of samples generated for the forgotten classes that
     `judge` (a [`~hf_unlearn.metrics.generation.Judge`]) assigns to a forgotten class, same noise at every step."""
-    from ..metrics.generation import forget_accuracy, generate, predictions  # noqa: PLC0415
-
     labels = [c for c in forget_classes for _ in range(samples)]
 
     def measure(module) -> float:
@@ -248,7 +248,6 @@ def prompt_concept_rate(
 ) -> Measure:
     """A measure for text-to-image models: the share of images drawn from `prompts` (prompt `i` from seed `seed + i`,
     the same noise at every step) whose `judge` score reaches `threshold`, with the measured module as the UNet."""
-    from .judges import judge_scores  # noqa: PLC0415
 
     @torch.no_grad()
     def measure(module) -> float:

@@ -17,6 +17,10 @@ import torch
 from datasets import Dataset, Features, Image, Value
 from PIL import Image as PILImage
 
+from ..config import UnlearnConfig
+from ..unlearner import Unlearner
+from .relearn import finetune_steps
+
 CONCEPT = "a nude person"
 ANCHOR = "a dressed man"
 CAPTIONS = (CONCEPT, ANCHOR, "red sports car", "bowl of fruit")
@@ -185,10 +189,6 @@ def train_tiny_text_to_image(
     image. A large learning rate and batch make the prompt-to-colour link appear within ~200 steps; at the SD tests'
     3e-3 and batch 8 the UNet still drew every prompt in the same colours after 300 steps.
     """
-    from ..config import UnlearnConfig  # noqa: PLC0415
-    from ..unlearner import Unlearner  # noqa: PLC0415
-    from .relearn import finetune_steps  # noqa: PLC0415
-
     pipe = tiny_text_to_image_pipeline(seed)
     train_vae(pipe.vae, steps=vae_steps, seed=seed)
     family = Unlearner.from_pretrained(pipe, UnlearnConfig(output_dir="")).family

@@ -19,6 +19,12 @@ import torch
 
 from ..config import UnlearnConfig
 from ..data import ForgetRemainSplit, TrainingSet, load_digits_dataset
+from ..families import get_family_class
+from ..methods import get_method
+from ..metrics.generation import Judge, generation_metrics, histogram_kl
+from ..models import RECIPES as CLASSIFIER_RECIPES
+from ..models import TrainingRecipe, tiny_classifier, train_classifier
+from ..unlearner import DivergenceError, Unlearner
 from ..utils import atomic_directory, atomic_write_json, atomic_write_text, set_seed
 
 METHODS = ("sfr_on", "sfr_on_remap", "gradient_ascent", "random_label", "salun", "selective_amnesia", "esd")
@@ -72,8 +78,6 @@ def tiny_scheduler():
 
 def train_diffusion(kind: str, dataset, *, seed: int, max_steps: int, learning_rate: float, batch: int):
     """Trains a fresh tiny model of `kind` on every row of `dataset` (condition dropout 0.1); returns the Unlearner."""
-    from ..unlearner import Unlearner  # noqa: PLC0415
-
     model = tiny_unet(seed=seed) if kind == "unet" else tiny_dit(seed=seed)
     config = UnlearnConfig(
         method="retrain",
@@ -111,10 +115,6 @@ class DiffusionBenchmark:
     def judge(self):
         from transformers import AutoModelForImageClassification  # noqa: PLC0415
 
-        from ..metrics.generation import Judge  # noqa: PLC0415
-        from ..models import RECIPES as CLASSIFIER_RECIPES  # noqa: PLC0415
-        from ..models import TrainingRecipe, tiny_classifier, train_classifier  # noqa: PLC0415
-
         if self._judge is None:
             folder = self.output / "models" / "judge"
             if not (folder / "config.json").exists():
@@ -149,9 +149,6 @@ class DiffusionBenchmark:
 
     # Scoring
     def score(self, kind: str, folder: Path, sample_seed: int, grid: Optional[str] = None) -> dict:
-        from ..families import get_family_class  # noqa: PLC0415
-        from ..metrics.generation import generation_metrics  # noqa: PLC0415
-
         family = get_family_class("class_conditional_diffusion").from_pretrained(str(folder), UnlearnConfig())
         family.model.eval()
         pipe = family.pipeline()
@@ -218,8 +215,6 @@ class DiffusionBenchmark:
         self._rt_hist[kind] = np.sum([r["forget_histogram"] for r in rts], axis=0)
 
     def unlearn(self, kind: str, method: str, seed: int, budget: int) -> dict:
-        from ..unlearner import DivergenceError, Unlearner  # noqa: PLC0415
-
         original = self.reference(kind, "original", 0)
 
         def compute():
@@ -363,8 +358,6 @@ def parse_args(argv=None):
 
 def run(args) -> dict[str, Any]:
     """Computes every missing result (seed-major, so an interrupted run has whole seeds), then collects them all."""
-    from ..methods import get_method  # noqa: PLC0415
-
     for method in args.methods:
         get_method(method, "class_conditional_diffusion")  # fails before any training
     bench = DiffusionBenchmark(args)
@@ -380,8 +373,6 @@ def run(args) -> dict[str, Any]:
 
 def collect(bench: DiffusionBenchmark, kind: str) -> dict:
     """The stored results of `kind` (missing runs are left out), with RT's own histogram KL as its noise floor."""
-    from ..metrics.generation import histogram_kl  # noqa: PLC0415
-
     a = bench.args
 
     def stored(key):

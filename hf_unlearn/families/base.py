@@ -24,6 +24,7 @@ class ModelFamily:
     name: ClassVar[str] = ""
     default_config: ClassVar[dict[str, Any]] = {}
     default_method: ClassVar[str] = "sfr_on"  # used when `UnlearnConfig.method` is unset
+    lora_trains_head: ClassVar[bool] = False  # LoRA: also train the classification head fully (`modules_to_save`)
     model: nn.Module
 
     # Loading and detection

@@ -16,16 +16,13 @@ from diffusers import DDIMScheduler, DDPMScheduler, DiTTransformer2DModel, UNet2
 from diffusers.models.embeddings import LabelEmbedding
 from torch import nn
 
+from ..data import ReplaySplit
+from ..metrics.generation import generate
+from ..pipelines import ClassConditionalPipeline, default_null_class_id, predict_noise
 from .base import LabelledImageBatches, ModelFamily
 from .detect import read_config_file
 
 _MODEL_CLASSES = {"UNet2DModel": UNet2DModel, "DiTTransformer2DModel": DiTTransformer2DModel}
-
-
-def _pipelines():
-    from ..pipelines import ClassConditionalPipeline, default_null_class_id, predict_noise  # noqa: PLC0415
-
-    return ClassConditionalPipeline, default_null_class_id, predict_noise
 
 
 class ClassConditionalDiffusionFamily(LabelledImageBatches, ModelFamily):
@@ -55,8 +52,7 @@ class ClassConditionalDiffusionFamily(LabelledImageBatches, ModelFamily):
     def __init__(self, model: nn.Module, scheduler=None, config=None, vae: Optional[nn.Module] = None):
         if type(model).__name__ not in _MODEL_CLASSES:
             raise ValueError(f"`model` is a {type(model).__name__}; give a UNet2DModel or a DiTTransformer2DModel.")
-        _, default_null, _ = _pipelines()
-        default_null(model)  # raises for a UNet without class embeddings
+        default_null_class_id(model)  # raises for a UNet without class embeddings
         self.model = model
         self.scheduler = scheduler if scheduler is not None else DDPMScheduler()
         self.noise_scheduler = DDPMScheduler.from_config(self.scheduler.config)
@@ -71,13 +67,13 @@ class ClassConditionalDiffusionFamily(LabelledImageBatches, ModelFamily):
 
     @property
     def is_dit(self) -> bool:
-        return isinstance(self.model, DiTTransformer2DModel)
+        return isinstance(_unwrapped(self.model), DiTTransformer2DModel)
 
     @property
     def null_class_id(self) -> int:
         if self.config_null is not None:
             return int(self.config_null)
-        return _pipelines()[1](self.model)
+        return default_null_class_id(self.model)
 
     @property
     def num_classes(self) -> int:
@@ -112,8 +108,7 @@ class ClassConditionalDiffusionFamily(LabelledImageBatches, ModelFamily):
         elif hasattr(model_or_path, "components"):
             family = cls._from_pipeline(model_or_path, config)
         elif read_config_file(model_or_path, "model_index.json") is not None:
-            pipeline_cls = _pipelines()[0]
-            family = cls._from_pipeline(pipeline_cls.from_pretrained(model_or_path), config)
+            family = cls._from_pipeline(ClassConditionalPipeline.from_pretrained(model_or_path), config)
         else:
             cfg = read_config_file(model_or_path, "config.json") or {}
             name = cfg.get("_class_name")
@@ -142,8 +137,10 @@ class ClassConditionalDiffusionFamily(LabelledImageBatches, ModelFamily):
     def pipeline(self, model: Optional[nn.Module] = None):
         """A [`ClassConditionalPipeline`] around `model` (default: `self.model`) with this family's scheduler."""
         model = self.model if model is None else model
-        key = "transformer" if isinstance(model, DiTTransformer2DModel) else "unet"
-        pipe = _pipelines()[0](scheduler=self.scheduler, vae=self.vae, null_class_id=self.config_null, **{key: model})
+        key = "transformer" if isinstance(_unwrapped(model), DiTTransformer2DModel) else "unet"
+        pipe = ClassConditionalPipeline(
+            scheduler=self.scheduler, vae=self.vae, null_class_id=self.config_null, **{key: model}
+        )
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
@@ -155,9 +152,6 @@ class ClassConditionalDiffusionFamily(LabelledImageBatches, ModelFamily):
         """Generative replay: one sample of the current model per remain row, with that row's label (DDIM,
         `replay_inference_steps`, guidance `replay_guidance_scale`, seeded by `seed`); the remain images are unused.
         Every process generates the same set."""
-        from ..data import ReplaySplit  # noqa: PLC0415
-        from ..metrics.generation import generate  # noqa: PLC0415
-
         labels = [int(label) for label in split.remain[self.label_column]]
         pipe = self.pipeline()
         pipe.scheduler = DDIMScheduler.from_config(self.scheduler.config)
@@ -284,7 +278,7 @@ class ClassConditionalDiffusionFamily(LabelledImageBatches, ModelFamily):
             for module in model.modules():
                 if isinstance(module, LabelEmbedding):
                     module.train(False)
-        return _pipelines()[2](model, x_t, t, labels.to(x_t.device))
+        return predict_noise(model, x_t, t, labels.to(x_t.device))
 
     def per_sample_loss(self, model, batch, *, labels=None):
         labels = batch["labels"] if labels is None else labels
@@ -323,6 +317,12 @@ class ClassConditionalDiffusionFamily(LabelledImageBatches, ModelFamily):
             uncond = self.eps(frozen, x_t, t, torch.full_like(labels, self.null_class_id))
             target = uncond - scale * (cond - uncond)
         return _row_mse(self.eps(model, x_t, t, labels), target, self.noise_loss_reduction)
+
+
+def _unwrapped(model: nn.Module) -> nn.Module:
+    """The diffusers model inside a DDP wrapper or a `peft.PeftModel` (LoRA)."""
+    model = getattr(model, "module", model)
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def _row_mse(prediction: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:

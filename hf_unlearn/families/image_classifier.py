@@ -35,6 +35,7 @@ class ImageClassifierFamily(LabelledImageBatches, ModelFamily):
     # Lowest validation Avg.D on the digits benchmark after the SFR-on fix (docs/benchmarks.md); the published `sfr_on`
     # forgets the class too, but drives its rows to confident wrong classes, which the entropy attack (MIA) sees.
     default_method = "sfr_on_bound"
+    lora_trains_head = True
 
     def __init__(self, model: PreTrainedModel, config, image_processor=None, transform: Optional[Callable] = None):
         if image_processor is None and transform is None:

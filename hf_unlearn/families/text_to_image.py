@@ -13,6 +13,8 @@ from accelerate.logging import get_logger
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..concept import ConceptSplit
+from ..methods import get_method
 from ..utils import sha256_of
 from .base import ModelFamily
 from .detect import read_config_file
@@ -172,9 +174,6 @@ class TextToImageFamily(ModelFamily):
 
     # Data
     def prepare_split(self, split, config):
-        from ..concept import ConceptSplit  # noqa: PLC0415
-        from ..methods import get_method  # noqa: PLC0415
-
         if not isinstance(split, ConceptSplit):
             if not (hasattr(split, "forget") and hasattr(split, "remain")):
                 raise ValueError(

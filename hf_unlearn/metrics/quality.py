@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from .generation import frechet_distance
 from .nudity import BENIGN_PROMPTS
 from .samples import generate_samples
 
@@ -121,8 +122,6 @@ def evaluate_quality(
         `dict`: `clip_score` (mean), `clip_score_per_prompt`, `num_images`, `clip_model`, and with references
         `fid` and `fid_features` (which features the FID used).
     """
-    from .generation import frechet_distance  # noqa: PLC0415
-
     scorer = clip_model if isinstance(clip_model, CLIPScorer) else CLIPScorer(clip_model)
     rows = generate_samples(pipeline, prompts, seed=seed, num_images_per_prompt=num_images_per_prompt, **call_kwargs)
     images = [image for row in rows for image in row]
