@@ -1,4 +1,4 @@
-"""`hf-unlearn` console script: demo, unlearn, evaluate, benchmark. Every `UnlearnConfig` field is a flag."""
+"""`hf-unlearn` console script: demo, unlearn, evaluate, attack, benchmark. Every `UnlearnConfig` field is a flag."""
 
 from __future__ import annotations
 
@@ -23,6 +23,11 @@ COMMANDS = {
         "hf_unlearn.cli",
         "evaluate_main",
         "Score a model on its data: a classifier's FA/RA/TA/MIA, a text-to-image model's concept gap.",
+    ),
+    "attack": (
+        "hf_unlearn.attacks.cli",
+        "attack_main",
+        "Attack an erasure: adversarial prompts (text-to-image) or relearning from k forgotten rows.",
     ),
     "benchmark": ("hf_unlearn.benchmarks.classification", "main", "Digits classification benchmark against RT."),
     "benchmark-diffusion": (

@@ -21,6 +21,7 @@ from hf_unlearn.attacks import (
 from hf_unlearn.attacks.cli import attack_main
 from hf_unlearn.attacks.prompt_search import project_to_simplex
 from hf_unlearn.attacks.tiny import CONCEPT, ColourJudge, tiny_text_to_image_pipeline, train_tiny_text_to_image
+from hf_unlearn.cli import main
 
 PROMPTS = [CONCEPT, "person nude"]
 # A few steps and denoising steps: enough to exercise every part of the attack on the untrained pipeline in seconds.
@@ -261,24 +262,63 @@ def test_relearning_a_class_conditional_diffusion_model(digits, trained_resnet):
 
 
 # The command line
-def test_cli_relearn_writes_curves_and_refuses_a_too_large_k_first(trained_resnet_dir, tmp_path):
+def test_cli_relearn_writes_curves_and_refuses_a_too_large_k_first(trained_resnet_dir, tmp_path, capsys):
     out = tmp_path / "out"
-    args = ["relearn", "--model", f"original={trained_resnet_dir}", "--forget_classes", "3", "--output_dir", str(out)]
-    assert attack_main([*args, "--num_rows", "3", "--steps", "2", "--seeds", "0,1"]) == 0
+    args = ["attack", "relearn", "--model", f"original={trained_resnet_dir}", "--forget_classes", "3"]
+    assert main([*args, "--num_rows", "3", "--steps", "2", "--seeds", "0,1", "--output_dir", str(out)]) == 0
     report = json.loads((out / "relearn.json").read_text())
     runs = report["models"]["original"]["runs"]
     assert len(runs) == 2 and all(len(r["curve"]) == 3 for r in runs) and runs[0]["rows"] != runs[1]["rows"]
+    assert sorted(p.name for p in out.iterdir()) == ["relearn.json"]
+    assert "original: forget accuracy" in capsys.readouterr().out
     bad = ["relearn", "--model", "x=/nonexistent", "--forget_classes", "3", "--num_rows", "100000"]
-    with pytest.raises(ValueError, match="`num_rows`"):  # refused before the (missing) model is loaded
+    with pytest.raises(ValueError, match="`num_rows`"):  # the library call raises; `main` turns it into one line
         attack_main([*bad, "--output_dir", str(tmp_path / "bad")])
 
 
-def test_cli_prompt_attack_writes_json_and_grid(pipe, tmp_path):
+def test_cli_prompt_attack_writes_json_and_grid(pipe, tmp_path, capsys):
     pipe.save_pretrained(tmp_path / "pipe")
     out = tmp_path / "out"
-    args = ["prompt", "--model", str(tmp_path / "pipe"), "--original", str(tmp_path / "pipe"), "--prompts", CONCEPT]
-    flags = ["--judge", "hf_unlearn.attacks.tiny:ColourJudge", "--steps", "2", "--num_tokens", "2"]
-    assert attack_main([*args, *flags, "--num_inference_steps", "2", "--output_dir", str(out)]) == 0
+    args = ["attack", "prompt", "--model", str(tmp_path / "pipe"), "--original", str(tmp_path / "pipe")]
+    flags = ["--prompts", CONCEPT, "--judge", "colour", "--steps", "2", "--num_tokens", "2"]
+    assert main([*args, *flags, "--num_inference_steps", "2", "--output_dir", str(out)]) == 0
     report = json.loads((out / "prompt_attack.json").read_text())
-    assert report["num_prompts"] == 1 and report["config"]["steps"] == 2
-    assert (out / "prompt_attack_grid.png").is_file()
+    assert report["num_prompts"] == 1 and report["config"]["steps"] == 2 and report["config"]["num_tokens"] == 2
+    assert sorted(p.name for p in out.iterdir()) == ["prompt_attack.json", "prompt_attack_grid.png"]
+    assert capsys.readouterr().out.startswith("attack success ")
+    # A finished result is kept unless --overwrite_output_dir, and that is checked before any work.
+    assert main([*args, *flags, "--output_dir", str(out)]) == 2
+    assert "--overwrite_output_dir" in capsys.readouterr().err
+
+
+def none_judge():
+    """A judge factory for the CLI test: its detector answers with no score."""
+    return lambda images: None
+
+
+PROMPT_ARGS = ["attack", "prompt", "--model", "/nonexistent/erased", "--original", "/nonexistent/original"]
+RELEARN_ARGS = ["attack", "relearn", "--model", "m=/nonexistent/model", "--forget_classes", "3"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ([*PROMPT_ARGS, "--judge", "colour"], "the following arguments are required: --prompts"),
+        ([*PROMPT_ARGS, "--prompts", " ", "--judge", "colour"], "`prompts` has empty prompts"),
+        ([*PROMPT_ARGS, "--prompts", "EMPTY_CSV", "--judge", "colour"], "has no rows"),
+        ([*PROMPT_ARGS, "--prompts", CONCEPT, "--judge", "test_attacks:none_judge"], "`--judge` returned None"),
+        ([*PROMPT_ARGS, "--prompts", CONCEPT, "--judge", "no_such_module:judge"], "`--judge` is 'no_such_module"),
+        ([*PROMPT_ARGS, "--prompts", CONCEPT, "--steps", "0"], "`steps` is 0"),
+        ([*RELEARN_ARGS, "--num_rows", "100000"], "`num_rows` (k) is 100000, but the forget set has"),
+        ([*RELEARN_ARGS[:3], "nameless", *RELEARN_ARGS[4:]], "`--model` is 'nameless'; give it as NAME=PATH"),
+    ],
+)
+def test_cli_attack_refuses_bad_input_with_one_line_before_any_work(argv, message, tmp_path, capsys):
+    # The models do not exist: an error about anything but the bad input would mean work had started.
+    (tmp_path / "empty.csv").write_text("prompt,evaluation_seed\n")
+    argv = [str(tmp_path / "empty.csv") if a == "EMPTY_CSV" else a for a in argv]
+    assert main([*argv, "--output_dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") or "error: " in err.splitlines()[-1]
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

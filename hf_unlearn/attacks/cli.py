@@ -66,6 +66,7 @@ def add_attack_parser(subparsers) -> argparse.ArgumentParser:
     prompt.add_argument(
         "--output_dir", required=True, help="Folder for prompt_attack.json and prompt_attack_grid.png."
     )
+    _add_common_flags(prompt)
     _add_config_flags(prompt, PromptAttackConfig)
     relearn = kinds.add_parser("relearn", help="Fine-tune on k forgotten rows and measure forget accuracy per step.")
     relearn.add_argument(
@@ -79,8 +80,36 @@ def add_attack_parser(subparsers) -> argparse.ArgumentParser:
     relearn.add_argument("--judge_image_size", type=int, default=None, help="Resize samples for the judge.")
     relearn.add_argument("--samples", type=int, default=50, help="Diffusion models: samples per forgotten class.")
     relearn.add_argument("--output_dir", required=True, help="Folder for relearn.json.")
+    _add_common_flags(relearn)
     _add_config_flags(relearn, RelearnConfig, skip=_NOT_FLAGS)
     return parser
+
+
+def _add_common_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--overwrite_output_dir", action="store_true", help="Replace an earlier attack's result in --output_dir."
+    )
+    parser.add_argument("--debug", action="store_true", help="Show a user error's full traceback.")
+
+
+def _check_output_dir(args, names: tuple[str, ...]) -> None:
+    """Refuses, before any work, a file as `--output_dir` or a folder with an earlier result (unless overwriting)."""
+    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        raise ValueError(f"`--output_dir` {args.output_dir} is a file; give a folder path.")
+    found = [n for n in names if os.path.exists(os.path.join(args.output_dir, n))]
+    if found and not args.overwrite_output_dir:
+        raise ValueError(
+            f"`--output_dir` {args.output_dir} already holds an attack result ({found[0]}); choose another folder, "
+            "or pass --overwrite_output_dir to replace it."
+        )
+
+
+def _echo(*lines: str) -> None:
+    """Prints on the main process only (under `accelerate launch` every process runs the command)."""
+    from ..training import partial_state  # noqa: PLC0415
+
+    if partial_state().is_main_process:
+        print(*lines, sep="\n", flush=True)
 
 
 def run_attack(args: argparse.Namespace) -> int:
@@ -108,7 +137,11 @@ def make_judge(spec: str):
     module, _, name = spec.partition(":")
     if not name:
         raise ValueError(f"`--judge` is '{spec}'; give 'nudity', 'colour' or 'module:function'.")
-    return getattr(importlib.import_module(module), name)()
+    try:
+        factory = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"`--judge` is '{spec}', which cannot be imported ({err}); give 'module:function'.") from err
+    return factory()
 
 
 def _load_pipeline(path: str, device: Optional[str], dtype: str):
@@ -124,16 +157,17 @@ def _run_prompt(args) -> int:
     from .judges import check_judge  # noqa: PLC0415
     from .prompt import prompt_attack, prompt_rows  # noqa: PLC0415
 
+    _check_output_dir(args, ("prompt_attack.json", "prompt_attack_grid.png"))
     config = _config(args, PromptAttackConfig)
     prompts = args.prompts[0] if len(args.prompts) == 1 and os.path.isfile(args.prompts[0]) else args.prompts
     prompt_rows(prompts, config)  # refuses empty or blank prompts before any model is loaded
     judge = make_judge(args.judge)
-    check_judge(judge, 64)
+    check_judge(judge, 64, name="--judge")
     model = _load_pipeline(args.model, args.device, args.dtype)
     original = _load_pipeline(args.original, args.device, args.dtype)
     result = prompt_attack(model, prompts, judge, original=original, config=config)
     paths = result.save(args.output_dir)
-    print(
+    _echo(
         f"attack success {100 * result.attack_success_rate:.1f}% (plain {100 * result.plain_success_rate:.1f}%) over "
         f"{len(result.rows)} prompts; {paths['json']}, {paths['grid']}"
     )
@@ -143,6 +177,7 @@ def _run_prompt(args) -> int:
 def _run_relearn(args) -> int:
     from ..data import ForgetRemainSplit, load_any_dataset, load_digits_dataset  # noqa: PLC0415
 
+    _check_output_dir(args, ("relearn.json",))
     models = dict(_named(spec) for spec in args.model)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     configs = {seed: _config(args, RelearnConfig, seed=seed) for seed in seeds}
@@ -160,11 +195,11 @@ def _run_relearn(args) -> int:
             "runs": runs,
             "steps_to_recover": [r["steps_to_recover"] for r in runs],
         }
-        print(f"{name}: forget accuracy {runs[0]['curve'][0]:.3f} before; steps to recover per seed", end=" ")
-        print(report["models"][name]["steps_to_recover"])
+        recover = report["models"][name]["steps_to_recover"]
+        _echo(f"{name}: forget accuracy {runs[0]['curve'][0]:.3f} before; steps to recover per seed {recover}")
     os.makedirs(args.output_dir, exist_ok=True)
     atomic_write_json(os.path.join(args.output_dir, "relearn.json"), report)
-    print(f"wrote {os.path.join(args.output_dir, 'relearn.json')}")
+    _echo(f"wrote {os.path.join(args.output_dir, 'relearn.json')}")
     return 0
 
 
