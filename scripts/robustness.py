@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -74,6 +75,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--attack-seeds", default="0,1", help="Prompt attack seeds (prompt i uses seed 10·seed + i).")
     p.add_argument("--relearn-seeds", default="0,1,2", help="Row draws of the digits relearning attack.")
     p.add_argument("--relearn-t2i-seeds", default="0,1", help="Row draws of the text-to-image relearning attack.")
+    p.add_argument(
+        "--reuse",
+        action="append",
+        default=[],
+        help="An earlier run's results.json: its parts that this run does not run are copied in (with its grid).",
+    )
     p.add_argument("--quick", action="store_true", help="Pipeline check: short training, one seed, fewer models.")
     return p.parse_args(argv)
 
@@ -296,7 +303,9 @@ def write_outputs(out: Path, results: dict, grid: dict) -> None:
         lines += relearn_table(results["relearn"]) + [""]
     lines.append(f"Total CPU time {results['cpu_s']:.0f} s, wall time {results['wall_s']:.0f} s.")
     atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
-    if grid:
+    if "file" in grid:
+        shutil.copyfile(grid["file"], out / "prompt_attack_grid.png")
+    elif grid:
         comparison_grid({k: [[image] for image in v] for k, v in grid.items()}, path=out / "prompt_attack_grid.png")
 
 
@@ -311,14 +320,28 @@ def main(argv=None) -> int:
     wall, cpu = time.time(), time.process_time()
     command = "python scripts/robustness.py " + " ".join(sys.argv[1:] if argv is None else argv)
     results, grid = {"command": command.strip(), "quick": args.quick}, {}
-    if "prompt" in parts:
-        results["prompt"], grid = prompt_part(args)
-    if "relearn_t2i" in parts:
-        results["relearn_t2i"] = relearn_t2i_part(args)
-    if "relearn" in parts:
-        results["relearn"] = relearn_part(args)
-    results["cpu_s"], results["wall_s"] = time.process_time() - cpu, time.time() - wall
-    write_outputs(Path(args.output), results, grid)
+    # The cheap digits part first; the files are rewritten after each part, so a stopped run keeps what it finished.
+    for earlier in args.reuse:  # parts run as separate processes (in parallel), written as one result
+        done = json.loads(Path(earlier).read_text())
+        results.setdefault("reused", []).append(done["command"])
+        cpu, wall = cpu - done["cpu_s"], min(wall, time.time() - done["wall_s"])  # totals over the parallel runs
+        results.update({p: done[p] for p in PARTS if p in done and p not in parts})
+        if "prompt" in done and "prompt" not in parts:
+            grid = {"file": Path(earlier).parent / "prompt_attack_grid.png"}
+    for part in ("relearn", "prompt", "relearn_t2i"):
+        if part not in parts:
+            continue
+        if part == "prompt":
+            results["prompt"], grid = prompt_part(args)
+        else:
+            results[part] = relearn_part(args) if part == "relearn" else relearn_t2i_part(args)
+        results["cpu_s"], results["wall_s"] = time.process_time() - cpu, time.time() - wall
+        results["finished_parts"] = [p for p in ("relearn", "prompt", "relearn_t2i") if p in results]
+        write_outputs(Path(args.output), results, grid)
+    if not parts:
+        results["cpu_s"], results["wall_s"] = time.process_time() - cpu, time.time() - wall
+        results["finished_parts"] = [p for p in ("relearn", "prompt", "relearn_t2i") if p in results]
+        write_outputs(Path(args.output), results, grid)
     print(json.dumps({k: v for k, v in results.items() if k in ("command", "cpu_s", "wall_s")}))
     return 0
 
