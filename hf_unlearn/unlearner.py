@@ -5,24 +5,19 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 import torch
-from accelerate import PartialState
 from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 
 from .checkpointing import EngineState, endless_at, resolve_checkpoint, run_identity, save_checkpoint
 from .config import UnlearnConfig
-from .evaluation import evaluate as evaluate_classifier
 from .families import detect_family, get_family_class, normalize_family
-from .hub import push_to_hub as push_unlearned
-from .hub import read_previous_record, save_unlearned
-from .lora import adapter_base_model, is_adapter_folder, load_adapter_folder, prepare_model
 from .methods import get_method
-from .metrics.concept import concept_metrics
 from .parts import SaliencyInputs, Step, StepContext, load_mask, mask_fraction, pass_statistic, save_mask
+from .passes import PassCounter, step_rows
 from .tracking import check_log_with, start_tracking, stop_tracking
 from .training import alpha_at, build_optimizer, check_sharding, lr_factor, make_accelerator
 from .utils import apply_umask, set_seed
@@ -69,8 +64,6 @@ class Unlearner:
         self.family = family
         self.config = config.resolve(family.name)  # also refuses a method that does not support the family
         self.method = get_method(self.config.method, family.name)
-        # The budget as given or defaulted; each split turns it into cycles for its own forget-set size.
-        self._budget = {"max_steps": self.config.max_steps, "num_forget_epochs": self.config.num_forget_epochs}
         self.mask: Optional[dict[str, torch.Tensor]] = None
         self.result: Optional[UnlearnResult] = None
         self.metrics_before: Optional[dict] = None  # the model's metrics before the current run (record, card)
@@ -89,30 +82,20 @@ class Unlearner:
         trust_remote_code: bool = False,
         **kwargs,
     ) -> Unlearner:
-        """Loads a model object, a local folder or a Hub repo id and detects its family (or takes `family`).
-
-        An adapter folder (a LoRA output: `adapter_config.json` without `config.json`) loads its base model from the
-        `base_model_name_or_path` it names, as `peft.AutoPeftModel` does, with the adapter on top and trainable
-        (`lora=True`): a further deletion request continues the adapter and extends the folder's record.
-        """
+        """Loads a model object, a local folder or a Hub repo id and detects its family (or takes `family`)."""
         config = config or UnlearnConfig()
-        base = adapter_base_model(model_or_path) if is_adapter_folder(model_or_path) else model_or_path
-        if base is not model_or_path and not config.lora:
-            logger.info(f"{model_or_path} is a LoRA adapter folder: its adapter trains on (lora=True).")
-            config = replace(config, lora=True)
-        family = normalize_family(family or config.family or detect_family(base))
+        family = normalize_family(family or config.family or detect_family(model_or_path))
         config = config.resolve(family)  # checks that the method supports the family, before any loading
         family_obj = get_family_class(family).from_pretrained(
-            base,
+            model_or_path,
             config,
             image_processor=image_processor,
             transform=transform,
             trust_remote_code=trust_remote_code,
             **kwargs,
         )
-        if base is not model_or_path:
-            family_obj.model = load_adapter_folder(family_obj.model, model_or_path)
-            family_obj.source = str(model_or_path)
+        from .hub import read_previous_record  # noqa: PLC0415
+
         previous = read_previous_record(model_or_path)  # an earlier hf_unlearn output: its history carries on
         if previous:
             family_obj.previous_records = previous.get("requests", [])
@@ -129,24 +112,30 @@ class Unlearner:
         cfg, method = self.config, self.method
         self.metrics_before = self.result.metrics if self.result is not None else self.metrics_before
         split = self.validate(split)
-        cfg = self.config  # validate fixed the budget in cycles for this split
         check_log_with(cfg.log_with)  # before the Accelerator: accelerate drops a missing tracker silently
         accelerator = make_accelerator(cfg)
         check_sharding(accelerator.distributed_type, method, cfg)
         start_tracking(accelerator, cfg, method.name)
         set_seed(cfg.seed)
         start = time.perf_counter()
+        self._counter = counter = PassCounter(accelerator.num_processes)
+        self._work = counter.work
         if method.remain_loss is not None:  # e.g. generative replay: samples of θ0, so before any step
-            split = method.remain_loss.prepare_split(split, self.family, cfg, accelerator.device)
+            counter.watch(self.family.model)
+            with counter.counting("replay"):
+                split = method.remain_loss.prepare_split(split, self.family, cfg, accelerator.device)
+            counter.close()  # a frozen copy made later must not carry this hook: it gets its own
         if method.reinit:
             self.family.model = self.family.fresh_model(cfg.retrain_init)
         if cfg.lora or cfg.gradient_checkpointing:  # before the optimizer: it must see only the adapters
+            from .lora import prepare_model  # noqa: PLC0415
+
             self.family.model = prepare_model(self.family, cfg)
         ctx, named, optimizer, forget_loader, remain_loader = self._prepare(split, accelerator)
         params = [p for _, p in named]
         identity = run_identity(cfg, method.name, split.fingerprint, [n for n, _ in named])
         resume = self._load_resume(identity, accelerator)
-        self._work = _new_work()
+        counter.watch(accelerator.unwrap_model(ctx.model), ctx.original, ctx.teacher)
         if resume is None:
             saliency_s, geometry_state = self._at_theta0(ctx, named, split, accelerator)
         else:  # the saved mask and geometry state: recomputing them would draw other batches and change the result
@@ -184,6 +173,7 @@ class Unlearner:
                     save_checkpoint(accelerator, cfg.output_dir, state, cfg.checkpoints_total_limit)
         finally:  # the divergence guard's copy is only needed inside the loop, also when it ends in an error
             self._guarded = self._last_good = None
+            counter.close()
         accelerator.wait_for_everyone()
         stop_tracking(accelerator)
         self.family.model = accelerator.unwrap_model(ctx.model)
@@ -210,17 +200,8 @@ class Unlearner:
         folder. Returns the prepared split; raises `ValueError` naming the argument at fault."""
         split = self.family.prepare_split(split, self.config)
         self.family.validate_split(split)
-        self.config = self._budget_for(split)
         self._validate_run()
         return split
-
-    def _budget_for(self, split) -> UnlearnConfig:
-        """The config with `max_steps` fixed: a budget in passes over the forget set becomes cycles for this split."""
-        cfg = replace(self.config, **self._budget)
-        rows = getattr(split, "forget_indices", None)
-        rows = len(rows) if rows is not None else len(split.forget)
-        global_batch = cfg.per_device_train_batch_size * PartialState().num_processes * cfg.gradient_accumulation_steps
-        return cfg.resolve_budget(rows, global_batch)
 
     def _validate_run(self) -> None:
         """Checks that need the model and config together; run before any weight changes."""
@@ -350,8 +331,12 @@ class Unlearner:
                 sync = remain_it is None and i == accum - 1
                 batch = next(forget_it)
                 ctx.row_valid = forget_it.valid_rows(accelerator, self.family.batch_size_of(batch))
-                work["passes"]["forget"] += 1
-                with accelerator.autocast(), _maybe_no_sync(accelerator, ctx.model, sync):
+                self._count_step("forget", forget_it, batch, ctx.row_valid)
+                with (
+                    self._counter.counting("forget"),
+                    accelerator.autocast(),
+                    _maybe_no_sync(accelerator, ctx.model, sync),
+                ):
                     loss, part_logs = self.method.forget_loss(ctx, batch)
                     _check_finite(loss, "forget loss", ctx.step, cfg)
                     accelerator.backward(alpha * loss / accum)
@@ -361,10 +346,14 @@ class Unlearner:
         if remain_it is not None:
             work["remain_steps"] += 1
             for i in range(accum):
-                work["passes"]["remain"] += 1
                 batch = next(remain_it)
                 ctx.row_valid = remain_it.valid_rows(accelerator, self.family.batch_size_of(batch))
-                with accelerator.autocast(), _maybe_no_sync(accelerator, ctx.model, i == accum - 1):
+                self._count_step("remain", remain_it, batch, ctx.row_valid)
+                with (
+                    self._counter.counting("remain"),
+                    accelerator.autocast(),
+                    _maybe_no_sync(accelerator, ctx.model, i == accum - 1),
+                ):
                     loss, part_logs = self.method.remain_loss(ctx, batch)
                     penalty = self.method.geometry.penalty(geometry_state, named, cfg)
                     if penalty is not None:
@@ -389,6 +378,11 @@ class Unlearner:
         if guard != "off":
             self._check_weights(params, ctx.step, restore=guard == "copy")
         return logs
+
+    def _count_step(self, kind: str, iterator, batch, row_valid) -> None:
+        rows = step_rows(iterator, self.family.batch_size_of(batch), row_valid, self._counter.num_processes)
+        with self._counter.counting(kind):
+            self._counter.backward(rows, global_rows=True)
 
     def _keep_last_good(self, params) -> None:
         # One reused copy of the trainable parameters (the adapters alone under LoRA): the divergence guard's fallback.
@@ -431,8 +425,11 @@ class Unlearner:
         module = accelerator.unwrap_model(ctx.model)
 
         def statistic(dataset, rows, clip_norm=None, square=True):
-            def count():
-                self._work["passes"]["saliency"] += 1
+            left, size = [len(dataset)], cfg.per_device_train_batch_size * accelerator.num_processes
+
+            def count():  # one global batch of the seeded pass: its rows over all processes
+                self._counter.backward(min(size, left[0]), global_rows=True)
+                left[0] -= size
 
             return pass_statistic(self.family, cfg, accelerator, named, dataset, rows, clip_norm, square, count)
 
@@ -445,9 +442,11 @@ class Unlearner:
             elif cfg.mask_path:
                 self.mask = load_mask(cfg.mask_path, named)
             else:
-                self.mask = method.saliency.compute(inputs)
+                with self._counter.counting("saliency"):
+                    self.mask = method.saliency.compute(inputs)
             saliency_s = time.perf_counter() - start
-            geometry_state = method.geometry.setup(inputs)
+            with self._counter.counting("geometry"):
+                geometry_state = method.geometry.setup(inputs)
         finally:
             module.train(training)
         if self.mask is not None and not cfg.mask_path and accelerator.is_main_process and cfg.output_dir:
@@ -466,11 +465,15 @@ class Unlearner:
         `remain_noise_loss` (see [`~metrics.concept.concept_metrics`]). They are kept by [`record_metrics`].
         """
         if self.family.name == "text_to_image":
+            from .metrics.concept import concept_metrics  # noqa: PLC0415
+
             if reference is not None:
                 raise ValueError("`reference` (a retrained model for KL/JS/Avg.D) is for classifiers; leave it unset.")
             split = self.validate(split)
             return self.record_metrics(concept_metrics(self.family, split, **kwargs))
-        return self.record_metrics(evaluate_classifier(self, split, reference=reference, **kwargs))
+        from .evaluation import evaluate  # noqa: PLC0415
+
+        return self.record_metrics(evaluate(self, split, reference=reference, **kwargs))
 
     def record_metrics(self, metrics: dict) -> dict:
         """Keeps `metrics` for the record and the model card's before/after table, and returns them.
@@ -487,10 +490,14 @@ class Unlearner:
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
         """Writes the model (native format, safetensors), `unlearn_config.json`, the record and the model card."""
+        from .hub import save_unlearned  # noqa: PLC0415
+
         save_unlearned(self, save_directory, **kwargs)
 
     def push_to_hub(self, repo_id: str, **kwargs) -> str:
-        return push_unlearned(self, repo_id, **kwargs)
+        from .hub import push_to_hub  # noqa: PLC0415
+
+        return push_to_hub(self, repo_id, **kwargs)
 
 
 def _check_finite(value: torch.Tensor, what: str, step: int, cfg) -> None:
@@ -500,16 +507,6 @@ def _check_finite(value: torch.Tensor, what: str, step: int, cfg) -> None:
             f"of the last good step. Likely cause: a too large `learning_rate` ({cfg.learning_rate}) or "
             f"`forget_alpha` ({cfg.forget_alpha}), or no `max_grad_norm`; lower them and rerun."
         )
-
-
-def _new_work() -> dict:
-    return {
-        "optimizer_steps": 0,
-        "forget_steps": 0,
-        "remain_steps": 0,
-        # One forward and one backward of the trained model per batch; frozen models' extra forwards are not counted.
-        "passes": {"saliency": 0, "forget": 0, "remain": 0},
-    }
 
 
 def _consumed(forget_it, remain_it) -> dict[str, int]:

@@ -14,7 +14,18 @@ from ..utils import atomic_write_json, atomic_write_text
 from .runner import REFERENCE_ROWS, config_hash
 
 TABLE_KEYS = ("FA", "RA", "TA", "TA_forget", "MIA", "MIA_svc", "KL", "JS", "avg_d")
-RECORD_KEYS = ("method", "model", "scenario", "seed", *TABLE_KEYS[:-1], "avg_d", "rte_s", "cpu_s")
+RECORD_KEYS = (
+    "method",
+    "model",
+    "scenario",
+    "seed",
+    *TABLE_KEYS[:-1],
+    "avg_d",
+    "rte_s",
+    "cpu_s",
+    "train_rows",
+    "rt_rows",
+)
 GAP_KEYS = ("FA", "RA", "TA", "MIA")
 
 
@@ -71,6 +82,30 @@ def select_tuned(records: list[dict], tag: str, grids: dict, methods: list[str])
     return chosen
 
 
+def rt_rows(cfg: dict, model: str) -> Optional[int]:
+    """Rows RT runs forward and backward: its recipe's steps × batch size (`recipes` of the benchmark config)."""
+    recipe = (cfg.get("recipes") or {}).get(model)
+    return None if not recipe else int(recipe["max_steps"]) * int(recipe["batch_size"])
+
+
+def training_rows(record: dict, rt: Optional[int] = None) -> Optional[float]:
+    """Rows a run passed forward and backward through the trained model, all kinds (saliency, forget, remain, ...).
+
+    From the run's `work["rows"]`; run files written before rows were counted have only `work["passes"]`, read as
+    passes × batch size (an upper bound by at most one short batch per pass over a set). RT's rows (`rt`) for the
+    retrain rows, none for `original`.
+    """
+    if record["method"] in ("retrain", "retrain_seed2"):
+        return None if rt is None else float(rt)
+    work = record.get("work") or {}
+    if work.get("rows"):
+        return float(sum(work["rows"].values()))
+    batch = (record.get("resolved") or {}).get("per_device_train_batch_size")
+    if not work.get("passes") or not batch:
+        return None
+    return float(sum(work["passes"].values()) * batch)
+
+
 def _row_name(record: dict) -> str:
     return f"{record['method']} (defaults)" if record.get("config") == "default" else record["method"]
 
@@ -92,6 +127,8 @@ def aggregate(records: list[dict], tuned: Optional[dict] = None) -> list[dict]:
             row[key] = (_mean([r.get(key) for r in group]), _std([r.get(key) for r in group]))
         ratios = [r["cpu_s"] / rt_cpu[r["seed"]] for r in group if r.get("cpu_s") and rt_cpu.get(r["seed"])]
         row["rte_ratio"] = (_mean(ratios), _std(ratios))
+        passes = [r["train_rows"] / r["rt_rows"] for r in group if r.get("train_rows") and r.get("rt_rows")]
+        row["pass_ratio"] = (_mean(passes), _std(passes))
         entry = (tuned or {}).get(group[0]["method"]) if group[0].get("config") == "tuned" else None
         row["sensitivity"] = None if entry is None else entry.get("sensitivity")
         row["failed"] = sum(1 for r in group if r.get("status", "ok") != "ok")
@@ -120,13 +157,14 @@ def markdown_table(rows: list[dict]) -> str:
         "Avg.D",
         "RTE s",
         "RTE/RT",
+        "passes/RT",
         "sens.",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [row["row"] + (f" ({row['failed']} diverged)" if row["failed"] else ""), str(row["n"])]
         cells += [_cell(row[k]) for k in TABLE_KEYS]
-        cells += [_cell(row["rte_s"], 1), _cell(row["rte_ratio"], 2)]
+        cells += [_cell(row["rte_s"], 1), _cell(row["rte_ratio"], 2), _cell(row.get("pass_ratio", (None, 0)), 3)]
         cells.append("–" if row["sensitivity"] is None else f"{row['sensitivity']:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -137,9 +175,13 @@ def write_outputs(output: str | os.PathLike, records: list[dict], cfg: dict, tag
     output = Path(output)
     path = output / "results.json"
     kept = [r for r in json.loads(path.read_text()) if r.get("tag") != tag] if path.exists() else []
+    # Run files record RT's rows from the recipe that trained RT; older ones get it from the config's recipe.
+    rt = rt_rows(cfg, records[0]["model"]) if records else None
     mine = [
         {
             **{k: r.get(k) for k in RECORD_KEYS},
+            "train_rows": training_rows(r, r.get("rt_rows") or rt),
+            "rt_rows": r.get("rt_rows") or rt,
             "tag": tag,
             "config": r.get("config"),
             "status": r.get("status"),
@@ -161,7 +203,10 @@ def write_outputs(output: str | os.PathLike, records: list[dict], cfg: dict, tag
         "Mean ± std over seeds. Accuracies and MIA in %, KL/JS in nats on the forget set against RT, Avg.D = mean "
         "|Δ| to RT over FA, RA, TA, MIA. `retrain_seed2` is the noise floor. RTE/RT: method time over RT's time "
         "on the same seed, both measured as the CPU time of a 1-thread process (wall time `RTE s` depends on "
-        "how busy the machine was). sens.: mean Avg.D over the method's whole grid on the validation seeds.\n\n"
+        "how busy the machine was). passes/RT: rows the method passed forward and backward through the model "
+        "(saliency, forget and remain passes together) over the rows of RT's recipe (steps × batch size), a cost "
+        "independent of the hardware and of the load. sens.: mean Avg.D over the method's whole grid on the "
+        "validation seeds.\n\n"
     )
     atomic_write_text(output / "results.md", "# Digits classification benchmark\n\n" + intro + "\n".join(sections))
     plot(tables, output / "results.png")

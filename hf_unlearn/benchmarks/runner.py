@@ -240,6 +240,7 @@ def run_one(
             "resolved": {k: getattr(unlearner.config, k) for k in _REPORTED_FIELDS},
             "work": unlearner.result.work if unlearner.result is not None else None,
         }
+    record["rt_rows"] = ctx.recipe.max_steps * ctx.recipe.batch_size  # RT's cost in rows, for passes/RT
     record["threads"] = torch.get_num_threads()
     record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     if PartialState().is_main_process:
