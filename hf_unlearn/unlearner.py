@@ -14,8 +14,13 @@ from tqdm.auto import tqdm
 
 from .checkpointing import EngineState, endless_at, resolve_checkpoint, run_identity, save_checkpoint
 from .config import UnlearnConfig
+from .evaluation import evaluate as evaluate_classifier
 from .families import detect_family, get_family_class, normalize_family
+from .hub import push_to_hub as push_unlearned
+from .hub import read_previous_record, save_unlearned
+from .lora import adapter_base_model, is_adapter_folder, load_adapter_folder, prepare_model
 from .methods import get_method
+from .metrics.concept import concept_metrics
 from .parts import SaliencyInputs, Step, StepContext, load_mask, mask_fraction, pass_statistic, save_mask
 from .passes import PassCounter, step_rows
 from .tracking import check_log_with, start_tracking, stop_tracking
@@ -82,20 +87,30 @@ class Unlearner:
         trust_remote_code: bool = False,
         **kwargs,
     ) -> Unlearner:
-        """Loads a model object, a local folder or a Hub repo id and detects its family (or takes `family`)."""
+        """Loads a model object, a local folder or a Hub repo id and detects its family (or takes `family`).
+
+        An adapter folder (a LoRA output: `adapter_config.json` without `config.json`) loads its base model from the
+        `base_model_name_or_path` it names, as `peft.AutoPeftModel` does, with the adapter on top and trainable
+        (`lora=True`): a further deletion request continues the adapter and extends the folder's record.
+        """
         config = config or UnlearnConfig()
-        family = normalize_family(family or config.family or detect_family(model_or_path))
+        base = adapter_base_model(model_or_path) if is_adapter_folder(model_or_path) else model_or_path
+        if base is not model_or_path and not config.lora:
+            logger.info(f"{model_or_path} is a LoRA adapter folder: its adapter trains on (lora=True).")
+            config = replace(config, lora=True)
+        family = normalize_family(family or config.family or detect_family(base))
         config = config.resolve(family)  # checks that the method supports the family, before any loading
         family_obj = get_family_class(family).from_pretrained(
-            model_or_path,
+            base,
             config,
             image_processor=image_processor,
             transform=transform,
             trust_remote_code=trust_remote_code,
             **kwargs,
         )
-        from .hub import read_previous_record  # noqa: PLC0415
-
+        if base is not model_or_path:
+            family_obj.model = load_adapter_folder(family_obj.model, model_or_path)
+            family_obj.source = str(model_or_path)
         previous = read_previous_record(model_or_path)  # an earlier hf_unlearn output: its history carries on
         if previous:
             family_obj.previous_records = previous.get("requests", [])
@@ -128,8 +143,6 @@ class Unlearner:
         if method.reinit:
             self.family.model = self.family.fresh_model(cfg.retrain_init)
         if cfg.lora or cfg.gradient_checkpointing:  # before the optimizer: it must see only the adapters
-            from .lora import prepare_model  # noqa: PLC0415
-
             self.family.model = prepare_model(self.family, cfg)
         ctx, named, optimizer, forget_loader, remain_loader = self._prepare(split, accelerator)
         params = [p for _, p in named]
@@ -465,15 +478,11 @@ class Unlearner:
         `remain_noise_loss` (see [`~metrics.concept.concept_metrics`]). They are kept by [`record_metrics`].
         """
         if self.family.name == "text_to_image":
-            from .metrics.concept import concept_metrics  # noqa: PLC0415
-
             if reference is not None:
                 raise ValueError("`reference` (a retrained model for KL/JS/Avg.D) is for classifiers; leave it unset.")
             split = self.validate(split)
             return self.record_metrics(concept_metrics(self.family, split, **kwargs))
-        from .evaluation import evaluate  # noqa: PLC0415
-
-        return self.record_metrics(evaluate(self, split, reference=reference, **kwargs))
+        return self.record_metrics(evaluate_classifier(self, split, reference=reference, **kwargs))
 
     def record_metrics(self, metrics: dict) -> dict:
         """Keeps `metrics` for the record and the model card's before/after table, and returns them.
@@ -490,14 +499,10 @@ class Unlearner:
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
         """Writes the model (native format, safetensors), `unlearn_config.json`, the record and the model card."""
-        from .hub import save_unlearned  # noqa: PLC0415
-
         save_unlearned(self, save_directory, **kwargs)
 
     def push_to_hub(self, repo_id: str, **kwargs) -> str:
-        from .hub import push_to_hub  # noqa: PLC0415
-
-        return push_to_hub(self, repo_id, **kwargs)
+        return push_unlearned(self, repo_id, **kwargs)
 
 
 def _check_finite(value: torch.Tensor, what: str, step: int, cfg) -> None:
