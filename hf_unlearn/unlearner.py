@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Optional
 
 import torch
+from accelerate import PartialState
 from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 
@@ -69,6 +70,8 @@ class Unlearner:
         self.family = family
         self.config = config.resolve(family.name)  # also refuses a method that does not support the family
         self.method = get_method(self.config.method, family.name)
+        # The budget as given or defaulted; each split turns it into cycles for its own forget-set size.
+        self._budget = {"max_steps": self.config.max_steps, "num_forget_epochs": self.config.num_forget_epochs}
         self.mask: Optional[dict[str, torch.Tensor]] = None
         self.result: Optional[UnlearnResult] = None
         self.metrics_before: Optional[dict] = None  # the model's metrics before the current run (record, card)
@@ -127,6 +130,7 @@ class Unlearner:
         cfg, method = self.config, self.method
         self.metrics_before = self.result.metrics if self.result is not None else self.metrics_before
         split = self.validate(split)
+        cfg = self.config  # validate fixed the budget in cycles for this split
         check_log_with(cfg.log_with)  # before the Accelerator: accelerate drops a missing tracker silently
         accelerator = make_accelerator(cfg)
         check_sharding(accelerator.distributed_type, method, cfg)
@@ -213,8 +217,17 @@ class Unlearner:
         folder. Returns the prepared split; raises `ValueError` naming the argument at fault."""
         split = self.family.prepare_split(split, self.config)
         self.family.validate_split(split)
+        self.config = self._budget_for(split)
         self._validate_run()
         return split
+
+    def _budget_for(self, split) -> UnlearnConfig:
+        """The config with `max_steps` fixed: a budget in passes over the forget set becomes cycles for this split."""
+        cfg = replace(self.config, **self._budget)
+        rows = getattr(split, "forget_indices", None)
+        rows = len(rows) if rows is not None else len(split.forget)
+        global_batch = cfg.per_device_train_batch_size * PartialState().num_processes * cfg.gradient_accumulation_steps
+        return cfg.resolve_budget(rows, global_batch)
 
     def _validate_run(self) -> None:
         """Checks that need the model and config together; run before any weight changes."""
