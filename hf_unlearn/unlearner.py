@@ -72,6 +72,7 @@ class Unlearner:
         self.method = get_method(self.config.method, family.name)
         # The budget as given or defaulted; each split turns it into cycles for its own forget-set size.
         self._budget = {"max_steps": self.config.max_steps, "num_forget_epochs": self.config.num_forget_epochs}
+        self._budget_fixed = tuple(self._budget.values())  # what the last split fixed it to
         self.mask: Optional[dict[str, torch.Tensor]] = None
         self.result: Optional[UnlearnResult] = None
         self.metrics_before: Optional[dict] = None  # the model's metrics before the current run (record, card)
@@ -223,11 +224,16 @@ class Unlearner:
 
     def _budget_for(self, split) -> UnlearnConfig:
         """The config with `max_steps` fixed: a budget in passes over the forget set becomes cycles for this split."""
-        cfg = replace(self.config, **self._budget)
+        cfg = self.config
+        if (cfg.max_steps, cfg.num_forget_epochs) != self._budget_fixed:  # set by the caller since: that budget runs
+            self._budget = {"max_steps": cfg.max_steps, "num_forget_epochs": cfg.num_forget_epochs}
+        cfg = replace(cfg, **self._budget)
         rows = getattr(split, "forget_indices", None)
         rows = len(rows) if rows is not None else len(split.forget)
         global_batch = cfg.per_device_train_batch_size * PartialState().num_processes * cfg.gradient_accumulation_steps
-        return cfg.resolve_budget(rows, global_batch)
+        cfg = cfg.resolve_budget(rows, global_batch)
+        self._budget_fixed = (cfg.max_steps, cfg.num_forget_epochs)
+        return cfg
 
     def _validate_run(self) -> None:
         """Checks that need the model and config together; run before any weight changes."""

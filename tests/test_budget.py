@@ -1,5 +1,6 @@
 """The unlearning budget in either unit: cycles (`max_steps`) or passes over the forget set (`num_forget_epochs`)."""
 
+import dataclasses
 import math
 
 import pytest
@@ -82,3 +83,17 @@ def test_the_default_budget_covers_a_forget_set_larger_than_its_cycles(untrained
     assert unlearner.config.max_steps == 30
     assert unlearner.unlearn(split).steps == 40
     assert unlearner.config.max_steps == 40
+
+
+def test_a_second_split_and_a_changed_config_get_their_own_cycles(untrained_resnet_dir, digits_small, tmp_path):
+    train = digits_small["train"]
+    config = UnlearnConfig(
+        method="gradient_ascent", num_forget_epochs=1, per_device_train_batch_size=20, output_dir=str(tmp_path)
+    )
+    unlearner = Unlearner.from_pretrained(str(untrained_resnet_dir), config)
+    assert unlearner.unlearn(ForgetRemainSplit.from_dataset(train, forget_ids=list(range(120)))).steps == 6
+    # the budget is still one pass: the smaller set's own cycles, not the 6 fixed for the first split
+    assert unlearner.unlearn(ForgetRemainSplit.from_dataset(train, forget_ids=list(range(40)))).steps == 2
+    # a budget set on the unlearner's config between runs is the one that runs
+    unlearner.config = dataclasses.replace(unlearner.config, max_steps=3, num_forget_epochs=None)
+    assert unlearner.unlearn(ForgetRemainSplit.from_dataset(train, forget_ids=list(range(120)))).steps == 3
