@@ -95,7 +95,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
     ),
     "geometry (G)": ("remain_steps_per_forget", "interpolation_beta", "remain_max_grad_norm", "ewc_lambda"),
     "training": (
-        "optim", "learning_rate", "weight_decay", "momentum", "max_steps", "per_device_train_batch_size",
+        "optim", "learning_rate", "weight_decay", "momentum", "max_steps", "num_forget_epochs",
+        "per_device_train_batch_size",
         "gradient_accumulation_steps", "max_grad_norm", "lr_scheduler_type", "warmup_steps", "mixed_precision",
         "gradient_checkpointing", "divergence_guard", "train_modules", "noise_loss_reduction",
     ),
