@@ -9,7 +9,6 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Optional
 
 import torch
-from accelerate import PartialState
 from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 
@@ -230,8 +229,10 @@ class Unlearner:
         cfg = replace(cfg, **self._budget)
         rows = getattr(split, "forget_indices", None)
         rows = len(rows) if rows is not None else len(split.forget)
-        global_batch = cfg.per_device_train_batch_size * PartialState().num_processes * cfg.gradient_accumulation_steps
-        cfg = cfg.resolve_budget(rows, global_batch)
+        if cfg.num_forget_epochs is not None:
+            # The launcher's world size: making the process state here, before the Accelerator, would fix it too early.
+            world = int(os.environ.get("WORLD_SIZE", "1"))
+            cfg = cfg.resolve_budget(rows, cfg.per_device_train_batch_size * world * cfg.gradient_accumulation_steps)
         self._budget_fixed = (cfg.max_steps, cfg.num_forget_epochs)
         return cfg
 
