@@ -7,6 +7,7 @@ import contextlib
 import math
 from typing import Optional
 
+import torch
 from torch import nn
 
 # saliency: the mask's passes at θ0; geometry: the geometry's own passes at θ0 (EWC's Fisher); forget / remain: the
@@ -75,6 +76,16 @@ class PassCounter:
         """One backward pass of the current kind over `rows` rows (this process's, unless `global_rows`)."""
         self.work["passes"][self.kind] += 1
         self.work["rows"][self.kind] += int(rows) * (1 if global_rows else self.num_processes)
+
+    def agree(self, accelerator) -> None:
+        """Makes every process report the same forward counts: the busiest process's. A process with no rows in the
+        last global batch of a saliency pass skips that forward; the first process never does, so the maximum is the
+        count one process makes over the same data."""
+        if self.num_processes == 1:
+            return
+        counts = torch.tensor([self.work["forward"][kind] for kind in KINDS], device=accelerator.device)
+        agreed = accelerator.gather(counts.reshape(1, -1)).max(dim=0).values.tolist()
+        self.work["forward"] = {kind: int(n) for kind, n in zip(KINDS, agreed)}
 
     def close(self) -> None:
         for handle in self._handles:

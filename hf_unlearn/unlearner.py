@@ -191,6 +191,7 @@ class Unlearner:
         finally:  # the divergence guard's copy is only needed inside the loop, also when it ends in an error
             self._guarded = self._last_good = None
             counter.close()
+        counter.agree(accelerator)
         accelerator.wait_for_everyone()
         stop_tracking(accelerator)
         self.family.model = accelerator.unwrap_model(ctx.model)
