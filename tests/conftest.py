@@ -18,6 +18,17 @@ transformers.logging.set_verbosity_error()
 torch.set_num_threads(1)
 
 
+def pytest_terminal_summary(terminalreporter):
+    """One line on the machine: a suite that is slow in CI but not here is then explained by the log (CPUs the
+    process may use, the load, torch's threads)."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    terminalreporter.write_line(
+        f"machine: {os.cpu_count()} CPUs, {usable} usable, load {load}, torch threads {torch.get_num_threads()}, "
+        f"xdist workers {getattr(terminalreporter.config.option, 'numprocesses', None)}"
+    )
+
+
 @pytest.fixture(scope="session")
 def digits():
     from hf_unlearn import load_digits_dataset
