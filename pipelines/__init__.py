@@ -1,5 +1,11 @@
-"""Diffusers pipelines shipped with hf_unlearn (also importable as `hf_unlearn.pipelines`)."""
+"""Diffusers pipelines shipped with hf_unlearn: the code itself, one self-contained file per pipeline (also importable
+as `hf_unlearn.pipelines`)."""
 
-from .class_conditional import ClassConditionalPipeline, ClassConditionalPipelineOutput
+from .class_conditional import (
+    ClassConditionalPipeline,
+    ClassConditionalPipelineOutput,
+    default_null_class_id,
+    predict_noise,
+)
 
-__all__ = ["ClassConditionalPipeline", "ClassConditionalPipelineOutput"]
+__all__ = ["ClassConditionalPipeline", "ClassConditionalPipelineOutput", "default_null_class_id", "predict_noise"]

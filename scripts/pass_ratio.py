@@ -74,7 +74,7 @@ def digits_rows() -> list[dict]:
     """The digits benchmark's tuned SFR-on configs against RT's recipe, and the passes its run files recorded."""
     from hf_unlearn.benchmarks.runner import make_split  # noqa: PLC0415
 
-    bench = yaml.safe_load((ROOT / "configs/benchmark_classification.yaml").read_text())
+    bench = yaml.safe_load((ROOT / "hf_unlearn/benchmarks/benchmark_classification.yaml").read_text())
     rows = []
     for tag, tuned in sorted((bench.get("tuned") or {}).items()):
         if "sfr_on" not in tuned:

@@ -203,7 +203,7 @@ def relearn_t2i_part(args) -> dict:
 
 # The relearning attack on the digits classifiers
 def _tuned(method: str) -> dict:
-    config = yaml.safe_load((ROOT / "configs" / "benchmark_classification.yaml").read_text())
+    config = yaml.safe_load((ROOT / "hf_unlearn" / "benchmarks" / "benchmark_classification.yaml").read_text())
     return dict(config["tuned"]["resnet-class-c3"][method]["overrides"])
 
 

@@ -1,7 +1,7 @@
 """Prints the validation-search table of one benchmark tag as markdown, from the run files and the frozen selection.
 
     python scripts/validation_table.py resnet-class-c3 [--output benchmark_results]
-        [--config configs/benchmark_classification.yaml]
+        [--config hf_unlearn/benchmarks/benchmark_classification.yaml]
 
 One row per method: the grid point frozen by `hf-unlearn benchmark --phase select --freeze`, its mean ± std Avg.D and
 D_KL over the validation seeds, the sensitivity (mean Avg.D over the whole grid), and when its search runs finished
@@ -22,7 +22,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("tag")
     p.add_argument("--output", default="benchmark_results")
-    p.add_argument("--config", default="configs/benchmark_classification.yaml")
+    p.add_argument("--config", default="hf_unlearn/benchmarks/benchmark_classification.yaml")
     args = p.parse_args()
     tuned = yaml.safe_load(Path(args.config).read_text())["tuned"][args.tag]
     runs = [json.loads(f.read_text()) for f in Path(args.output, "runs").glob(f"search-{args.tag}-*.json")]

@@ -2,7 +2,7 @@
 
 Phases (``--phase``):
 
-- ``search``: every method × its grid (``configs/benchmark_classification.yaml``) on the validation seeds;
+- ``search``: every method × its grid (``benchmark_classification.yaml`` beside this file) on the validation seeds;
 - ``select``: per method, the grid point with the lowest mean Avg.D on the validation seeds (``--freeze`` writes it
   into the config file's ``tuned`` section, which is what ``report`` reads);
 - ``report``: the three reference rows, every method with its frozen tuned config and with the library defaults, on
@@ -34,7 +34,7 @@ from .runner import REFERENCE_ROWS, BenchmarkContext, config_hash, run_one
 
 logger = get_logger(__name__)
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "benchmark_classification.yaml"
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "benchmark_classification.yaml"  # ships in the wheel
 QUICK_METHODS = ("sfr_on_kl", "random_label")
 QUICK_RECIPE = TrainingRecipe(max_steps=50, learning_rate=3e-3)
 QUICK_TRAIN_ROWS = 600

@@ -25,7 +25,7 @@ _CLASSIFIER = "image_classifier"
 _DIFFUSION = ("class_conditional_diffusion", "text_to_image")
 _SFR_DEFAULTS = {
     "*": {"temperature": 0.5, "mask_threshold": 1.0},
-    # Chosen on the digits benchmark's validation seeds (configs/benchmark_classification.yaml, docs/benchmarks.md).
+    # Chosen on the digits benchmark's validation seeds (benchmarks/benchmark_classification.yaml, docs/benchmarks.md).
     # Clipping per step kind as the authors: the forget step only for classifiers, both steps for the DDPM, none for
     # Stable Diffusion (`max_grad_norm` clips forget steps, `remain_max_grad_norm` the fast remain steps).
     _CLASSIFIER: {
