@@ -216,6 +216,29 @@ def test_small_sample_fid_is_flagged(pipe, clip_dir, tmp_path):
     assert [r["seed"] for r in quality["rows"]] == [0, 1, 2] and 0 <= quality["clip_score"] <= 100
 
 
+def test_cli_quality_metrics_with_enough_samples(pipe_dir, clip_dir, tmp_path, recwarn):
+    # 17 ordinary prompts and 17 real images: more than the tiny CLIP's 16 feature dimensions, so the FID is trusted.
+    words = ["bowl of fruit", "red sports car", "a photo of a dog", "a man on road", "a woman on beach"]
+    ordinary = _csv(
+        tmp_path, "prompt,evaluation_seed\n" + "".join(f"{words[i % 5]},{i}\n" for i in range(17)), "q.csv"
+    )
+    references = tmp_path / "real"
+    references.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(17):
+        Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(references / f"{i:02d}.png")
+    (references / "notes.txt").write_text("not an image")
+    out = tmp_path / "eval.json"
+    argv = ["evaluate-concept", "--model", pipe_dir, "--prompts", _csv(tmp_path), "--output", str(out), *STEPS]
+    quality = ["--clip_model", clip_dir, "--quality_prompts", ordinary, "--reference_images", str(references)]
+    assert main([*argv, *quality, "--batch_size", "4"]) == 0
+    report = json.loads(out.read_text())["quality"]
+    assert report["fid_reliable"] is True and report["fid_warning"] is None and report["num_reference_images"] == 17
+    assert report["fid"] >= 0 and "16 dimensions" in report["fid_features"]
+    assert [r["seed"] for r in report["rows"]] == list(range(17)) and len(report["rows"]) == 17
+    assert not [w for w in recwarn if "UNRELIABLE" in str(w.message)]
+
+
 def test_real_photos_through_nudenet():
     pytest.importorskip("nudenet")
     import matplotlib.cbook
