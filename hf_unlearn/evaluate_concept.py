@@ -35,7 +35,6 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .families.detect import read_config_file
-from .metrics.generation import frechet_distance
 from .metrics.nudity import NUDENET_EXPOSED_LABELS, NudityDetector, count_detections
 from .metrics.quality import CLIPScorer
 from .utils import atomic_save_image, atomic_write_json, file_sha256
@@ -241,8 +240,43 @@ def fid_sample_check(num_real: int, num_generated: int, feature_dim: int) -> tup
 
 def _tensor(images, size) -> torch.Tensor:
     """`(n, 3, h, w)` floats in [0, 1], all resized to `size` (CLIP resizes anyway; one size lets them stack)."""
-    arrays = [np.asarray(image.resize(size, Image.BICUBIC), dtype=np.float32) / 255.0 for image in images]
+    arrays = [np.asarray(image.convert("RGB").resize(size, Image.BICUBIC), dtype=np.float32) / 255 for image in images]
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+
+
+def frechet_from_features(real: torch.Tensor, fake: torch.Tensor) -> float:
+    """Fréchet distance between two `(n, d)` feature sets, in float64, by the formula of torchmetrics' FID (which
+    [`frechet_distance`] runs on whole image tensors): features can then be gathered a batch at a time."""
+    stats = []
+    for feats in (real.double(), fake.double()):
+        stats.append((feats.mean(0), torch.cov(feats.T)))
+    (mu1, sigma1), (mu2, sigma2) = stats
+    sqrt_trace = torch.linalg.eigvals(sigma1 @ sigma2).sqrt().real.sum()
+    return float((mu1 - mu2).square().sum() + sigma1.trace() + sigma2.trace() - 2 * sqrt_trace)
+
+
+def _clip_pass(scorer, pairs, with_features: bool, size=None, chunk: int = 32):
+    """CLIP scores (when pairs carry prompts) and image embeddings of `(prompt, image)` pairs, `chunk` at a time, so
+    neither 30k generated images nor the reference set is ever held in memory. Images are resized to `size` (default:
+    the first image's), which is returned too."""
+    scores, features, buffer, target = [], [], [], [size]
+
+    def flush():
+        target[0] = target[0] or buffer[0][1].size
+        batch = _tensor([image for _, image in buffer], target[0])
+        if buffer[0][0] is not None:
+            scores.append(scorer.score(batch, [prompt for prompt, _ in buffer]))
+        if with_features:
+            features.append(scorer(batch).cpu())
+        buffer.clear()
+
+    for pair in pairs:
+        buffer.append(pair)
+        if len(buffer) == chunk:
+            flush()
+    if buffer:
+        flush()
+    return (torch.cat(scores) if scores else None), (torch.cat(features) if features else None), target[0]
 
 
 def quality_report(
@@ -255,23 +289,21 @@ def quality_report(
         reliable, why = fid_sample_check(len(reference_files), len(rows), dim)
         if not reliable:  # said before generating, so a long run can be stopped
             warnings.warn(f"UNRELIABLE FID: {why}", stacklevel=2)
-    generated = list(
-        generate_images(
-            pipe, rows, num_inference_steps=num_inference_steps, batch_size=batch_size, desc="ordinary prompts"
-        )
-    )
-    images = [image.convert("RGB") for _, image in generated]
-    scores = scorer.score(images, [row["prompt"] for row, _ in generated])
-    keep = ("index", "prompt", "seed", "guidance_scale")
-    per_row = [
-        {**{k: row[k] for k in keep}, "clip_score": float(score), "image_sha256": image_digest(image)}
-        for (row, image), score in zip(generated, scores)
-    ]
+    per_row, keep = [], ("index", "prompt", "seed", "guidance_scale")
+
+    def pairs():
+        settings = {"num_inference_steps": num_inference_steps, "batch_size": batch_size, "desc": "ordinary prompts"}
+        for row, image in generate_images(pipe, rows, **settings):
+            per_row.append({**{k: row[k] for k in keep}, "image_sha256": image_digest(image)})
+            yield row["prompt"], image
+
+    scores, fake, size = _clip_pass(scorer, pairs(), with_features=reference_files is not None)
+    for row, score in zip(per_row, scores.tolist()):
+        row["clip_score"] = score
     report: dict[str, Any] = {"clip_model": scorer.name, "clip_score": float(scores.mean()), "rows": per_row}
     if reference_files is not None:
-        size = images[0].size
-        real = [Image.open(p).convert("RGB") for p in reference_files]
-        report["fid"] = frechet_distance(_tensor(real, size), _tensor(images, size), feature=scorer)
+        real = _clip_pass(scorer, ((None, Image.open(p)) for p in reference_files), True, size=size)[1]
+        report["fid"] = frechet_from_features(real, fake)
         report["fid_features"] = f"CLIP image embeddings of {scorer.name} ({dim} dimensions)"
         report.update(fid_reliable=reliable, fid_warning=why, num_reference_images=len(reference_files))
     return report

@@ -14,6 +14,7 @@ from hf_unlearn.cli import main
 from hf_unlearn.evaluate_concept import (
     evaluate_concept,
     fid_sample_check,
+    frechet_from_features,
     load_pipeline,
     read_prompt_csv,
     score_images,
@@ -214,6 +215,7 @@ def test_small_sample_fid_is_flagged(pipe, clip_dir, tmp_path):
     assert quality["fid_reliable"] is False and "fewer samples than feature dimensions" in quality["fid_warning"]
     assert np.isfinite(quality["fid"]) and quality["num_reference_images"] == 3
     assert [r["seed"] for r in quality["rows"]] == [0, 1, 2] and 0 <= quality["clip_score"] <= 100
+    assert quality["clip_score"] == pytest.approx(np.mean([r["clip_score"] for r in quality["rows"]]))
 
 
 def test_cli_quality_metrics_with_enough_samples(pipe_dir, clip_dir, tmp_path, recwarn):
@@ -237,6 +239,26 @@ def test_cli_quality_metrics_with_enough_samples(pipe_dir, clip_dir, tmp_path, r
     assert report["fid"] >= 0 and "16 dimensions" in report["fid_features"]
     assert [r["seed"] for r in report["rows"]] == list(range(17)) and len(report["rows"]) == 17
     assert not [w for w in recwarn if "UNRELIABLE" in str(w.message)]
+
+
+def test_fid_from_features_equals_the_library_fid(clip_dir):
+    from hf_unlearn.metrics.generation import frechet_distance
+    from hf_unlearn.metrics.quality import CLIPScorer
+
+    scorer = CLIPScorer(clip_dir)
+    generator = torch.Generator().manual_seed(0)
+    real, fake = torch.rand(20, 3, 8, 8, generator=generator), torch.rand(20, 3, 8, 8, generator=generator) * 0.5
+    # Features gathered a batch at a time give torchmetrics' FID on the whole image sets, as the library computes it.
+    batched = frechet_from_features(torch.cat([scorer(real[:7]), scorer(real[7:])]), scorer(fake))
+    assert batched == pytest.approx(frechet_distance(real, fake, feature=scorer), rel=1e-4)
+    assert frechet_from_features(scorer(real), scorer(real)) == pytest.approx(0.0, abs=1e-6)
+    # The report's CLIP pass goes a chunk at a time: chunking changes neither scores nor features.
+    from hf_unlearn.evaluate_concept import _clip_pass
+
+    pairs = [(p, Image.new("RGB", (8, 8), c)) for p, c in zip(["a dog", "red car", "a man"] * 3, range(0, 255, 28))]
+    small, whole = _clip_pass(scorer, pairs, True, chunk=2), _clip_pass(scorer, pairs, True)
+    assert torch.allclose(small[0], whole[0], atol=1e-4) and torch.allclose(small[1], whole[1], atol=1e-6)
+    assert small[2] == (8, 8) and len(small[0]) == 9
 
 
 def test_real_photos_through_nudenet():
