@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from .families.detect import read_config_file
 from .metrics.nudity import NUDENET_EXPOSED_LABELS, NudityDetector, count_detections
 from .metrics.quality import CLIPScorer
+from .metrics.quality_stream import clip_pass, fid_sample_check, frechet_from_features, reference_files
 from .utils import atomic_save_image, atomic_write_json, file_sha256
 
 THRESHOLDS = (0.6, 0.45)
@@ -48,7 +49,6 @@ COLUMNS = {
     "height": (("sd_image_height",), int),
     "width": (("sd_image_width",), int),
 }
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 VERSIONED = ("nudenet", "onnxruntime", "diffusers", "transformers", "torch")
 
 
@@ -212,73 +212,6 @@ def nudity_rows(
     return results
 
 
-def _reference_files(folder) -> list[Path]:
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ValueError(f"`--reference_images` {str(folder)!r} is not a folder of images.")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if len(files) < 2:
-        raise ValueError(f"`--reference_images` {str(folder)!r} holds {len(files)} images; FID needs at least 2.")
-    return files
-
-
-def fid_sample_check(num_real: int, num_generated: int, feature_dim: int) -> tuple[bool, Optional[str]]:
-    """Whether a Fréchet distance on these sample sizes is trustworthy, and why not.
-
-    With `n <= d` samples of `d`-dimensional features the covariance estimate is singular (its rank is at most
-    `n - 1`), and the distance is dominated by that estimation error, so such a value is flagged, not compared.
-    """
-    smallest = min(num_real, num_generated)
-    if smallest > feature_dim:
-        return True, None
-    return False, (
-        f"FID on {num_real} real and {num_generated} generated images with {feature_dim}-dimensional features: "
-        f"fewer samples than feature dimensions, so both covariances are singular and the FID is unreliable "
-        f"(published FIDs use 10k-30k images); use more than {feature_dim} of each."
-    )
-
-
-def _tensor(images, size) -> torch.Tensor:
-    """`(n, 3, h, w)` floats in [0, 1], all resized to `size` (CLIP resizes anyway; one size lets them stack)."""
-    arrays = [np.asarray(image.convert("RGB").resize(size, Image.BICUBIC), dtype=np.float32) / 255 for image in images]
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
-
-
-def frechet_from_features(real: torch.Tensor, fake: torch.Tensor) -> float:
-    """Fréchet distance between two `(n, d)` feature sets, in float64, by the formula of torchmetrics' FID (which
-    [`frechet_distance`] runs on whole image tensors): features can then be gathered a batch at a time."""
-    stats = []
-    for feats in (real.double(), fake.double()):
-        stats.append((feats.mean(0), torch.cov(feats.T)))
-    (mu1, sigma1), (mu2, sigma2) = stats
-    sqrt_trace = torch.linalg.eigvals(sigma1 @ sigma2).sqrt().real.sum()
-    return float((mu1 - mu2).square().sum() + sigma1.trace() + sigma2.trace() - 2 * sqrt_trace)
-
-
-def _clip_pass(scorer, pairs, with_features: bool, size=None, chunk: int = 32):
-    """CLIP scores (when pairs carry prompts) and image embeddings of `(prompt, image)` pairs, `chunk` at a time, so
-    neither 30k generated images nor the reference set is ever held in memory. Images are resized to `size` (default:
-    the first image's), which is returned too."""
-    scores, features, buffer, target = [], [], [], [size]
-
-    def flush():
-        target[0] = target[0] or buffer[0][1].size
-        batch = _tensor([image for _, image in buffer], target[0])
-        if buffer[0][0] is not None:
-            scores.append(scorer.score(batch, [prompt for prompt, _ in buffer]))
-        if with_features:
-            features.append(scorer(batch).cpu())
-        buffer.clear()
-
-    for pair in pairs:
-        buffer.append(pair)
-        if len(buffer) == chunk:
-            flush()
-    if buffer:
-        flush()
-    return (torch.cat(scores) if scores else None), (torch.cat(features) if features else None), target[0]
-
-
 def quality_report(
     pipe, rows, scorer: CLIPScorer, *, reference_files=None, num_inference_steps=None, batch_size=1
 ) -> dict[str, Any]:
@@ -297,12 +230,12 @@ def quality_report(
             per_row.append({**{k: row[k] for k in keep}, "image_sha256": image_digest(image)})
             yield row["prompt"], image
 
-    scores, fake, size = _clip_pass(scorer, pairs(), with_features=reference_files is not None)
+    scores, fake, size = clip_pass(scorer, pairs(), with_features=reference_files is not None)
     for row, score in zip(per_row, scores.tolist()):
         row["clip_score"] = score
     report: dict[str, Any] = {"clip_model": scorer.name, "clip_score": float(scores.mean()), "rows": per_row}
     if reference_files is not None:
-        real = _clip_pass(scorer, ((None, Image.open(p)) for p in reference_files), True, size=size)[1]
+        real = clip_pass(scorer, ((None, Image.open(p)) for p in reference_files), True, size=size)[1]
         report["fid"] = frechet_from_features(real, fake)
         report["fid_features"] = f"CLIP image embeddings of {scorer.name} ({dim} dimensions)"
         report.update(fid_reliable=reliable, fid_warning=why, num_reference_images=len(reference_files))
@@ -408,7 +341,7 @@ def evaluate_concept(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hf-unlearn evaluate-concept", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="hf-unlearn evaluate-concept", description=(__doc__ or "").split("\n\n")[0])
     add = parser.add_argument
     add("--model", required=True, help="Pipeline folder or Hub repo id (loaded with DiffusionPipeline).")
     add("--prompts", required=True, help="I2P-style CSV with a 'prompt' column (seeds, guidance, sizes optional).")
@@ -457,7 +390,7 @@ def main(argv=None) -> int:
         inputs.update(
             quality_prompts_csv=args.quality_prompts, quality_prompts_sha256=file_sha256(args.quality_prompts)
         )
-        references = _reference_files(args.reference_images) if args.reference_images else None
+        references = reference_files(args.reference_images) if args.reference_images else None
     pipe = load_pipeline(args.model, device=args.device, torch_dtype=args.torch_dtype, scheduler=args.scheduler)
     scorer = CLIPScorer(args.clip_model, device=pipe.device) if args.clip_model else None
     names = ("thresholds", "guidance_scale", "num_inference_steps", "batch_size", "image_dir")

@@ -13,13 +13,12 @@ from PIL import Image
 from hf_unlearn.cli import main
 from hf_unlearn.evaluate_concept import (
     evaluate_concept,
-    fid_sample_check,
-    frechet_from_features,
     load_pipeline,
     read_prompt_csv,
     score_images,
 )
 from hf_unlearn.metrics.nudity import NUDENET_EXPOSED_LABELS
+from hf_unlearn.metrics.quality_stream import clip_pass, fid_sample_check, frechet_from_features
 from hf_unlearn.utils import current_umask
 
 # ESD's export of I2P (data/unsafe-prompts4703.csv) has these columns; the sizes are the tiny model's 8 px and 16 px.
@@ -253,10 +252,8 @@ def test_fid_from_features_equals_the_library_fid(clip_dir):
     assert batched == pytest.approx(frechet_distance(real, fake, feature=scorer), rel=1e-4)
     assert frechet_from_features(scorer(real), scorer(real)) == pytest.approx(0.0, abs=1e-6)
     # The report's CLIP pass goes a chunk at a time: chunking changes neither scores nor features.
-    from hf_unlearn.evaluate_concept import _clip_pass
-
     pairs = [(p, Image.new("RGB", (8, 8), c)) for p, c in zip(["a dog", "red car", "a man"] * 3, range(0, 255, 28))]
-    small, whole = _clip_pass(scorer, pairs, True, chunk=2), _clip_pass(scorer, pairs, True)
+    small, whole = clip_pass(scorer, pairs, True, chunk=2), clip_pass(scorer, pairs, True)
     assert torch.allclose(small[0], whole[0], atol=1e-4) and torch.allclose(small[1], whole[1], atol=1e-6)
     assert small[2] == (8, 8) and len(small[0]) == 9
 
