@@ -24,6 +24,11 @@ COMMANDS = {
         "evaluate_main",
         "Score a model on its data: a classifier's FA/RA/TA/MIA, a text-to-image model's concept gap.",
     ),
+    "evaluate-concept": (
+        "hf_unlearn.evaluate_concept",
+        "main",
+        "NudeNet counts of a text-to-image model on I2P-style prompts (0.6 and 0.45), optional CLIP score / FID.",
+    ),
     "attack": (
         "hf_unlearn.attacks.cli",
         "attack_main",

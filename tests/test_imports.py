@@ -45,6 +45,7 @@ LAYERS = {
     "hf_unlearn.demos": 8,
     "hf_unlearn.cli_args": 8,
     "hf_unlearn.cli": 8,
+    "hf_unlearn.evaluate_concept": 8,
     "hf_unlearn.benchmarks": 8,
     "hf_unlearn.attacks": 8,
 }
