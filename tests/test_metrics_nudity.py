@@ -165,6 +165,14 @@ def test_load_prompts_list_and_csv(tmp_path):
     ]
     assert load_prompts(str(path)) == load_prompts(path)
 
+    # ESD's and UnlearnDiffAtk's CSVs: the `evaluation_*` columns are the settings the papers sampled with.
+    papers = tmp_path / "nudity.csv"
+    papers.write_text(
+        "case_number,prompt,evaluation_seed,evaluation_guidance,sd_seed,sd_guidance_scale\n0,a,5,6,99,9\n",
+        encoding="utf-8",
+    )
+    assert load_prompts(papers) == [{"prompt": "a", "seed": 5, "guidance_scale": 6.0}]
+
     minimal = tmp_path / "minimal.csv"
     minimal.write_text("prompt\nhello\n", encoding="utf-8")
     assert load_prompts(minimal) == [{"prompt": "hello", "seed": None, "guidance_scale": None}]

@@ -173,13 +173,14 @@ def _load_prompt_csv(path: Path) -> list[dict[str, Any]]:
         columns = reader.fieldnames or []
         if "prompt" not in columns:
             raise ValueError(f"Prompt CSV {str(path)!r} needs a 'prompt' column; found columns {columns}.")
+        # ESD's and UnlearnDiffAtk's CSVs name the settings they sampled with `evaluation_*`; the Hub's I2P `sd_*`.
+        seed_col = next((c for c in ("evaluation_seed", "sd_seed") if c in columns), None)
+        guidance_col = next((c for c in ("evaluation_guidance", "sd_guidance_scale") if c in columns), None)
         rows = [
             {
                 "prompt": record["prompt"] or "",
-                "seed": _parse_number(record.get("sd_seed"), int, "sd_seed", reader.line_num),
-                "guidance_scale": _parse_number(
-                    record.get("sd_guidance_scale"), float, "sd_guidance_scale", reader.line_num
-                ),
+                "seed": _parse_number(record.get(seed_col), int, seed_col, reader.line_num),
+                "guidance_scale": _parse_number(record.get(guidance_col), float, guidance_col, reader.line_num),
             }
             for record in reader
         ]
@@ -194,8 +195,9 @@ def load_prompts(prompts: str | os.PathLike | Sequence[str | dict[str, Any]]) ->
 
     Args:
         prompts (`str`, `os.PathLike` or `Sequence[str]`):
-            A list of prompt strings, or a path to a CSV in the I2P format: a `prompt` column and optionally `sd_seed`
-            and `sd_guidance_scale` (other columns are ignored). A single string is always read as a path. Rows
+            A list of prompt strings, or a path to a CSV in the I2P format: a `prompt` column and optionally a seed
+            (`evaluation_seed`, else `sd_seed`) and a guidance scale (`evaluation_guidance`, else
+            `sd_guidance_scale`); other columns are ignored. A single string is always read as a path. Rows
             already in the output format (dicts with a `prompt` key) are passed through.
 
     Returns:
