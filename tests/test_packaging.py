@@ -3,6 +3,7 @@ the diffusers pipeline code ships in the top-level `pipelines` package, and diff
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -18,7 +19,25 @@ ROOT = Path(__file__).resolve().parent.parent
 def wheel(tmp_path_factory):
     """The wheel pip builds from the repo, unpacked (what `pip install` would put in site-packages)."""
     out = tmp_path_factory.mktemp("wheel")
-    cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)]
+    # A copy of what the build reads, so pip's in-tree build leaves nothing (build/, *.egg-info) in the checkout.
+    source = out / "source"
+    source.mkdir()
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, source / name)
+    for name in ("hf_unlearn", "pipelines"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "--no-build-isolation",
+        "-q",
+        "-w",
+        str(out),
+        str(source),
+    ]
     subprocess.run(cmd, check=True, capture_output=True, timeout=600)
     (path,) = out.glob("hf_unlearn-*.whl")
     with zipfile.ZipFile(path) as archive:

@@ -71,7 +71,13 @@ def _sfr(name, forget, description, families=None):
 
 for _method in [
     _sfr("sfr_on", Ascent(weighted=True), "SFR-on as published: Fisher-ratio mask, loss-weighted ascent, fast-slow."),
-    _sfr("sfr_on_bound", Ascent(weighted=True, bounded=True), "SFR-on with ascent capped at loss log(C) per row."),
+    # log(C) is the cross-entropy of a uniform prediction: a classifier's bound; a diffusion loss has none.
+    _sfr(
+        "sfr_on_bound",
+        Ascent(weighted=True, bounded=True),
+        "SFR-on with ascent capped at loss log(C) per row.",
+        families=(_CLASSIFIER,),
+    ),
     _sfr("sfr_on_kl", KLUniform(weighted=True), "SFR-on whose forget step pulls toward uniform over kept classes."),
     _sfr("sfr_on_rl", Remap(weighted=True, anchor="random"), "SFR-on whose forget step uses random other labels."),
     _sfr(
