@@ -114,7 +114,9 @@ class UnlearnConfig:
         },
     )
     lr_scheduler_type: str = field(default="cosine", metadata={"help": f"Learning-rate schedule, one of {SCHEDULES}."})
-    warmup_steps: int = field(default=0, metadata={"help": "Linear warm-up cycles of the learning rate."})
+    warmup_steps: int = field(
+        default=0, metadata={"help": "Cycles of linear warm-up from 0 (transformers' schedules, as `get_scheduler`)."}
+    )
     mixed_precision: str = field(default="no", metadata={"help": f"Mixed precision as in accelerate: {PRECISIONS}."})
     # SFR-on and the shared parts
     forget_alpha: Optional[float] = field(

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from typing import Optional
 
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState, PartialState
 from accelerate.utils import DataLoaderConfiguration, DistributedType
+from transformers import get_scheduler
 
 
 def build_optimizer(params: list[torch.nn.Parameter], config) -> torch.optim.Optimizer:
@@ -23,16 +25,18 @@ def build_optimizer(params: list[torch.nn.Parameter], config) -> torch.optim.Opt
     return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
 
 
-def lr_factor(step: int, total: int, kind: str, warmup: int = 0) -> float:
-    """Multiplier of the peak learning rate at cycle `step` of `total`."""
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    if kind == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    if kind == "linear":
-        return max(0.0, 1.0 - progress)
-    return 1.0
+def lr_schedule(kind: str, total: int, warmup: int = 0) -> Callable[[int], float]:
+    """The multiplier of the peak learning rate at each cycle: transformers' schedule (`get_scheduler`, the curves of
+    `TrainingArguments.lr_scheduler_type`) over `total` cycles, the first `warmup` of them rising linearly from 0.
+
+    The loop sets the rate once per cycle (every step of a cycle shares it), so the schedule is read from a
+    `LambdaLR` built on a one-weight probe optimizer rather than stepped with the run's optimizer, whose steps per
+    cycle vary with the geometry and which resumes from a checkpoint at any cycle.
+    """
+    if kind == "constant" and warmup:
+        kind = "constant_with_warmup"  # transformers' "constant" has no warm-up
+    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    return get_scheduler(kind, probe, num_warmup_steps=warmup, num_training_steps=total).lr_lambdas[0]
 
 
 def alpha_at(step: int, total: int, alpha: float, schedule: str) -> float:

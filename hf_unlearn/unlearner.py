@@ -10,6 +10,7 @@ from typing import Any, Optional
 
 import torch
 from accelerate.logging import get_logger
+from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from .checkpointing import EngineState, endless_at, resolve_checkpoint, run_identity, save_checkpoint
@@ -24,8 +25,8 @@ from .metrics.concept import concept_metrics
 from .parts import SaliencyInputs, Step, StepContext, load_mask, mask_fraction, pass_statistic, save_mask
 from .passes import PassCounter, step_rows
 from .tracking import check_log_with, start_tracking, stop_tracking
-from .training import alpha_at, build_optimizer, check_sharding, lr_factor, make_accelerator
-from .utils import apply_umask, set_seed
+from .training import alpha_at, build_optimizer, check_sharding, lr_schedule, make_accelerator
+from .utils import apply_umask
 from .validation import check_finite_weights, check_run_output_dir
 
 logger = get_logger(__name__)
@@ -136,6 +137,7 @@ class Unlearner:
         check_sharding(accelerator.distributed_type, method, cfg)
         start_tracking(accelerator, cfg, method.name)
         set_seed(cfg.seed)
+        self._lr_at = lr_schedule(cfg.lr_scheduler_type, cfg.max_steps, cfg.warmup_steps)
         start = time.perf_counter()
         self._counter = counter = PassCounter(accelerator.num_processes)
         self._work = counter.work
@@ -254,7 +256,7 @@ class Unlearner:
         cfg, method, total = self.config, self.method, self.config.max_steps
         ctx.step = step
         for group in optimizer.param_groups:
-            group["lr"] = cfg.learning_rate * lr_factor(step, total, cfg.lr_scheduler_type, cfg.warmup_steps)
+            group["lr"] = cfg.learning_rate * self._lr_at(step)
         alpha = alpha_at(step, total, cfg.forget_alpha, cfg.forget_alpha_schedule)
         forget_on = method.forget_loss is not None and step < total * (cfg.forget_steps_fraction or 1.0)
         before = [p.detach().clone() for p in params] if cfg.interpolation_beta < 1 else None

@@ -6,7 +6,6 @@ import contextlib
 import hashlib
 import json
 import os
-import random
 import re
 import shutil
 import tempfile
@@ -19,13 +18,6 @@ import torch
 
 RECORD_NAME = "unlearning_record.json"
 CONFIG_NAME = "unlearn_config.json"
-
-
-def set_seed(seed: int) -> None:
-    """Seeds Python, NumPy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def sha256_of(*parts: Any) -> str:

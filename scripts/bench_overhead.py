@@ -31,7 +31,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from hf_unlearn import ForgetRemainSplit, UnlearnConfig, Unlearner, load_digits_dataset  # noqa: E402
 from hf_unlearn.models import digits_image_processor, tiny_classifier  # noqa: E402
-from hf_unlearn.training import Endless, alpha_at, lr_factor  # noqa: E402
+from hf_unlearn.training import Endless, alpha_at, lr_schedule  # noqa: E402
 
 
 def engine_run(model, split, cfg) -> tuple[float, float]:
@@ -72,9 +72,10 @@ def hand_run(model, split, cfg) -> tuple[float, float]:
     ]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     forget_it, remain_it = Endless(forget_dl), Endless(remain_dl)
+    lr_at = lr_schedule(cfg.lr_scheduler_type, cfg.max_steps)
     for step in range(cfg.max_steps):
         for group in optimizer.param_groups:
-            group["lr"] = cfg.learning_rate * lr_factor(step, cfg.max_steps, cfg.lr_scheduler_type)
+            group["lr"] = cfg.learning_rate * lr_at(step)
         alpha = alpha_at(step, cfg.max_steps, cfg.forget_alpha, cfg.forget_alpha_schedule)
         b = next(forget_it)
         optimizer.zero_grad(set_to_none=True)

@@ -200,3 +200,27 @@ def test_bf16_mixed_precision_runs_and_then_fp32_again(small_split, processor, t
         unlearner.unlearn(small_split)
         assert _changed(before, unlearner.model)
         assert all(p.dtype == torch.float32 for p in unlearner.model.parameters())
+
+
+@pytest.mark.parametrize("kind, warmup", [("cosine", 0), ("linear", 2), ("constant", 2)])
+def test_learning_rate_of_each_cycle_is_transformers_schedule(
+    resnet_copy, small_split, processor, tmp_path, kind, warmup
+):
+    """The rate of cycle t is the one a transformers `LambdaLR` from `get_scheduler` gives after t steps (warm-up from
+    0; `constant` with warm-up is transformers' `constant_with_warmup`)."""
+    from transformers import get_scheduler
+
+    config = _quick("sfr_on", tmp_path, max_steps=6, learning_rate=1e-3, lr_scheduler_type=kind, warmup_steps=warmup)
+    unlearner = Unlearner.from_pretrained(resnet_copy, config, image_processor=processor)
+    seen = [h["lr"] for h in unlearner.unlearn(small_split).history]
+
+    probe = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    name = "constant_with_warmup" if kind == "constant" and warmup else kind
+    scheduler = get_scheduler(name, probe, num_warmup_steps=warmup, num_training_steps=6)
+    expected = []
+    for _ in range(6):
+        expected.append(probe.param_groups[0]["lr"])
+        probe.step()
+        scheduler.step()
+    assert seen == pytest.approx(expected, rel=1e-12, abs=0.0)
+    assert (seen[0] == 0.0) == bool(warmup)

@@ -16,10 +16,10 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
+from accelerate.utils import set_seed
 
 from ..families.base import ModelFamily
 from ..metrics.generation import forget_accuracy, generate, predictions
-from ..utils import set_seed
 from .judges import judge_scores
 
 Measure = Callable[[torch.nn.Module], float]

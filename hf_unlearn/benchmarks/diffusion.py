@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
+from accelerate.utils import set_seed
 
 from ..config import UnlearnConfig
 from ..data import ForgetRemainSplit, TrainingSet, load_digits_dataset
@@ -25,7 +26,7 @@ from ..metrics.generation import Judge, generation_metrics, histogram_kl
 from ..models import RECIPES as CLASSIFIER_RECIPES
 from ..models import TrainingRecipe, tiny_classifier, train_classifier
 from ..unlearner import DivergenceError, Unlearner
-from ..utils import atomic_directory, atomic_write_json, atomic_write_text, set_seed
+from ..utils import atomic_directory, atomic_write_json, atomic_write_text
 
 METHODS = ("sfr_on", "sfr_on_remap", "gradient_ascent", "random_label", "salun", "selective_amnesia", "esd")
 # Recipes of the original model and of RT (same loop, same numbers): steps, learning rate, batch size.

@@ -8,7 +8,6 @@ are trained under a file lock by whichever process needs them first.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import json
 import os
@@ -19,6 +18,7 @@ from typing import Any, Optional
 import torch
 from accelerate import PartialState
 from accelerate.logging import get_logger
+from filelock import FileLock
 
 from ..config import UnlearnConfig
 from ..data import ForgetRemainSplit, load_digits_dataset
@@ -67,12 +67,8 @@ def _file_lock(path: Path):
         yield
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with FileLock(str(path)):
+        yield
 
 
 class BenchmarkContext:
