@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import yaml
 
-from .utils import CONFIG_NAME, RECORD_NAME, atomic_write_text
+from .utils import CONFIG_NAME, RECORD_NAME, atomic_write_json, atomic_write_text, read_record
 
 TEMPLATE_PATH = Path(__file__).parent / "templates" / "modelcard_template.md"
 METRICS_DOC = "`docs/metrics.md` of hf_unlearn (the same text is in `hf_unlearn.metrics`' docstrings)"
@@ -210,6 +210,36 @@ def _dataset(request: dict) -> str:
     return f"a dataset with fingerprint `{fingerprint}`" if fingerprint else "not recorded"
 
 
+def _robustness_rows(record: dict) -> list[dict]:
+    """The attacks measured on the model as it is now (entries of earlier requests describe another model)."""
+    current = len(record.get("requests") or [])
+    rows = []
+    for entry in record.get("robustness") or []:
+        if entry.get("request") != current:
+            continue
+        if entry["attack"] == "prompt":
+            setting = (
+                f"{entry['num_prompts']} prompts, {entry['num_tokens']} adversarial tokens, {entry['steps']} steps, "
+                f"judge `{entry['judge']}` ≥ {entry['threshold']}, seed {entry['seed']}"
+            )
+            result = (
+                f"attack success {100 * entry['attack_success_rate']:.1f}% "
+                f"(plain prompts {100 * entry['plain_success_rate']:.1f}%)"
+            )
+            rows.append({"attack": "adversarial prompt", "setting": setting, "result": result})
+        else:
+            setting = (
+                f"fine-tune on k={entry['num_rows']} forgotten rows, {entry['steps']} steps, "
+                f"lr {entry['learning_rate']}, seeds {entry['seeds']}"
+            )
+            others = "; ".join(f"{name}: {steps}" for name, steps in (entry.get("compared") or {}).items())
+            result = f"steps to recover {entry['steps_to_recover']}" + (
+                f" (same attack on {others})" if others else ""
+            )
+            rows.append({"attack": "relearning", "setting": setting, "result": result})
+    return rows
+
+
 def render_model_card(record: dict, *, model_id: str, images=(), adapter: bool = False):
     """The [`huggingface_hub.ModelCard`] of `record` (see [`write_model_card`])."""
     from huggingface_hub import ModelCard, ModelCardData  # noqa: PLC0415
@@ -254,6 +284,7 @@ def render_model_card(record: dict, *, model_id: str, images=(), adapter: bool =
         history_metrics=history_metrics,
         command=last.get("command"),
         images=list(images or []),
+        robustness=_robustness_rows(record),
         record_name=RECORD_NAME,
         config_name=CONFIG_NAME,
     )
@@ -282,3 +313,14 @@ def card_inputs_of(folder) -> dict[str, Any]:
     images = sorted(p.stem for p in folder.glob("*.png"))
     adapter = (folder / "adapter_config.json").is_file() or (folder / "pytorch_lora_weights.safetensors").is_file()
     return {"images": images, "adapter": adapter}
+
+
+def record_robustness(folder, entry: dict) -> None:
+    """Adds an attack's result to the unlearning record of a saved folder and renders its card again, so the card's
+    robustness table shows it (for the model as it is now: a later deletion request hides it)."""
+    record = read_record(folder)
+    if record is None:
+        raise ValueError(f"{folder} holds no {RECORD_NAME}: only a folder saved by hf_unlearn has a card to update.")
+    record.setdefault("robustness", []).append({**entry, "request": len(record.get("requests") or [])})
+    atomic_write_json(Path(folder) / RECORD_NAME, record)
+    write_model_card(record, folder, **card_inputs_of(folder))

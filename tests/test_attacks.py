@@ -322,3 +322,35 @@ def test_cli_attack_refuses_bad_input_with_one_line_before_any_work(argv, messag
     assert err.startswith("error: ") or "error: " in err.splitlines()[-1]
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_relearn_update_card_adds_a_robustness_table(trained_resnet_dir, digits_small, tmp_path, capsys):
+    """`--update_card` writes the result into the attacked model's record and renders its card again with a
+    robustness table that compares it with the other models of the run; a run with no saved folder is refused first."""
+    from hf_unlearn.utils import RECORD_NAME
+
+    split = ForgetRemainSplit.from_dataset(digits_small["train"], forget_classes=[3])
+    config = UnlearnConfig(max_steps=2, num_forget_epochs=None, output_dir=str(tmp_path / "run"))
+    unlearner = Unlearner.from_pretrained(str(trained_resnet_dir), config)
+    unlearner.unlearn(split)
+    unlearner.save_pretrained(tmp_path / "unlearned")
+    assert "## Robustness" not in (tmp_path / "unlearned" / "README.md").read_text()
+
+    models = ["--model", f"unlearned={tmp_path / 'unlearned'}", "--model", f"original={trained_resnet_dir}"]
+    flags = ["--forget_classes", "3", "--num_rows", "3", "--steps", "2", "--seeds", "0", "--update_card"]
+    assert main(["attack", "relearn", *models, *flags, "--output_dir", str(tmp_path / "a")]) == 0
+    report = json.loads((tmp_path / "a" / "relearn.json").read_text())
+    record = json.loads((tmp_path / "unlearned" / RECORD_NAME).read_text())
+    (entry,) = record["robustness"]
+    assert entry["request"] == len(record["requests"]) == 1
+    assert entry["steps_to_recover"] == report["models"]["unlearned"]["steps_to_recover"]
+    assert entry["compared"] == {"original": report["models"]["original"]["steps_to_recover"]}
+    card = (tmp_path / "unlearned" / "README.md").read_text()
+    assert "## Robustness" in card and "| relearning | fine-tune on k=3 forgotten rows, 2 steps" in card
+    assert f"same attack on original: {entry['compared']['original']}" in card
+    assert not (trained_resnet_dir / RECORD_NAME).exists()  # a folder without a record is only read
+
+    capsys.readouterr()
+    only_original = ["--model", f"original={trained_resnet_dir}", *flags, "--output_dir", str(tmp_path / "b")]
+    assert main(["attack", "relearn", *only_original]) == 2
+    assert "--update_card" in capsys.readouterr().err and not (tmp_path / "b").exists()

@@ -19,7 +19,8 @@ import os
 import sys
 from typing import Optional
 
-from ..utils import atomic_write_json
+from ..modelcard import record_robustness
+from ..utils import RECORD_NAME, atomic_write_json, read_record
 from .prompt import PromptAttackConfig
 from .relearn import RelearnConfig
 
@@ -88,6 +89,12 @@ def add_attack_parser(subparsers) -> argparse.ArgumentParser:
 def _add_common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--overwrite_output_dir", action="store_true", help="Replace an earlier attack's result in --output_dir."
+    )
+    parser.add_argument(
+        "--update_card",
+        action="store_true",
+        help="Add the result to the attacked model's unlearning record and model card (a folder hf_unlearn saved; "
+        "relearn: every NAME=PATH folder that holds a record).",
     )
     parser.add_argument("--debug", action="store_true", help="Show a user error's full traceback.")
 
@@ -158,6 +165,8 @@ def _run_prompt(args) -> int:
     from .prompt import prompt_attack, prompt_rows  # noqa: PLC0415
 
     _check_output_dir(args, ("prompt_attack.json", "prompt_attack_grid.png"))
+    if args.update_card:
+        _card_folders({"model": args.model})
     config = _config(args, PromptAttackConfig)
     prompts = args.prompts[0] if len(args.prompts) == 1 and os.path.isfile(args.prompts[0]) else args.prompts
     prompt_rows(prompts, config)  # refuses empty or blank prompts before any model is loaded
@@ -167,6 +176,19 @@ def _run_prompt(args) -> int:
     original = _load_pipeline(args.original, args.device, args.dtype)
     result = prompt_attack(model, prompts, judge, original=original, config=config)
     paths = result.save(args.output_dir)
+    if args.update_card:
+        entry = {
+            "attack": "prompt",
+            "num_prompts": len(result.rows),
+            "num_tokens": config.num_tokens,
+            "steps": config.steps,
+            "judge": args.judge,
+            "threshold": config.threshold,
+            "seed": config.seed,
+            "attack_success_rate": result.attack_success_rate,
+            "plain_success_rate": result.plain_success_rate,
+        }
+        record_robustness(args.model, entry)
     _echo(
         f"attack success {100 * result.attack_success_rate:.1f}% (plain {100 * result.plain_success_rate:.1f}%) over "
         f"{len(result.rows)} prompts; {paths['json']}, {paths['grid']}"
@@ -179,6 +201,7 @@ def _run_relearn(args) -> int:
 
     _check_output_dir(args, ("relearn.json",))
     models = dict(_named(spec) for spec in args.model)
+    cards = _card_folders(models) if args.update_card else {}
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     configs = {seed: _config(args, RelearnConfig, seed=seed) for seed in seeds}
     data = (
@@ -199,8 +222,26 @@ def _run_relearn(args) -> int:
         _echo(f"{name}: forget accuracy {runs[0]['curve'][0]:.3f} before; steps to recover per seed {recover}")
     os.makedirs(args.output_dir, exist_ok=True)
     atomic_write_json(os.path.join(args.output_dir, "relearn.json"), report)
+    steps = {name: entry["steps_to_recover"] for name, entry in report["models"].items()}
+    for name, folder in cards.items():
+        entry = {"attack": "relearn", "num_rows": args.num_rows, "steps": args.steps}
+        entry |= {"learning_rate": args.learning_rate, "seeds": seeds, "steps_to_recover": steps[name]}
+        entry["compared"] = {other: value for other, value in steps.items() if other != name}
+        record_robustness(folder, entry)
     _echo(f"wrote {os.path.join(args.output_dir, 'relearn.json')}")
     return 0
+
+
+def _card_folders(models: dict[str, str]) -> dict[str, str]:
+    """The attacked folders whose record and card `--update_card` extends; refuses, before any work, a run where no
+    model is a folder hf_unlearn saved."""
+    folders = {name: path for name, path in models.items() if read_record(path) is not None}
+    if not folders:
+        raise ValueError(
+            f"`--update_card`: no attacked model ({', '.join(models.values())}) is a folder with {RECORD_NAME}; "
+            "attack a folder saved by hf_unlearn, or drop --update_card."
+        )
+    return folders
 
 
 def _named(spec: str) -> tuple[str, str]:
