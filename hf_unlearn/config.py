@@ -219,7 +219,10 @@ class UnlearnConfig:
     caption_column: str = field(default="text", metadata={"help": "Dataset column holding captions (text-to-image)."})
     resolution: Optional[int] = field(default=None, metadata={"help": "Image resolution for diffusion families."})
     eval_batch_size: int = field(default=256, metadata={"help": "Batch size of evaluation passes."})
-    dataloader_num_workers: int = field(default=0, metadata={"help": "Worker processes of each data loader."})
+    dataloader_num_workers: int = field(
+        default=0,
+        metadata={"help": "Worker processes that decode and preprocess the batches of each data loader (0: inline)."},
+    )
     # Logging, checkpoints
     logging_steps: int = field(default=10, metadata={"help": "Log every N cycles."})
     log_with: Optional[str] = field(default=None, metadata={"help": "accelerate tracker (tensorboard, wandb, ...)."})
@@ -265,8 +268,17 @@ class UnlearnConfig:
             _check_number(self, name, minimum=0)
         _check_number(self, "temperature")  # negative reverses the weighting (documented), so any finite value
         _check_number(self, "saliency_max_batches", minimum=0, strict=True)
-        for name in ["remain_steps_per_forget", "warmup_steps", "ewc_lambda", "salun_sparsity", "forget_bound"]:
+        for name in [
+            "remain_steps_per_forget",
+            "warmup_steps",
+            "ewc_lambda",
+            "salun_sparsity",
+            "forget_bound",
+            "dataloader_num_workers",
+        ]:
             _check_number(self, name, minimum=0)
+        if not isinstance(self.dataloader_num_workers, int):
+            raise ValueError(f"`dataloader_num_workers` is {self.dataloader_num_workers!r}; give a whole number.")
         for name, high in [("interpolation_beta", 1), ("salun_sparsity", 1), ("forget_steps_fraction", 1)]:
             _check_number(self, name, minimum=0, maximum=high)
         _check_number(self, "condition_dropout", minimum=0, maximum=1)

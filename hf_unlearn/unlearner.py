@@ -137,6 +137,7 @@ class Unlearner:
         check_sharding(accelerator.distributed_type, method, cfg)
         start_tracking(accelerator, cfg, method.name)
         set_seed(cfg.seed)
+        self.family.num_workers = cfg.dataloader_num_workers
         self._lr_at = lr_schedule(cfg.lr_scheduler_type, cfg.max_steps, cfg.warmup_steps)
         start = time.perf_counter()
         self._counter = counter = PassCounter(accelerator.num_processes)

@@ -224,3 +224,32 @@ def test_learning_rate_of_each_cycle_is_transformers_schedule(
         scheduler.step()
     assert seen == pytest.approx(expected, rel=1e-12, abs=0.0)
     assert (seen[0] == 0.0) == bool(warmup)
+
+
+def test_dataloader_workers_change_no_weight(resnet_copy, small_split, processor, tmp_path):
+    """`dataloader_num_workers` moves decoding and preprocessing into worker processes; the batches, so the weights,
+    stay bit-identical (seeded sampler in the main process, deterministic collate)."""
+    import os
+
+    def run(workers):
+        config = _quick("sfr_on", tmp_path / str(workers), max_steps=3, dataloader_num_workers=workers)
+        unlearner = Unlearner.from_pretrained(copy.deepcopy(resnet_copy), config, image_processor=processor)
+        log, collate = tmp_path / f"pids-{workers}", unlearner.family.collate
+
+        def logged(rows):  # appends to a file: a worker's memory is its own
+            with open(log, "a") as fh:
+                fh.write(f"{os.getpid()}\n")
+            return collate(rows)
+
+        unlearner.family.collate = logged
+        unlearner.unlearn(small_split)
+        return _state(unlearner.model), set(log.read_text().split())
+
+    inline, inline_pids = run(0)
+    workers, worker_pids = run(2)
+    main = str(os.getpid())
+    # The saliency pass collates its own global batches in the main process; the step loaders use two workers each.
+    assert inline_pids == {main} and len(worker_pids - {main}) == 4
+    assert all(torch.equal(inline[k], workers[k]) for k in inline)
+    with pytest.raises(ValueError, match="dataloader_num_workers"):
+        UnlearnConfig(dataloader_num_workers=1.5)

@@ -23,6 +23,17 @@ class ModelFamily:
 
     name: ClassVar[str] = ""
     default_config: ClassVar[dict[str, Any]] = {}
+    # Worker processes of the loaders `make_dataloader` builds (the engine sets `dataloader_num_workers` here).
+    num_workers: int = 0
+
+    def loader_options(self) -> dict[str, Any]:
+        """`DataLoader` options for `num_workers`: workers that stay alive across epochs (the engine's loaders run
+        epoch after epoch), and pinned memory when batches go to a GPU. Workers change no batch: the order comes from
+        the seeded sampler in the main process and `collate` is deterministic."""
+        if not self.num_workers:
+            return {}
+        return {"num_workers": self.num_workers, "persistent_workers": True, "pin_memory": torch.cuda.is_available()}
+
     default_method: ClassVar[str] = "sfr_on"  # used when `UnlearnConfig.method` is unset
     lora_trains_head: ClassVar[bool] = False  # LoRA: also train the classification head fully (`modules_to_save`)
     model: nn.Module
@@ -134,4 +145,5 @@ class LabelledImageBatches:
             generator=generator,
             drop_last=drop_last,
             collate_fn=self.collate,
+            **self.loader_options(),
         )

@@ -276,6 +276,7 @@ class TextToImageFamily(ModelFamily):
             generator=generator,
             drop_last=drop_last,
             collate_fn=self.collate,
+            **self.loader_options(),
         )
 
     def trainable_parameter_filter(self, name: str) -> bool:
