@@ -18,6 +18,14 @@ transformers.logging.set_verbosity_error()
 torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist with `--dist loadgroup`, every test of the tiny Stable Diffusion runs on one worker, so the
+    session fixture that trains it (`sd_path`, the suite's most expensive) is built once, not once per worker."""
+    for item in items:
+        if "sd_path" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("sd_path"))
+
+
 def pytest_terminal_summary(terminalreporter):
     """One line on the machine: a suite that is slow in CI but not here is then explained by the log (CPUs the
     process may use, the load, torch's threads)."""

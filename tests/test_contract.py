@@ -21,8 +21,15 @@ BUILT_IN = ("image_classifier", "class_conditional_diffusion", "text_to_image")
 PAIRS = [(family, method) for family in BUILT_IN for method in list_methods(family)]
 # The fast suite keeps one pair per family (the published method); every other pair is marked slow (`-m slow`: about
 # two minutes on 2 cores here, too long for CI beside the rest).
+# Text-to-image cases share the worker that trains the tiny Stable Diffusion (tests/conftest.py, `--dist loadgroup`).
 CASES = [
-    pytest.param(family, method, id=f"{family}-{method}", marks=() if method == "sfr_on" else pytest.mark.slow)
+    pytest.param(
+        family,
+        method,
+        id=f"{family}-{method}",
+        marks=([] if method == "sfr_on" else [pytest.mark.slow])
+        + ([pytest.mark.xdist_group("sd_path")] if family == "text_to_image" else []),
+    )
     for family, method in PAIRS
 ]
 
@@ -33,8 +40,9 @@ def test_every_registered_family_is_covered():
 
 
 @pytest.fixture(scope="module")
-def sources(digits, processor, sd_path, tmp_path_factory):
-    """Per family: a saved tiny model folder, a small split and a bad one."""
+def sources(digits, processor, tmp_path_factory):
+    """Per family: a saved tiny model folder, a small split and a bad one (text-to-image: the model folder is read
+    by the test, so that only its cases train the tiny Stable Diffusion)."""
     from hf_unlearn.benchmarks.diffusion import tiny_scheduler, tiny_unet
     from hf_unlearn.models import tiny_classifier
 
@@ -67,7 +75,7 @@ def sources(digits, processor, sd_path, tmp_path_factory):
     return {
         "image_classifier": (str(classifier), digit_split, digit_bad),
         "class_conditional_diffusion": (str(unet), digit_split, digit_bad),
-        "text_to_image": (sd_path, concept, concept_bad, replayed),
+        "text_to_image": (None, concept, concept_bad, replayed),
     }
 
 
@@ -130,8 +138,9 @@ class StepWatch:
 
 
 @pytest.mark.parametrize("family, method", CASES)
-def test_family_method_contract(sources, family, method, tmp_path):
-    model_path, split = sources[family][0], _split(sources, family, method)
+def test_family_method_contract(sources, family, method, tmp_path, request):
+    model_path = request.getfixturevalue("sd_path") if family == "text_to_image" else sources[family][0]
+    split = _split(sources, family, method)
     bad = sources[family][2]
 
     unlearner = Unlearner.from_pretrained(model_path, _config(tmp_path / "a", method))

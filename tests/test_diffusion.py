@@ -133,7 +133,11 @@ def test_dit_forward_never_drops_labels_and_remain_drops_to_null():
     assert torch.allclose(dropped, null)
 
 
-@pytest.mark.parametrize("method", list_methods(FAMILY))
+# Selective amnesia's replay is the slow case; it runs with -m slow, and its own test below checks the replay.
+@pytest.mark.parametrize(
+    "method",
+    [pytest.param(m, marks=pytest.mark.slow) if m == "selective_amnesia" else m for m in list_methods(FAMILY)],
+)
 def test_every_method_runs_and_changes_the_weights(method, unet_dir, small_split, tmp_path):
     config = UnlearnConfig(
         method=method, max_steps=2, per_device_train_batch_size=8, saliency_max_batches=2, output_dir=str(tmp_path)

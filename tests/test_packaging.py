@@ -59,6 +59,7 @@ def test_wheel_ships_the_files_the_package_reads(wheel):
     assert not any(n.startswith(("tests/", "configs/", "scripts/")) for n in names)
 
 
+@pytest.mark.slow  # a fresh interpreter importing the stack from the unpacked wheel
 def test_installed_package_reads_its_config_from_the_wheel(wheel, tmp_path):
     _, site, _ = wheel
     code = (
