@@ -64,7 +64,13 @@ RELEARN = {"num_rows": 5, "steps": 15, "learning_rate": 1e-3}
 RELEARN_T2I = {"num_rows": 4, "steps": 10, "learning_rate": 1e-3}
 MODELS = ROOT / "benchmark_results" / "models"
 ADV = " + adversarial"
-PARTS = ("prompt", "relearn_t2i", "relearn")
+PARTS = ("prompt", "relearn_t2i", "relearn", "relearn_ddpm")
+# The class-conditional DDPM: the diffusion benchmark's reference models (bench_results_diffusion, `--models unet`),
+# erased at the DDPM target's budget of 50 cycles with each method's defaults, as that benchmark runs them.
+DDPM_MODELS = ROOT / "bench_results_diffusion" / "models"
+DDPM_METHODS = ("sfr_on", "sfr_on_remap", "salun", "esd", "random_label")
+RELEARN_DDPM = {"num_rows": 5, "steps": 10, "learning_rate": 1e-3}
+DDPM_MEASURE = {"samples": 30, "num_inference_steps": 10, "guidance_scale": 2.0}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -240,6 +246,44 @@ def relearn_part(args) -> dict:
     return out
 
 
+def relearn_ddpm_part(args) -> dict:
+    from transformers import AutoModelForImageClassification
+
+    from hf_unlearn.attacks import generated_forget_accuracy
+    from hf_unlearn.data import ForgetRemainSplit, load_digits_dataset
+    from hf_unlearn.metrics.generation import Judge
+
+    digits = load_digits_dataset()
+    split = ForgetRemainSplit.from_dataset(digits["train"], forget_classes=[3], test_dataset=digits["test"])
+    judge = Judge(AutoModelForImageClassification.from_pretrained(DDPM_MODELS / "judge"), image_size=16)
+    references = {"original": DDPM_MODELS / "unet" / "original-s0", "RT": DDPM_MODELS / "unet" / "retrain-s0"}
+    references["RT (second seed)"] = DDPM_MODELS / "unet" / "retrain-s1"
+    methods = DDPM_METHODS[:1] if args.quick else DDPM_METHODS
+    seeds = [int(s) for s in args.relearn_seeds.split(",")][: 1 if args.quick else None]
+    out = {
+        "settings": {**RELEARN_DDPM, "seeds": seeds, "measure": DDPM_MEASURE, "budget": 50},
+        "models": {},
+    }
+    for name in [*references, *methods]:
+        start = time.process_time()
+        source = references.get(name, references["original"])
+        config = UnlearnConfig(
+            output_dir="", seed=0, **({} if name in references else {"method": name, "max_steps": 50})
+        )
+        unlearner = Unlearner.from_pretrained(str(source), config)
+        if name not in references:
+            unlearner.unlearn(split)
+        unlearn_s = time.process_time() - start
+        measure = generated_forget_accuracy(unlearner.family, judge, [3], **DDPM_MEASURE)
+        runs = [
+            relearn_attack(unlearner, split.forget, measure=measure, config=RelearnConfig(**RELEARN_DDPM, seed=s))
+            for s in seeds
+        ]
+        out["models"][name] = {"unlearn_cpu_s": round(unlearn_s, 1), "runs": [r.to_dict() for r in runs]}
+        print(f"relearn_ddpm {name}: steps to recover {[r.steps_to_recover for r in runs]}", flush=True)
+    return out
+
+
 # Outputs
 def _pct(value: float) -> str:
     return f"{100 * value:.0f}%"
@@ -301,6 +345,9 @@ def write_outputs(out: Path, results: dict, grid: dict) -> None:
     if "relearn" in results:
         lines += ["## Relearning attack, digits ResNet (class 3 forgotten)", ""]
         lines += relearn_table(results["relearn"]) + [""]
+    if "relearn_ddpm" in results:
+        lines += ["## Relearning attack, digits class-conditional DDPM (class 3 forgotten, 50 cycles)", ""]
+        lines += relearn_table(results["relearn_ddpm"], measure="judged class-3 share") + [""]
     lines.append(f"Total CPU time {results['cpu_s']:.0f} s, wall time {results['wall_s']:.0f} s.")
     atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
     if "file" in grid:
@@ -328,19 +375,20 @@ def main(argv=None) -> int:
         results.update({p: done[p] for p in PARTS if p in done and p not in parts})
         if "prompt" in done and "prompt" not in parts:
             grid = {"file": Path(earlier).parent / "prompt_attack_grid.png"}
-    for part in ("relearn", "prompt", "relearn_t2i"):
+    runners = {"relearn": relearn_part, "relearn_t2i": relearn_t2i_part, "relearn_ddpm": relearn_ddpm_part}
+    for part in ("relearn", "prompt", "relearn_t2i", "relearn_ddpm"):
         if part not in parts:
             continue
         if part == "prompt":
             results["prompt"], grid = prompt_part(args)
         else:
-            results[part] = relearn_part(args) if part == "relearn" else relearn_t2i_part(args)
+            results[part] = runners[part](args)
         results["cpu_s"], results["wall_s"] = time.process_time() - cpu, time.time() - wall
-        results["finished_parts"] = [p for p in ("relearn", "prompt", "relearn_t2i") if p in results]
+        results["finished_parts"] = [p for p in PARTS if p in results]
         write_outputs(Path(args.output), results, grid)
     if not parts:
         results["cpu_s"], results["wall_s"] = time.process_time() - cpu, time.time() - wall
-        results["finished_parts"] = [p for p in ("relearn", "prompt", "relearn_t2i") if p in results]
+        results["finished_parts"] = [p for p in PARTS if p in results]
         write_outputs(Path(args.output), results, grid)
     print(json.dumps({k: v for k, v in results.items() if k in ("command", "cpu_s", "wall_s")}))
     return 0

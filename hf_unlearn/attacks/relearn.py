@@ -17,6 +17,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 from accelerate.utils import set_seed
+from diffusers import DDIMScheduler
 
 from ..families.base import ModelFamily
 from ..metrics.generation import forget_accuracy, generate, predictions
@@ -220,12 +221,16 @@ def generated_forget_accuracy(
     seed: int = 0,
 ) -> Measure:
     """A measure for class-conditional diffusion: the share of samples generated for the forgotten classes that
-    `judge` (a [`~hf_unlearn.metrics.generation.Judge`]) assigns to a forgotten class, same noise at every step."""
+    `judge` (a [`~hf_unlearn.metrics.generation.Judge`]) assigns to a forgotten class, same noise at every step.
+    Samples are drawn with DDIM on the model's noise schedule, as the diffusion benchmark and generative replay draw
+    them (a DDPM sampler strided to a few steps gives noise the judge cannot name)."""
     labels = [c for c in forget_classes for _ in range(samples)]
 
     def measure(module) -> float:
+        pipe = family.pipeline(module)
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
         images = generate(
-            family.pipeline(module),
+            pipe,
             labels,
             guidance_scale=guidance_scale,
             num_inference_steps=num_inference_steps,
