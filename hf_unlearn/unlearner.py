@@ -231,9 +231,9 @@ class Unlearner:
         if (cfg.max_steps, cfg.num_forget_epochs) != self._budget_fixed:  # set by the caller since: that budget runs
             self._budget = {"max_steps": cfg.max_steps, "num_forget_epochs": cfg.num_forget_epochs}
         cfg = replace(cfg, **self._budget)
-        rows = getattr(split, "forget_indices", None)
-        rows = len(rows) if rows is not None else len(split.forget)
         if cfg.num_forget_epochs is not None:
+            rows = getattr(split, "forget_indices", None)
+            rows = len(rows) if rows is not None else len(split.forget)
             # The launcher's world size: making the process state here, before the Accelerator, would fix it too early.
             world = int(os.environ.get("WORLD_SIZE", "1"))
             cfg = cfg.resolve_budget(rows, cfg.per_device_train_batch_size * world * cfg.gradient_accumulation_steps)
