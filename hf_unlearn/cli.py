@@ -239,7 +239,9 @@ def demo_main(argv=None) -> int:
 
     parser = DemoArgumentParser(prog="hf-unlearn demo", description=COMMANDS["demo"][2])
     add_family_arguments(parser)
-    parser.add_argument("--model", default="resnet", choices=["resnet", "vit", "swin"], help="Tiny classifier kind.")
+    parser.add_argument(
+        "--model", default="resnet", choices=["resnet", "vit", "swin"], help="Tiny classifier kind (image_classifier)."
+    )
     parser.add_argument(
         "--method",
         default=None,
