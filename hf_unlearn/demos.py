@@ -85,8 +85,8 @@ class TextToImageDemoSettings:
 # `--quick` (hidden): a seconds-long run of the whole path, for the tests; its numbers are not results.
 QUICK = {
     "class_conditional_diffusion": DiffusionDemoSettings(
-        train_steps=12, train_batch=16, judge_steps=5, unlearn_steps=4, unlearn_batch=16, samples_per_class=2,
-        inference_steps=3, train_rows=200,
+        train_steps=60, train_batch=32, judge_steps=30, unlearn_steps=10, unlearn_batch=32, samples_per_class=4,
+        inference_steps=5, train_rows=400,
     ),
     # The tiny text-to-image model trains as in the demo: with less training its prompts still share one colour.
     "text_to_image": TextToImageDemoSettings(
