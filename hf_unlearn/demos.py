@@ -35,7 +35,7 @@ from .metrics.samples import comparison_grid, generate_samples
 from .models import RECIPES as CLASSIFIER_RECIPES
 from .models import TrainingRecipe, tiny_classifier, train_classifier
 from .unlearner import Unlearner
-from .utils import set_seed
+from .utils import atomic_save_image, set_seed
 
 FAMILIES = ("image_classifier", "class_conditional_diffusion", "text_to_image")
 GRID_NAME = "samples_before_after.png"
@@ -149,7 +149,7 @@ def labelled_grid(samples: dict, labels: list[str], path: str) -> Image.Image:
     draw = ImageDraw.Draw(out)
     for r, label in enumerate(labels):
         draw.text((4, 14 + r * tile_h + tile_h // 2 - 5), label, fill="black")
-    out.save(path)
+    atomic_save_image(out, path)
     return out
 
 
