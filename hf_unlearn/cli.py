@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import functools
 import importlib
 import json
@@ -17,7 +16,11 @@ from .config import UnlearnConfig
 __all__ = ["DataArguments", "evaluate_main", "main", "parse_with_config", "unlearn_main"]
 
 COMMANDS = {
-    "demo": ("hf_unlearn.cli", "demo_main", "Train a tiny classifier on the bundled digits, forget a class, report."),
+    "demo": (
+        "hf_unlearn.cli",
+        "demo_main",
+        "Train a tiny model (classifier, class-conditional UNet or Stable Diffusion), make it forget, report.",
+    ),
     "unlearn": ("hf_unlearn.cli", "unlearn_main", "Unlearn a forget set from a model and save the result."),
     "evaluate": (
         "hf_unlearn.cli",
@@ -237,17 +240,28 @@ def evaluate_main(argv=None) -> int:
 
 
 def demo_main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="hf-unlearn demo", description=COMMANDS["demo"][2])
-    parser.add_argument("--model", default="resnet", choices=["resnet", "vit", "swin"], help="Tiny classifier kind.")
+    from .demos import DemoArgumentParser, add_family_arguments, run_family_demo  # noqa: PLC0415
+
+    parser = DemoArgumentParser(prog="hf-unlearn demo", description=COMMANDS["demo"][2])
+    add_family_arguments(parser)
+    parser.add_argument(
+        "--model", default="resnet", choices=["resnet", "vit", "swin"], help="Tiny classifier kind (image_classifier)."
+    )
     parser.add_argument(
         "--method",
         default=None,
-        help="Unlearning method; default: the classifier family's recommended SFR-on variant.",
+        help="Unlearning method; default: the family's recommended SFR-on variant.",
     )
-    parser.add_argument("--forget-class", type=int, default=3, help="Digit class to forget.")
+    parser.add_argument("--forget-class", type=int, default=3, help="Digit class to forget (classifier, UNet).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of training and unlearning.")
-    parser.add_argument("--output", default="hf_unlearn_demo", help="Folder for the original and unlearned models.")
+    parser.add_argument(
+        "--output",
+        default="hf_unlearn_demo",
+        help="Folder for the original and unlearned models (other families: its subfolder named after the family).",
+    )
     args = parser.parse_args(argv)
+    if args.family != "image_classifier":
+        return run_family_demo(args)
     from .data import ForgetRemainSplit, load_digits_dataset  # noqa: PLC0415
     from .models import RECIPES, digits_image_processor, tiny_classifier, train_classifier  # noqa: PLC0415
     from .unlearner import Unlearner  # noqa: PLC0415
