@@ -19,6 +19,7 @@ from typing import Optional
 
 import numpy as np
 import torch
+from accelerate.utils import set_seed
 from diffusers import DDIMScheduler
 from PIL import Image, ImageDraw
 
@@ -35,7 +36,7 @@ from .metrics.samples import comparison_grid, generate_samples
 from .models import RECIPES as CLASSIFIER_RECIPES
 from .models import TrainingRecipe, tiny_classifier, train_classifier
 from .unlearner import Unlearner
-from .utils import atomic_save_image, set_seed
+from .utils import atomic_save_image
 
 FAMILIES = ("image_classifier", "class_conditional_diffusion", "text_to_image")
 GRID_NAME = "samples_before_after.png"
