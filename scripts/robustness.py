@@ -68,7 +68,7 @@ PARTS = ("prompt", "relearn_t2i", "relearn", "relearn_ddpm")
 # The class-conditional DDPM: the diffusion benchmark's reference models (bench_results_diffusion, `--models unet`),
 # erased at the DDPM target's budget of 50 cycles with each method's defaults, as that benchmark runs them.
 DDPM_MODELS = ROOT / "bench_results_diffusion" / "models"
-DDPM_METHODS = ("sfr_on", "sfr_on_remap", "salun", "esd", "random_label")
+DDPM_METHODS = ("sfr_on", "sfr_on_remap", "salun", "esd", "random_label", "selective_amnesia")
 RELEARN_DDPM = {"num_rows": 5, "steps": 10, "learning_rate": 1e-3}
 DDPM_MEASURE = {"samples": 30, "num_inference_steps": 10, "guidance_scale": 2.0}
 
