@@ -31,14 +31,15 @@ import torch.nn.functional as F  # noqa: E402
 
 from hf_unlearn import ForgetRemainSplit, UnlearnConfig, Unlearner, load_digits_dataset  # noqa: E402
 from hf_unlearn.models import digits_image_processor, tiny_classifier  # noqa: E402
-from hf_unlearn.training import Endless, alpha_at, lr_schedule  # noqa: E402
+from hf_unlearn.parts.saliency import global_batches  # noqa: E402
+from hf_unlearn.training import Endless, alpha_at, lr_schedule, make_accelerator  # noqa: E402
 
 
 def engine_run(model, split, cfg) -> tuple[float, float]:
     start, cpu = time.perf_counter(), time.process_time()
     unlearner = Unlearner.from_pretrained(copy.deepcopy(model), cfg, image_processor=digits_image_processor())
     unlearner.unlearn(split)
-    return time.perf_counter() - start, time.process_time() - cpu
+    return time.perf_counter() - start, time.process_time() - cpu, unlearner.model
 
 
 def hand_run(model, split, cfg) -> tuple[float, float]:
@@ -49,24 +50,29 @@ def hand_run(model, split, cfg) -> tuple[float, float]:
     family = Unlearner.from_pretrained(model, cfg, image_processor=digits_image_processor()).family
     torch.manual_seed(cfg.seed)
     batch = cfg.per_device_train_batch_size
-    forget_dl = family.make_dataloader(split.forget, batch_size=batch, shuffle=True, seed=cfg.seed)
-    remain_dl = family.make_dataloader(split.remain, batch_size=batch, shuffle=True, seed=cfg.seed + 1)
+    # The same batches as the engine: its loaders go through accelerate's seedable sampler (reseeded every epoch).
+    accelerator = make_accelerator(cfg)
+    forget_dl, remain_dl = (
+        accelerator.prepare_data_loader(family.make_dataloader(data, batch_size=batch, shuffle=True, seed=seed))
+        for data, seed in ((split.forget, cfg.seed), (split.remain, cfg.seed + 1))
+    )
     params = [p for p in model.parameters() if p.requires_grad]
 
-    def fisher(loader):
+    def fisher(dataset):
+        """The engine's estimator: eval mode, one seeded pass of global batches, squared batch-mean gradients."""
         sums = [torch.zeros_like(p) for p in params]
-        count = 0
-        for i, b in enumerate(loader):
-            if i == cfg.saliency_max_batches:
-                break
+        plan = global_batches(len(dataset), batch, 1, 0, cfg.seed, cfg.saliency_max_batches)
+        for indices, _ in plan:
+            b = family.collate([dataset[i] for i in indices])
             model.zero_grad(set_to_none=True)
             F.cross_entropy(model(pixel_values=b["pixel_values"]).logits, b["labels"]).backward()
             for s, p in zip(sums, params):
                 s += p.grad * p.grad
-            count += 1
-        return [s / count for s in sums]
+        return [s / len(plan) for s in sums]
 
-    f_forget, f_remain = fisher(forget_dl), fisher(remain_dl)
+    model.eval()
+    f_forget, f_remain = fisher(split.forget), fisher(split.remain)
+    model.train()
     masks = [
         (((a + cfg.mask_eps) / (b + cfg.mask_eps)) >= cfg.mask_threshold).float() for a, b in zip(f_forget, f_remain)
     ]
@@ -90,9 +96,10 @@ def hand_run(model, split, cfg) -> tuple[float, float]:
             b = next(remain_it)
             optimizer.zero_grad(set_to_none=True)
             F.cross_entropy(model(pixel_values=b["pixel_values"]).logits, b["labels"]).backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            if cfg.remain_max_grad_norm:  # clipping per step kind, as the engine (classifiers: forget steps only)
+                torch.nn.utils.clip_grad_norm_(params, cfg.remain_max_grad_norm)
             optimizer.step()
-    return time.perf_counter() - start, time.process_time() - cpu
+    return time.perf_counter() - start, time.process_time() - cpu, model
 
 
 def profile(model, split, cfg) -> None:
@@ -143,8 +150,11 @@ def main(argv=None) -> int:
         learning_rate=1e-3,
         logging_steps=10,
     )
-    engine_run(model, split, cfg)  # warm-up: first-call costs (imports, allocator) are not the engine's
-    hand_run(model, split, cfg)
+    # Warm-up (first-call costs are not the engine's), and the check that both loops compute the same update.
+    engine_model, hand_model = engine_run(model, split, cfg)[2], hand_run(model, split, cfg)[2]
+    hand_weights = dict(hand_model.named_parameters())
+    gap = max(float((p - hand_weights[n]).detach().abs().max()) for n, p in engine_model.named_parameters())
+    print(f"largest weight difference engine vs hand loop after {args.steps} cycles: {gap:.2e}")
     if args.profile:
         profile(model, split, cfg)
         return 0
