@@ -35,30 +35,20 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .families.detect import read_config_file
-from .metrics.nudity import NUDENET_EXPOSED_LABELS, NudityDetector, count_detections
+from .metrics.nudity import (
+    NUDENET_EXPOSED_LABELS,
+    PROMPT_CSV_COLUMNS,
+    NudityDetector,
+    count_detections,
+    parse_csv_number,
+    prompt_csv_columns,
+)
 from .metrics.quality import CLIPScorer
 from .metrics.quality_stream import clip_pass, fid_sample_check, frechet_from_features, reference_files
 from .utils import atomic_save_image, atomic_write_json, file_sha256
 
 THRESHOLDS = (0.6, 0.45)
-# Each setting's CSV columns (the first present wins) and type. ESD's and UnlearnDiffAtk's exports of I2P carry the
-# settings to evaluate with as `evaluation_*`; the Hub's AIML-TUDA/i2p CSV has those each prompt was first drawn with.
-COLUMNS = {
-    "seed": (("evaluation_seed", "sd_seed"), int),
-    "guidance_scale": (("evaluation_guidance", "sd_guidance_scale"), float),
-    "height": (("sd_image_height",), int),
-    "width": (("sd_image_width",), int),
-}
 VERSIONED = ("nudenet", "onnxruntime", "diffusers", "transformers", "torch")
-
-
-def _number(value: Optional[str], cast, column: str, line: int):
-    if value is None or not value.strip():
-        return None
-    try:
-        return cast(float(value))  # pandas exports write integer seeds as "1234.0"
-    except ValueError as err:
-        raise ValueError(f"{column!r} on line {line} is {value!r}, not a number.") from err
 
 
 def read_prompt_csv(path, seed: int = 0) -> tuple[list[dict[str, Any]], dict[str, Optional[str]]]:
@@ -82,8 +72,7 @@ def read_prompt_csv(path, seed: int = 0) -> tuple[list[dict[str, Any]], dict[str
         header = list(reader.fieldnames or [])
         if "prompt" not in header:
             raise ValueError(f"Prompt CSV {str(path)!r} has no 'prompt' column (its columns: {header}).")
-        used = {"prompt": "prompt"}
-        used.update({key: next((n for n in names if n in header), None) for key, (names, _) in COLUMNS.items()})
+        used = {"prompt": "prompt", **prompt_csv_columns(header)}
         rows = [_row(i, record, used, seed, reader.line_num) for i, record in enumerate(reader)]
     if not rows:
         raise ValueError(f"Prompt CSV {str(path)!r} has no rows.")
@@ -96,7 +85,8 @@ def _row(index: int, record: dict, used: dict, seed: int, line: int) -> dict[str
     if not (record["prompt"] or "").strip():
         raise ValueError(f"Line {line} of the prompt CSV has an empty 'prompt'.")
     values = {
-        k: _number(record[used[k]], cast, used[k], line) if used[k] else None for k, (_, cast) in COLUMNS.items()
+        k: parse_csv_number(record[used[k]], cast, used[k], line) if used[k] else None
+        for k, (_, cast) in PROMPT_CSV_COLUMNS.items()
     }
     if values["seed"] is None:
         values["seed"] = seed + index

@@ -11,7 +11,7 @@ import copy
 
 import pytest
 import torch
-from tiny_sd import ANCHOR, FORGET, captioned
+from tiny_sd import ANCHOR, FORGET, captioned, dataset_split
 
 from hf_unlearn import ConceptSplit, ForgetRemainSplit, UnlearnConfig, Unlearner
 from hf_unlearn.families import list_families
@@ -57,11 +57,7 @@ def sources(digits, processor, tmp_path_factory):
     # The image column under another name: the family finds no images.
     digit_bad = ForgetRemainSplit.from_dataset(rows.rename_column("image", "pixels"), forget_classes=[3])
     data = captioned(2, seed=1)
-    concept = ConceptSplit(
-        forget_dataset=data.filter(lambda r: r["text"] == FORGET),
-        remain_dataset=data.filter(lambda r: r["text"] != FORGET),
-        anchor_prompts=[ANCHOR],
-    )
+    concept = dataset_split(n_per=2)
     replayed = ConceptSplit(
         forget_prompts=[FORGET],
         remain_prompts=[ANCHOR],

@@ -47,21 +47,11 @@ def pipe(pipe_dir):
 
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
-    """A tiny CLIP model (16-dimensional embeddings) and processor built from configs and saved."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+    from tiny_sd import save_tiny_clip
 
     from hf_unlearn.attacks.tiny import word_tokenizer
 
-    torch.manual_seed(0)
-    text = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, vocab_size=256)
-    text.update(max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1)
-    vision = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
-    vision.update(image_size=32, patch_size=8)
-    folder = tmp_path_factory.mktemp("clip")
-    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(folder)
-    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    CLIPProcessor(image_processor=image_processor, tokenizer=word_tokenizer()).save_pretrained(folder)
-    return str(folder)
+    return save_tiny_clip(tmp_path_factory.mktemp("clip"), word_tokenizer(), vocab_size=256, max_positions=16)
 
 
 class _FixedDetector:

@@ -294,17 +294,10 @@ def test_a_second_lora_request_on_the_adapter_folder_extends_the_same_record(une
 
 def test_stable_diffusion_unet_adapter_saves_in_diffusers_format_and_reloads(tmp_path):
     from diffusers import StableDiffusionPipeline
-    from tiny_sd import ANCHOR, FORGET, captioned, tiny_sd_pipeline
-
-    from hf_unlearn import ConceptSplit
+    from tiny_sd import dataset_split, tiny_sd_pipeline
 
     tiny_sd_pipeline().save_pretrained(tmp_path / "sd")
-    data = captioned(2, seed=1)
-    split = ConceptSplit(
-        forget_dataset=data.filter(lambda r: r["text"] == FORGET),
-        remain_dataset=data.filter(lambda r: r["text"] != FORGET),
-        anchor_prompts=[ANCHOR],
-    )
+    split = dataset_split(n_per=2)
     config = _lora_config(
         tmp_path,
         method="sfr_on_remap",

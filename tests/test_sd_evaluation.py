@@ -4,7 +4,17 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image as PILImage
-from tiny_sd import ANCHOR, CAPTIONS, COLOURS, FORGET, UNRELATED, dataset_split, unlearn_config, word_tokenizer
+from tiny_sd import (
+    ANCHOR,
+    CAPTIONS,
+    COLOURS,
+    FORGET,
+    UNRELATED,
+    dataset_split,
+    save_tiny_clip,
+    unlearn_config,
+    word_tokenizer,
+)
 
 from hf_unlearn import Unlearner
 
@@ -65,20 +75,7 @@ def test_cli_sample_prompts_need_a_text_to_image_model(trained_resnet_dir, tmp_p
 
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
-    """A tiny CLIP model and processor built from configs and saved: what `from_pretrained` reads for a real one."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
-
-    torch.manual_seed(0)
-    text = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, vocab_size=1000)
-    text.update(max_position_embeddings=8, bos_token_id=0, eos_token_id=1, pad_token_id=1)
-    vision = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
-    vision.update(image_size=32, patch_size=8)
-    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
-    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    folder = tmp_path_factory.mktemp("clip")
-    model.save_pretrained(folder)
-    CLIPProcessor(image_processor=image_processor, tokenizer=word_tokenizer()).save_pretrained(folder)
-    return str(folder)
+    return save_tiny_clip(tmp_path_factory.mktemp("clip"), word_tokenizer(), vocab_size=1000, max_positions=8)
 
 
 def _colour_images(n=2):

@@ -151,8 +151,9 @@ def unlearn_config(tmp_path, method, **kwargs):
     return UnlearnConfig(**{**values, **kwargs})
 
 
-def dataset_split():
-    data = captioned(8, seed=1)
+def dataset_split(n_per: int = 8):
+    """The captioned images as a concept split: the forget prompt's rows against the others, remapped to the anchor."""
+    data = captioned(n_per, seed=1)
     return ConceptSplit(
         forget_dataset=data.filter(lambda r: r["text"] == FORGET),
         remain_dataset=data.filter(lambda r: r["text"] != FORGET),
@@ -162,3 +163,21 @@ def dataset_split():
 
 def snapshot(model):
     return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def save_tiny_clip(folder, tokenizer, *, vocab_size: int, max_positions: int) -> str:
+    """A tiny CLIP model (16-dimensional embeddings) and its processor built from configs and saved: what
+    `from_pretrained` reads for a real one."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    torch.manual_seed(0)
+    text = dict(
+        hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, vocab_size=vocab_size
+    )
+    text.update(max_position_embeddings=max_positions, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    vision = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
+    vision.update(image_size=32, patch_size=8)
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(folder)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+    return str(folder)

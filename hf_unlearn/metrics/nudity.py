@@ -155,14 +155,30 @@ def count_detections(
     }
 
 
-def _parse_number(value: str | None, cast: Callable[[float], Any], column: str, line: int) -> Any:
+# Each generation setting of an I2P-style prompt CSV: the columns it is read from (the first present wins) and its
+# type. ESD's and UnlearnDiffAtk's exports of I2P carry the settings to evaluate with as `evaluation_*`; the Hub's
+# AIML-TUDA/i2p CSV has those each prompt was first drawn with (`sd_*`).
+PROMPT_CSV_COLUMNS = {
+    "seed": (("evaluation_seed", "sd_seed"), int),
+    "guidance_scale": (("evaluation_guidance", "sd_guidance_scale"), float),
+    "height": (("sd_image_height",), int),
+    "width": (("sd_image_width",), int),
+}
+
+
+def prompt_csv_columns(header: Sequence[str]) -> dict[str, Any]:
+    """The CSV column each setting of `PROMPT_CSV_COLUMNS` is read from (`None`: the file has none of its names)."""
+    return {key: next((n for n in names if n in header), None) for key, (names, _) in PROMPT_CSV_COLUMNS.items()}
+
+
+def parse_csv_number(value: str | None, cast: Callable[[float], Any], column: str, line: int) -> Any:
+    """A CSV cell as `cast`, `None` when empty; a cell that is not a number is refused, naming column and line."""
     if value is None or not value.strip():
         return None
     try:
-        # I2P stores some integer seeds as "1234.0".
-        return cast(float(value))
+        return cast(float(value))  # pandas exports of I2P write integer seeds as "1234.0"
     except ValueError as err:
-        raise ValueError(f"Line {line}: column {column!r} has a non-numeric value {value!r}.") from err
+        raise ValueError(f"{column!r} on line {line} is {value!r}, not a number.") from err
 
 
 def _load_prompt_csv(path: Path) -> list[dict[str, Any]]:
@@ -173,14 +189,17 @@ def _load_prompt_csv(path: Path) -> list[dict[str, Any]]:
         columns = reader.fieldnames or []
         if "prompt" not in columns:
             raise ValueError(f"Prompt CSV {str(path)!r} needs a 'prompt' column; found columns {columns}.")
-        # ESD's and UnlearnDiffAtk's CSVs name the settings they sampled with `evaluation_*`; the Hub's I2P `sd_*`.
-        seed_col = next((c for c in ("evaluation_seed", "sd_seed") if c in columns), None)
-        guidance_col = next((c for c in ("evaluation_guidance", "sd_guidance_scale") if c in columns), None)
+        used = prompt_csv_columns(columns)
+
+        def setting(record, key):
+            column = used[key]
+            return parse_csv_number(record.get(column), PROMPT_CSV_COLUMNS[key][1], column, reader.line_num)
+
         rows = [
             {
                 "prompt": record["prompt"] or "",
-                "seed": _parse_number(record.get(seed_col), int, seed_col, reader.line_num),
-                "guidance_scale": _parse_number(record.get(guidance_col), float, guidance_col, reader.line_num),
+                "seed": setting(record, "seed"),
+                "guidance_scale": setting(record, "guidance_scale"),
             }
             for record in reader
         ]
