@@ -43,6 +43,11 @@ COMMANDS = {
         "main",
         "Digits class-conditional diffusion benchmark.",
     ),
+    "benchmark-text-to-image": (
+        "hf_unlearn.benchmarks.text_to_image",
+        "main",
+        "Three concepts erased from a tiny Stable Diffusion, judged on its samples.",
+    ),
 }
 
 
@@ -111,6 +116,7 @@ def _load_data(args: DataArguments, config: UnlearnConfig):
         return ConceptSplit(
             forget_prompts=args.forget_prompts,
             remain_prompts=args.remain_prompts,
+            anchor_prompts=args.anchor_prompts,
             num_images=args.num_concept_images,
             num_inference_steps=args.generation_steps,
             seed=args.forget_seed,

@@ -48,6 +48,13 @@ class DataArguments:
     remain_prompts: Optional[list[str]] = field(
         default=None, metadata={"help": "Text-to-image: prompts of what to keep; also the forget prompts' anchors."}
     )
+    anchor_prompts: Optional[list[str]] = field(
+        default=None,
+        metadata={
+            "help": "Text-to-image: the anchor each forget prompt is remapped to, one per forget prompt and paired by "
+            "position (several concepts in one run); default: the remain prompts."
+        },
+    )
     num_concept_images: int = field(default=8, metadata={"help": "Text-to-image: images generated per prompt set."})
     generation_steps: int = field(
         default=50, metadata={"help": "Text-to-image: denoising steps for the concept images and the sample grid."}
@@ -80,7 +87,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "forget_fraction", "forget_seed", "null_class_id", "dataloader_num_workers",
     ),
     "data (text-to-image: a concept given by prompts)": (
-        "forget_prompts", "remain_prompts", "num_concept_images", "generation_steps", "caption_column", "resolution",
+        "forget_prompts", "remain_prompts", "anchor_prompts", "num_concept_images", "generation_steps",
+        "caption_column", "resolution",
     ),
     "saliency (the mask M)": (
         "mask_threshold", "mask_eps", "saliency_max_batches", "saliency_guidance_scale", "saliency_clip_norm",

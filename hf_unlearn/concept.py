@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -30,8 +30,11 @@ class ConceptSplit:
         forget_prompts (`list[str]`, *optional*): the concept to forget, e.g. `["a photo of a nude person"]`.
         remain_prompts (`list[str]`, *optional*): what to keep, e.g. `["a photo of a person wearing clothes"]`.
         num_images (`int`, *optional*, defaults to `8`): images generated per set; prompts are used in turn.
-        anchor_prompts (`list[str]`, *optional*): the prompt each forget prompt is remapped to, paired by position and
-            cycling; defaults to the remain prompts, or to `""` (the unconditional prompt) when there are none.
+        anchor_prompts (`list[str]` or `dict[str, str]`, *optional*): the prompt each forget prompt is remapped to.
+            A list is paired with the distinct forget prompts (or forget captions) by position, cycling when shorter;
+            a dict maps each forget prompt to its own anchor, which is how several concepts are erased in one run
+            (`{"a nude person": "a dressed person", "a painting by X": "a painting"}`). Defaults to the remain prompts,
+            or to `""` (the unconditional prompt) when there are none.
         forget_dataset (`datasets.Dataset`, *optional*): instead of `forget_prompts`, images with a caption column.
         remain_dataset (`datasets.Dataset`, *optional*): instead of `remain_prompts`, images with a caption column.
         cache_dir (`str`, *optional*): where generated sets are cached; defaults to `<output_dir>/concept_cache`.
@@ -46,7 +49,7 @@ class ConceptSplit:
     forget_prompts: Optional[Sequence[str]] = None
     remain_prompts: Optional[Sequence[str]] = None
     num_images: int = 8
-    anchor_prompts: Optional[Sequence[str]] = None
+    anchor_prompts: Optional[Sequence[str] | Mapping[str, str]] = None
     forget_dataset: Optional[Dataset] = None
     remain_dataset: Optional[Dataset] = None
     cache_dir: Optional[str] = None
@@ -70,8 +73,12 @@ class ConceptSplit:
             )
         if self.remain_prompts is not None and self.remain_dataset is not None:
             raise ValueError("Pass at most one of `remain_prompts` or `remain_dataset`.")
+        if isinstance(self.anchor_prompts, Mapping):
+            self.anchor_prompts = _check_anchor_map(self.anchor_prompts)
         for name in ("forget_prompts", "remain_prompts", "anchor_prompts"):
             value = getattr(self, name)
+            if isinstance(value, dict):
+                continue
             if value is None:
                 continue
             if isinstance(value, str):
@@ -88,6 +95,8 @@ class ConceptSplit:
                 raise ValueError(f"`{name}` is {value!r}; give a positive integer.")
         if self.guidance_scale < 0:
             raise ValueError(f"`guidance_scale` is {self.guidance_scale}; give a number >= 0.")
+        if self.forget_prompts is not None:
+            self._check_anchors(self.forget_prompts)
 
     # What the engine reads
     @property
@@ -157,11 +166,45 @@ class ConceptSplit:
         }
 
     def anchors_for(self, prompts: list[str]) -> list[str]:
-        """The anchor of each distinct forget prompt, in order of first appearance (paired by position, cycling)."""
+        """The anchor of each forget prompt: from the `anchor_prompts` dict, or by position of first appearance among
+        the distinct prompts (cycling)."""
+        self._check_anchors(prompts)
+        if isinstance(self.anchor_prompts, dict):
+            return [self.anchor_prompts[p] for p in prompts]
         anchors = self.anchor_prompts or self.remain_prompts or _distinct(self.remain_dataset_captions) or [""]
         distinct = _distinct(prompts)
         lookup = {p: anchors[i % len(anchors)] for i, p in enumerate(distinct)}
         return [lookup[p] for p in prompts]
+
+    @property
+    def concepts(self) -> list[tuple[str, str]]:
+        """`(forget prompt, anchor prompt)` for each concept erased, in order: one per distinct forget prompt (or
+        forget caption, once the images are there)."""
+        if self.forget_prompts is not None:
+            prompts = list(self.forget_prompts)
+        else:
+            data = self._forget if self._forget is not None else self.forget_dataset
+            prompts = list(data[self._caption_column]) if self._caption_column in data.column_names else []
+        distinct = _distinct(prompts)
+        return list(zip(distinct, self.anchors_for(distinct))) if distinct else []
+
+    def _check_anchors(self, prompts: Sequence[str]) -> None:
+        """Anchors that cannot be paired one-to-one with the forget prompts are a mistake, caught before training."""
+        distinct = _distinct(list(prompts))
+        if isinstance(self.anchor_prompts, dict):
+            missing = [p for p in distinct if p not in self.anchor_prompts]
+            unused = [p for p in self.anchor_prompts if p not in distinct]
+            if missing or unused:
+                raise ValueError(
+                    f"`anchor_prompts` must map every forget prompt to its anchor: no anchor for {missing}, and "
+                    f"keys that are not forget prompts: {unused}. Use the forget prompts (or captions) as keys."
+                )
+        elif self.anchor_prompts is not None and len(self.anchor_prompts) > len(distinct):
+            raise ValueError(
+                f"`anchor_prompts` has {len(self.anchor_prompts)} anchors for {len(distinct)} distinct forget "
+                f"prompts {distinct}: the extra anchors would never be used. Give one anchor per forget prompt, or a "
+                "dict {forget prompt: anchor}."
+            )
 
     @property
     def remain_dataset_captions(self) -> list[str]:
@@ -293,3 +336,12 @@ def _check_columns(dataset: Dataset, name: str, image_column: str, caption_colum
     if len(dataset) == 0:
         raise ValueError(f"`{name}` has no rows; give at least one captioned image.")
     return dataset
+
+
+def _check_anchor_map(anchors: Mapping[str, str]) -> dict[str, str]:
+    if not anchors:
+        raise ValueError("`anchor_prompts` is empty; give {forget prompt: anchor prompt} pairs (or leave it unset).")
+    pairs = dict(anchors)
+    if not all(isinstance(k, str) and k and isinstance(v, str) for k, v in pairs.items()):
+        raise ValueError(f"`anchor_prompts` must map non-empty prompt strings to prompt strings, got {pairs}.")
+    return pairs

@@ -10,6 +10,7 @@ from tiny_sd import (
     CAPTIONS,
     FORGET,
     UNRELATED,
+    Probe,
     captioned,
     dataset_split,
     snapshot,
@@ -17,27 +18,6 @@ from tiny_sd import (
 )
 
 from hf_unlearn import ConceptSplit, UnlearnConfig, Unlearner
-
-
-class Probe:
-    """Held-out images, noise and timesteps (never seen in training) at which predictions are compared."""
-
-    def __init__(self, family):
-        generator = torch.Generator().manual_seed(123)
-        self.family = family
-        latents = family.encode_images(family.pixel_values(captioned(4, seed=2)["image"]))
-        noise = torch.randn(latents.shape, generator=generator)
-        self.timesteps = torch.randint(0, 1000, (len(latents),), generator=generator)
-        self.noisy = family.noise_scheduler.add_noise(latents, noise, self.timesteps)
-
-    @torch.no_grad()
-    def __call__(self, model, prompts=(*CAPTIONS, "")):
-        model.eval()
-        out = {}
-        for prompt in prompts:
-            states = self.family.encode_prompts(self.family.tokenize([prompt] * len(self.noisy)))
-            out[prompt] = self.family.predict(model, self.noisy, self.timesteps, states)
-        return out
 
 
 def _rms(a, b):

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import string
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Optional
 
 import numpy as np
 import torch
@@ -129,16 +130,28 @@ def tiny_text_to_image_pipeline(seed: int = 0):
     return pipe
 
 
-def colour_dataset(n_per: int, seed: int, captions: Sequence[str] = CAPTIONS, unconditional: bool = True) -> Dataset:
+def colour_dataset(
+    n_per: int,
+    seed: int,
+    captions: Sequence[str] = CAPTIONS,
+    unconditional: bool = True,
+    palette: Optional[Mapping[str, Sequence[int]]] = None,
+) -> Dataset:
     """8×8 images of one colour per caption (with pixel noise): the caption alone tells the image.
 
     With `unconditional`, `n_per` more rows have the empty caption and images of every caption's colour in turn, as
     SD's caption dropout does: classifier-free guidance needs a meaningful unconditional prediction to push away from.
+    `palette` maps each caption to its RGB colour; it defaults to [`CAPTIONS`] paired with [`PALETTE`]. Captions may
+    only use the words of the tokenizer ([`WORDS`]).
     """
+    colours = dict(zip(CAPTIONS, PALETTE)) if palette is None else dict(palette)
+    missing = [c for c in captions if c not in colours]
+    if missing:
+        raise ValueError(f"`palette` gives no colour for the captions {missing}; map every caption to an RGB colour.")
     rng = np.random.default_rng(seed)
-    rows = [(caption, PALETTE[CAPTIONS.index(caption)]) for caption in captions for _ in range(n_per)]
+    rows = [(caption, colours[caption]) for caption in captions for _ in range(n_per)]
     if unconditional:
-        rows += [("", PALETTE[CAPTIONS.index(captions[i % len(captions)])]) for i in range(n_per)]
+        rows += [("", colours[captions[i % len(captions)]]) for i in range(n_per)]
     images = [
         PILImage.fromarray(np.clip(np.array(colour) + rng.normal(0, 10, (SIZE, SIZE, 3)), 0, 255).astype(np.uint8))
         for _, colour in rows
@@ -181,13 +194,15 @@ def train_tiny_text_to_image(
     learning_rate: float = 1e-2,
     batch_size: int = 32,
     captions: Sequence[str] = CAPTIONS,
+    palette: Optional[Mapping[str, Sequence[int]]] = None,
 ) -> str:
     """Builds, trains and saves the tiny colour pipeline; returns its folder (`output_dir`). Leaving [`CONCEPT`] out
     of `captions` gives the model that never saw the concept (the text-to-image RT).
 
     The VAE is trained first (reconstruction), then the UNet with the family's own noise loss on every captioned
     image. A large learning rate and batch make the prompt-to-colour link appear within ~200 steps; at the SD tests'
-    3e-3 and batch 8 the UNet still drew every prompt in the same colours after 300 steps.
+    3e-3 and batch 8 the UNet still drew every prompt in the same colours after 300 steps. `palette` maps each
+    caption to its colour (see [`colour_dataset`]).
     """
     pipe = tiny_text_to_image_pipeline(seed)
     train_vae(pipe.vae, steps=vae_steps, seed=seed)
@@ -195,7 +210,7 @@ def train_tiny_text_to_image(
     for _ in finetune_steps(
         family,
         pipe.unet,
-        colour_dataset(16, seed=seed, captions=captions),
+        colour_dataset(16, seed=seed, captions=captions, palette=palette),
         steps=unet_steps,
         learning_rate=learning_rate,
         batch_size=batch_size,
@@ -233,6 +248,7 @@ __all__ = [
     "CAPTIONS",
     "CONCEPT",
     "PALETTE",
+    "WORDS",
     "ColourJudge",
     "colour_dataset",
     "tiny_text_to_image_pipeline",
