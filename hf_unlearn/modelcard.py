@@ -232,12 +232,20 @@ def _robustness_rows(record: dict) -> list[dict]:
                 f"fine-tune on k={entry['num_rows']} forgotten rows, {entry['steps']} steps, "
                 f"lr {entry['learning_rate']}, seeds {entry['seeds']}"
             )
-            others = "; ".join(f"{name}: {steps}" for name, steps in (entry.get("compared") or {}).items())
-            result = f"steps to recover {entry['steps_to_recover']}" + (
+            n = entry["steps"]
+            compared = (entry.get("compared") or {}).items()
+            others = "; ".join(f"{name}: {recovery_text(steps, n)}" for name, steps in compared)
+            result = f"steps to recover per seed: {recovery_text(entry['steps_to_recover'], n)}" + (
                 f" (same attack on {others})" if others else ""
             )
             rows.append({"attack": "relearning", "setting": setting, "result": result})
     return rows
+
+
+def recovery_text(steps_to_recover, budget: int) -> str:
+    """Steps to recover per seed as a reader wants them: a draw that never recovered says so instead of `None`."""
+    values = steps_to_recover if isinstance(steps_to_recover, (list, tuple)) else [steps_to_recover]
+    return ", ".join(f"not within {budget} steps" if v is None else str(v) for v in values)
 
 
 def render_model_card(record: dict, *, model_id: str, images=(), adapter: bool = False):

@@ -79,3 +79,10 @@ def test_text_to_image_card(untrained_sd_dir, tmp_path):
     assert "remain noise loss" in table and "- **concept gap**: mean squared distance" in text
     assert re.search(r"\| 1 \| [^|]+ \| sfr_on_remap \| the concept of the prompts", text), text
     assert (out / "concept_cache").is_dir()  # the generated images stay local, inside --output_dir
+
+
+def test_recovery_text_says_when_a_draw_never_recovered():
+    from hf_unlearn.modelcard import recovery_text
+
+    assert recovery_text([3, None], 20) == "3, not within 20 steps"
+    assert recovery_text(None, 5) == "not within 5 steps" and recovery_text(0, 5) == "0"
