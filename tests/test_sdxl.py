@@ -176,6 +176,33 @@ def test_sfr_on_remap_two_cycles_change_only_the_unet_and_the_folder_reloads(sdx
     assert isinstance(again.family, TextToImageXLFamily) and again.records[-1]["method"] == "sfr_on_remap"
 
 
+def test_remap_pulls_the_forget_prompt_toward_its_anchor(sdxl_path, tmp_path):
+    # Masked forget steps only (no remain steps), on cross-attention: what moves is the remap through both encoders'
+    # states and the pooled embedding. Measured (-s prints it): gap 0.040 -> 0.015, forget prompt moved 0.105, others
+    # at most 0.090.
+    config = unlearn_config(
+        tmp_path,
+        "sfr_on_remap",
+        max_steps=20,
+        learning_rate=3e-3,
+        forget_alpha=5.0,
+        forget_alpha_schedule="constant",
+        remain_steps_per_forget=0,
+        train_modules="cross_attention",
+    )
+    unlearner = Unlearner.from_pretrained(sdxl_path, config)
+    family, prompts = unlearner.family, [FORGET, ANCHOR, *UNRELATED]
+    before = {p: _predict(family, family.model, p, n=4) for p in prompts}
+    unlearner.unlearn(dataset_split())
+    after = {p: _predict(family, unlearner.model, p, n=4) for p in prompts}
+    rms = lambda a, b: float((a - b).pow(2).mean().sqrt())  # noqa: E731
+    gap_before, gap_after = rms(before[FORGET], before[ANCHOR]), rms(after[FORGET], after[ANCHOR])
+    moved = {p: rms(after[p], before[p]) for p in prompts}
+    print(f"sdxl remap gap {gap_before:.4f} -> {gap_after:.4f}; moved {moved}")
+    assert gap_after <= 0.5 * gap_before, (gap_before, gap_after)
+    assert moved[FORGET] > max(moved[p] for p in prompts if p != FORGET), moved
+
+
 def test_esd_u_leaves_cross_attention_and_the_added_embedding_alone(sdxl_path, tmp_path):
     config = unlearn_config(tmp_path, "esd", max_steps=2, train_modules="non_cross_attention")
     unlearner = Unlearner.from_pretrained(sdxl_path, config)
@@ -237,3 +264,29 @@ def test_options_for_one_text_encoder_or_another_size_are_refused_before_any_wei
     sdxl_pipe = StableDiffusionXLPipeline.from_pretrained(sdxl_path)
     with pytest.raises(ValueError, match="`pipeline` is an SDXL pipeline"):
         Unlearner.from_pretrained(tiny_sd_pipeline().unet, unlearn_config(tmp_path, "esd"), pipeline=sdxl_pipe)
+
+
+def test_cli_unlearns_sdxl_with_lora_and_the_card_loads_it_as_sdxl(sdxl_path, tmp_path, capsys):
+    from diffusers import StableDiffusionXLPipeline
+
+    from hf_unlearn.cli import main
+
+    out = tmp_path / "out"
+    argv = [
+        "unlearn", "--model", sdxl_path, "--method", "sfr_on_remap", "--max_steps", "2", "--lora", "true",
+        "--forget_prompts", FORGET, "--remain_prompts", ANCHOR, "--num_concept_images", "2",
+        "--generation_steps", "2", "--sample_prompts", FORGET, UNRELATED[0], "--output_dir", str(out),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    summary = json.loads(next(line for line in capsys.readouterr().out.splitlines() if line.startswith('{"method"')))
+    assert summary["method"] == "sfr_on_remap" and summary["num_forget"] == 2
+    card = (out / "README.md").read_text()
+    assert f'StableDiffusionXLPipeline.from_pretrained("{out}")' in card and "load_lora_weights" in card
+    assert "StableDiffusionPipeline" not in card and (out / "samples_before_after.png").is_file()
+    pipe = StableDiffusionXLPipeline.from_pretrained(out)  # the base weights, saved beside the adapter
+    base = {n: p.clone() for n, p in pipe.unet.named_parameters()}
+    pipe.load_lora_weights(out)
+    assert any("lora" in n for n, _ in pipe.unet.named_parameters())
+    original = StableDiffusionXLPipeline.from_pretrained(sdxl_path).unet
+    assert all(torch.equal(p, base[n]) for n, p in original.named_parameters())
+    assert pipe(FORGET, num_inference_steps=2, height=8, width=8).images[0].size == (8, 8)
