@@ -9,6 +9,7 @@ import torch
 from tiny_sd import ANCHOR, FORGET, UNRELATED, captioned, dataset_split, snapshot, unlearn_config, word_tokenizer
 
 from hf_unlearn import ConceptSplit, UnlearnConfig, Unlearner
+from hf_unlearn.families.text_to_image import TextToImageFamily
 from hf_unlearn.families.text_to_image_xl import TextToImageXLFamily
 
 TEXT = dict(
@@ -103,6 +104,8 @@ def test_sdxl_is_detected_and_conditioned_as_the_pipeline_does(sdxl_path, tmp_pa
     unlearner = Unlearner.from_pretrained(sdxl_path, UnlearnConfig(output_dir=str(tmp_path)))
     family = unlearner.family
     assert isinstance(family, TextToImageXLFamily) and family.name == "text_to_image"
+    from_object = Unlearner.from_pretrained(tiny_sdxl_pipeline(), UnlearnConfig(output_dir=str(tmp_path)))
+    assert isinstance(from_object.family, TextToImageXLFamily)
     # The family's method and the methods' text-to-image defaults apply as they are.
     assert unlearner.config.method == "sfr_on_remap" and unlearner.config.learning_rate == 1e-5
     prompts = [FORGET, UNRELATED[0]]
@@ -257,10 +260,12 @@ def test_options_for_one_text_encoder_or_another_size_are_refused_before_any_wei
     assert not (tmp_path / "run" / "saliency_mask.safetensors").exists()
     with pytest.raises(ValueError, match="`resolution` is 6"):
         Unlearner.from_pretrained(sdxl_path, unlearn_config(tmp_path, "sfr_on_remap", resolution=6))
-    # An SDXL UNet with a one-encoder pipeline, and the other way round.
+    # An SDXL UNet with a one-encoder pipeline (or family), and the other way round.
     sdxl_unet = StableDiffusionXLPipeline.from_pretrained(sdxl_path).unet
-    with pytest.raises(ValueError, match="`pipeline` is a Stable Diffusion 1.x"):
+    with pytest.raises(ValueError, match="needs a StableDiffusionXLPipeline"):
         Unlearner.from_pretrained(sdxl_unet, unlearn_config(tmp_path, "esd"), pipeline=tiny_sd_pipeline())
+    with pytest.raises(ValueError, match="needs a StableDiffusionXLPipeline"):
+        TextToImageFamily(StableDiffusionXLPipeline.from_pretrained(sdxl_path), unlearn_config(tmp_path, "esd"))
     sdxl_pipe = StableDiffusionXLPipeline.from_pretrained(sdxl_path)
     with pytest.raises(ValueError, match="`pipeline` is an SDXL pipeline"):
         Unlearner.from_pretrained(tiny_sd_pipeline().unet, unlearn_config(tmp_path, "esd"), pipeline=sdxl_pipe)

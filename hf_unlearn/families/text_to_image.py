@@ -94,8 +94,9 @@ class TextToImageFamily(ModelFamily):
         # SDXL's UNet needs pooled text and size embeddings (`added_cond_kwargs`) that SD 1.x / 2.x pipelines lack.
         if unet.config.addition_embed_type == "text_time":
             raise ValueError(
-                "The UNet is an SDXL one (addition_embed_type='text_time'), but `pipeline` is a Stable Diffusion "
-                "1.x / 2.x pipeline with one text encoder; pass a StableDiffusionXLPipeline (or its folder)."
+                "The UNet is an SDXL one (addition_embed_type='text_time'): it needs a StableDiffusionXLPipeline "
+                "(two text encoders) as `pipeline`, not a one-encoder pipeline, and TextToImageXLFamily, which "
+                "`Unlearner.from_pretrained` picks for such a pipeline or folder."
             )
 
     # Loading and saving
