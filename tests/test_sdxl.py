@@ -295,3 +295,19 @@ def test_cli_unlearns_sdxl_with_lora_and_the_card_loads_it_as_sdxl(sdxl_path, tm
     original = StableDiffusionXLPipeline.from_pretrained(sdxl_path).unet
     assert all(torch.equal(p, base[n]) for n, p in original.named_parameters())
     assert pipe(FORGET, num_inference_steps=2, height=8, width=8).images[0].size == (8, 8)
+
+
+def test_a_transformer_pipeline_is_not_taken_for_sd_or_sdxl(tmp_path):
+    from hf_unlearn.families import detect_family
+
+    # FLUX's components: two text encoders (CLIP, T5) beside a transformer denoiser, which this family cannot train.
+    index = {
+        "_class_name": "FluxPipeline",
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "text_encoder_2": ["transformers", "T5EncoderModel"],
+        "transformer": ["diffusers", "FluxTransformer2DModel"],
+        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+    }
+    (tmp_path / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="holds a FluxPipeline model, which hf_unlearn does not support"):
+        detect_family(str(tmp_path))

@@ -104,10 +104,11 @@ class TextToImageFamily(ModelFamily):
     def can_load(cls, model_or_path: Any) -> bool:
         if type(model_or_path).__name__ == "UNet2DConditionModel":
             return True
+        # SD3 and FLUX pipelines have text encoders too, but a `transformer` denoiser that no class here trains.
         if hasattr(model_or_path, "components"):
-            return "text_encoder" in model_or_path.components
+            return {"text_encoder", "unet"} <= set(model_or_path.components)
         index = read_config_file(model_or_path, "model_index.json")
-        return bool(index) and "text_encoder" in index
+        return bool(index) and {"text_encoder", "unet"} <= set(index)
 
     @classmethod
     def from_pretrained(
