@@ -11,6 +11,7 @@ from tiny_sd import ANCHOR, FORGET, UNRELATED, captioned, dataset_split, snapsho
 from hf_unlearn import ConceptSplit, UnlearnConfig, Unlearner
 from hf_unlearn.families.text_to_image import TextToImageFamily
 from hf_unlearn.families.text_to_image_xl import TextToImageXLFamily
+from hf_unlearn.methods import list_methods
 
 TEXT = dict(
     hidden_size=32,
@@ -204,6 +205,29 @@ def test_remap_pulls_the_forget_prompt_toward_its_anchor(sdxl_path, tmp_path):
     print(f"sdxl remap gap {gap_before:.4f} -> {gap_after:.4f}; moved {moved}")
     assert gap_after <= 0.5 * gap_before, (gap_before, gap_after)
     assert moved[FORGET] > max(moved[p] for p in prompts if p != FORGET), moved
+
+
+# Every method the text-to-image family lists runs on SDXL; the published one in the fast suite, as in test_contract.
+@pytest.mark.parametrize(
+    "method",
+    [pytest.param(m, marks=[] if m == "sfr_on" else [pytest.mark.slow]) for m in list_methods("text_to_image")],
+)
+def test_every_text_to_image_method_runs_on_sdxl(sdxl_path, tmp_path, method):
+    unlearner = Unlearner.from_pretrained(sdxl_path, unlearn_config(tmp_path, method, max_steps=2))
+    before, frozen = snapshot(unlearner.model), _frozen_parts(unlearner.family.pipeline)
+    if method == "selective_amnesia":  # generative replay: remain images drawn by the pipeline from remain prompts
+        split = ConceptSplit(
+            forget_prompts=[FORGET],
+            remain_prompts=[ANCHOR],
+            num_images=2,
+            num_inference_steps=2,
+            cache_dir=str(tmp_path),
+        )
+    else:
+        split = dataset_split(2)
+    assert unlearner.unlearn(split).steps == 2
+    assert any(not torch.equal(p.detach(), before[n]) for n, p in unlearner.model.named_parameters())
+    assert all(torch.equal(p, frozen[n]) for n, p in _frozen_parts(unlearner.family.pipeline).items())
 
 
 def test_esd_u_leaves_cross_attention_and_the_added_embedding_alone(sdxl_path, tmp_path):
