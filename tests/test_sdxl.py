@@ -120,6 +120,15 @@ def test_sdxl_is_detected_and_conditioned_as_the_pipeline_does(sdxl_path, tmp_pa
         uncond["text_embeds"], negative_pooled
     )
     assert family.time_ids.tolist() == [[8.0, 8.0, 0.0, 0.0, 8.0, 8.0]]
+    # Without it, the pipeline encodes "" through both encoders, and so do we (once, not per row: rounding may differ).
+    from diffusers import StableDiffusionXLPipeline
+
+    encoded = StableDiffusionXLPipeline.from_pretrained(sdxl_path, force_zeros_for_empty_prompt=False)
+    family_2 = Unlearner.from_pretrained(encoded, UnlearnConfig(output_dir=str(tmp_path))).family
+    _, negative, _, negative_pooled = encoded.encode_prompt(prompts, device="cpu")
+    uncond = family_2.unconditional(family_2.encode_prompts(family_2.tokenize(prompts)))
+    assert negative.abs().sum() > 0 and torch.allclose(uncond["encoder_hidden_states"], negative, atol=1e-6)
+    assert torch.allclose(uncond["text_embeds"], negative_pooled, atol=1e-6)
     # The pooled text reaches the UNet: the same cross-attention states with another prompt's pooled embedding differ.
     noisy, timesteps = _fixed_inputs(family)
     swapped = {"encoder_hidden_states": cond["encoder_hidden_states"], "text_embeds": cond["text_embeds"].flip(0)}

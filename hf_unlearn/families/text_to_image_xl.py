@@ -19,8 +19,8 @@ class TextToImageXLFamily(TextToImageFamily):
     r"""An SDXL pipeline whose `UNet2DConditionModel` is unlearned; VAE and both text encoders are frozen.
 
     Loaded by [`TextToImageFamily.from_pretrained`] (hence by detection and `family="text_to_image"`) for any pipeline,
-    folder or repo id with a `text_encoder_2`; its `name` stays `"text_to_image"`, so every method and default of the
-    family applies unchanged.
+    folder or repo id with a `text_encoder_2` and a `unet`; its `name` stays `"text_to_image"`, so every method and
+    default of the family applies unchanged.
 
     The conditioning is what `StableDiffusionXLPipeline.encode_prompt` computes for a prompt: the penultimate hidden
     states of both text encoders concatenated (cross-attention), the projected pooled output of `text_encoder_2`
