@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Optional
@@ -135,10 +136,16 @@ def looks_like_repo(value) -> bool:
     return isinstance(value, str) and value.count("/") == 1 and not os.path.exists(value) and " " not in value
 
 
-def load_snippet(family: str, adapter: bool, model: str, base: Optional[str]) -> str:
-    """Python that loads the saved model from `model` (a repo id or folder), on top of `base` for adapters."""
+def load_snippet(
+    family: str, adapter: bool, model: str, base: Optional[str], pipeline_class: Optional[str] = None
+) -> str:
+    """Python that loads the saved model from `model` (a repo id or folder), on top of `base` for adapters; a
+    text-to-image folder loads with its own `pipeline_class` (e.g. `StableDiffusionXLPipeline`)."""
     lines = _SNIPPETS.get((family, adapter), _SNIPPETS[("class_conditional_diffusion", adapter)])
-    return "\n".join(lines).format(model=model, base=base or model)
+    text = "\n".join(lines).format(model=model, base=base or model)
+    if family == "text_to_image" and pipeline_class:
+        text = text.replace("StableDiffusionPipeline", pipeline_class)
+    return text
 
 
 def describe_forgotten(request: dict) -> str:
@@ -248,7 +255,9 @@ def recovery_text(steps_to_recover, budget: int) -> str:
     return ", ".join(f"not within {budget} steps" if v is None else str(v) for v in values)
 
 
-def render_model_card(record: dict, *, model_id: str, images=(), adapter: bool = False):
+def render_model_card(
+    record: dict, *, model_id: str, images=(), adapter: bool = False, pipeline_class: Optional[str] = None
+):
     """The [`huggingface_hub.ModelCard`] of `record` (see [`write_model_card`])."""
     from huggingface_hub import ModelCard, ModelCardData  # noqa: PLC0415
 
@@ -287,7 +296,7 @@ def render_model_card(record: dict, *, model_id: str, images=(), adapter: bool =
         method_parts=[(k, v) for k, v in (last.get("method_parts") or {}).items() if k != "name"],
         key_hyperparameters=[(k, hyper[k]) for k in KEY_HYPERPARAMETERS if hyper.get(k) is not None],
         config_yaml=yaml.safe_dump(hyper, sort_keys=False),
-        load_snippet=load_snippet(family, adapter, str(model_id), record.get("base_model")),
+        load_snippet=load_snippet(family, adapter, str(model_id), record.get("base_model"), pipeline_class),
         history=history,
         history_metrics=history_metrics,
         command=last.get("command"),
@@ -311,7 +320,12 @@ def write_model_card(
         images (`list[str]`, *optional*): names of PNG files beside the card to show.
         adapter (`bool`, *optional*, defaults to `False`): whether the folder holds a LoRA adapter only.
     """
-    card = render_model_card(record, model_id=model_id or str(folder), images=images, adapter=adapter)
+    # A diffusers folder names its pipeline class: an SDXL folder's card then loads it as such.
+    index = Path(folder) / "model_index.json"
+    pipeline_class = json.loads(index.read_text()).get("_class_name") if index.is_file() else None
+    card = render_model_card(
+        record, model_id=model_id or str(folder), images=images, adapter=adapter, pipeline_class=pipeline_class
+    )
     atomic_write_text(Path(folder) / "README.md", str(card))
 
 

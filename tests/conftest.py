@@ -20,10 +20,13 @@ torch.set_num_threads(1)
 
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist with `--dist loadgroup`, every test of the tiny Stable Diffusion runs on one worker, so the
-    session fixture that trains it (`sd_path`, the suite's most expensive) is built once, not once per worker."""
+    session fixture that trains it (`sd_path`, the suite's most expensive) is built once, not once per worker; the same
+    for the tiny SDXL folder (`sdxl_path`, tests/test_sdxl.py)."""
     for item in items:
-        if "sd_path" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("sd_path"))
+        for fixture in ("sd_path", "sdxl_path"):
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group(fixture))
+                break
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -17,6 +17,7 @@ from datasets import Dataset, concatenate_datasets
 
 from ..concept import ConceptSplit
 from .prompt import PromptAttackConfig, adversarial_prompts
+from .prompt_search import check_one_text_encoder
 
 
 def adversarial_unlearn(unlearner, split, *, rounds: int = 3, attack: Optional[PromptAttackConfig] = None):
@@ -39,6 +40,7 @@ def adversarial_unlearn(unlearner, split, *, rounds: int = 3, attack: Optional[P
         raise ValueError(
             f"Adversarial erasure attacks prompts; it needs a text-to-image model, got {unlearner.family.name}."
         )
+    check_one_text_encoder(unlearner.family.pipeline, "unlearner")  # before the first round changes any weight
     total = unlearner.config.max_steps
     if total < rounds:
         raise ValueError(f"`max_steps` is {total}, fewer than `rounds` ({rounds}); give at least one cycle per round.")

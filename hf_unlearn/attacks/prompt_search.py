@@ -37,6 +37,7 @@ class TokenSearch:
     def __init__(self, pipeline, config, size: int):
         from diffusers import DDPMScheduler  # noqa: PLC0415
 
+        check_one_text_encoder(pipeline)
         self.pipe, self.config, self.size = pipeline, config, size
         self.tokenizer, self.encoder = pipeline.tokenizer, pipeline.text_encoder
         # Training noise follows the checkpoint's own schedule and prediction type, whatever sampler it ships.
@@ -207,6 +208,16 @@ def project_to_simplex(weights: torch.Tensor) -> torch.Tensor:
     count = (ordered - cumulative / ranks > 0).sum(-1, keepdim=True)
     theta = cumulative.gather(-1, count - 1) / count.to(weights.dtype)
     return (weights - theta).clamp_min(0)
+
+
+def check_one_text_encoder(pipeline, argument: str = "pipeline") -> None:
+    """Refuses a pipeline with a second text encoder (SDXL): the search optimises the tokens of one CLIP encoder, and
+    the other would still see the prompt alone."""
+    if getattr(pipeline, "text_encoder_2", None) is not None:
+        raise ValueError(
+            f"`{argument}` holds an SDXL pipeline (text_encoder_2); the prompt attack searches the tokens of one text "
+            "encoder and supports Stable Diffusion 1.x / 2.x pipelines only."
+        )
 
 
 def _candidate_ids(tokenizer, num_embeddings: int, config) -> list[int]:

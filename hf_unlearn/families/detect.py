@@ -25,3 +25,12 @@ def read_config_file(path_or_id: Any, filename: str, subfolder: Optional[str] = 
             return None
     with open(file) as fh:
         return json.load(fh)
+
+
+def pipeline_components(model_or_path: Any) -> set[str]:
+    """The non-empty components of a diffusers pipeline object, or those its folder's / repo's `model_index.json`
+    names (empty for anything else)."""
+    if hasattr(model_or_path, "components"):
+        return {k for k, v in model_or_path.components.items() if v is not None}
+    index = read_config_file(model_or_path, "model_index.json") or {}
+    return {k for k, v in index.items() if isinstance(v, list) and v and v[0] is not None}

@@ -1,10 +1,15 @@
-"""Family: Stable Diffusion 1.x / 2.x (`StableDiffusionPipeline`); the UNet is trained, text encoder and VAE frozen."""
+"""Family: Stable Diffusion 1.x / 2.x (`StableDiffusionPipeline`); the UNet is trained, text encoder and VAE frozen.
+
+Other text-to-image pipelines are subclasses listed in `_VARIANTS`, each with a `handles(components)` classmethod and
+overriding the hooks `pipeline_class`, `required_components`, `frozen_modules`, `tokenize`, `_encode_rows`,
+`_stack_rows`, `unconditional` and `predict` (SDXL: `text_to_image_xl.py`).
+"""
 
 from __future__ import annotations
 
 import copy
 import os
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -17,12 +22,15 @@ from ..concept import ConceptSplit
 from ..methods import get_method
 from ..utils import sha256_of
 from .base import ModelFamily
-from .detect import read_config_file
+from .detect import pipeline_components, read_config_file
 
 logger = get_logger(__name__)
-_REQUIRED = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-# ESD-u ("noxattn" in the ESD code) trains everything but cross-attention, the time embedding and the output layers.
-_NOT_IN_ESD_U = ("attn2", "time_embedding", "conv_norm_out", "conv_out")
+# ESD-u ("noxattn" in the ESD code) trains everything but cross-attention, the time embedding and the output layers;
+# SDXL's `add_embedding` (pooled text and size conditioning, added to the time embedding) is left out with the latter.
+_NOT_IN_ESD_U = ("attn2", "time_embedding", "add_embedding", "conv_norm_out", "conv_out")
+# Subclasses for other pipelines, "module:Class", imported on first use; `from_pretrained` picks the first whose
+# `handles` accepts the pipeline's components, else the class it was called on.
+_VARIANTS = ("hf_unlearn.families.text_to_image_xl:TextToImageXLFamily",)
 
 
 class TextToImageFamily(ModelFamily):
@@ -34,6 +42,8 @@ class TextToImageFamily(ModelFamily):
     """
 
     name = "text_to_image"
+    pipeline_class: ClassVar[str] = "StableDiffusionPipeline"  # the diffusers class that loads a folder or repo id
+    required_components: ClassVar[tuple[str, ...]] = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
     # Faithful ascent on the noise loss is unstable; remapping to an anchor is the authors' own SD choice.
     default_method = "sfr_on_remap"
     default_config: dict[str, Any] = {
@@ -44,12 +54,13 @@ class TextToImageFamily(ModelFamily):
     }
 
     def __init__(self, pipeline, config):
-        missing = [c for c in _REQUIRED if getattr(pipeline, c, None) is None]
+        missing = [c for c in self.required_components if getattr(pipeline, c, None) is None]
         if missing:
             raise ValueError(
-                f"The pipeline has no {missing}; pass a Stable Diffusion pipeline (or folder / repo id) "
-                "with unet, vae, text_encoder, tokenizer and scheduler."
+                f"The pipeline has no {missing}; pass a {self.pipeline_class} (or folder / repo id) "
+                f"with {', '.join(self.required_components)}."
             )
+        self._check_unet(pipeline.unet)
         from diffusers import DDPMScheduler  # noqa: PLC0415
 
         self._pipeline = pipeline
@@ -64,22 +75,40 @@ class TextToImageFamily(ModelFamily):
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.resolution = config.resolution or int(self.model.config.sample_size) * self.vae_scale_factor
         self._check_resolution(self.resolution)
-        self.vae.requires_grad_(False).eval()
-        self.text_encoder.requires_grad_(False).eval()
+        for module in self.frozen_modules():
+            module.requires_grad_(False).eval()
         for name, param in self.model.named_parameters():
             if not self.trainable_parameter_filter(name):
                 param.requires_grad_(False)
         self._embeddings: dict[tuple, torch.Tensor] = {}
+
+    @property
+    def text_encoders(self) -> list[nn.Module]:
+        return [self.text_encoder]
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """The modules beside the UNet that the losses run (frozen, moved to the batches' device)."""
+        return [self.vae, *self.text_encoders]
+
+    def _check_unet(self, unet) -> None:
+        # SDXL's UNet needs pooled text and size embeddings (`added_cond_kwargs`) that SD 1.x / 2.x pipelines lack.
+        if unet.config.addition_embed_type == "text_time":
+            raise ValueError(
+                "The UNet is an SDXL one (addition_embed_type='text_time'): it needs a StableDiffusionXLPipeline "
+                "(two text encoders) as `pipeline`, not a one-encoder pipeline, and TextToImageXLFamily, which "
+                "`Unlearner.from_pretrained` picks for such a pipeline or folder."
+            )
 
     # Loading and saving
     @classmethod
     def can_load(cls, model_or_path: Any) -> bool:
         if type(model_or_path).__name__ == "UNet2DConditionModel":
             return True
+        # SD3 and FLUX pipelines have text encoders too, but a `transformer` denoiser that no class here trains.
         if hasattr(model_or_path, "components"):
-            return "text_encoder" in model_or_path.components
+            return {"text_encoder", "unet"} <= set(model_or_path.components)
         index = read_config_file(model_or_path, "model_index.json")
-        return bool(index) and "text_encoder" in index
+        return bool(index) and {"text_encoder", "unet"} <= set(index)
 
     @classmethod
     def from_pretrained(
@@ -94,21 +123,27 @@ class TextToImageFamily(ModelFamily):
         **kwargs,
     ) -> TextToImageFamily:
         """Loads a folder or repo id with `StableDiffusionPipeline.from_pretrained` (extra `kwargs` go there), or takes
-        a pipeline object, or a `UNet2DConditionModel` together with `pipeline=` (the rest of the components)."""
-        from diffusers import StableDiffusionPipeline  # noqa: PLC0415
+        a pipeline object, or a `UNet2DConditionModel` together with `pipeline=` (the rest of the components).
+
+        A pipeline of another kind that a subclass `handles` (an SDXL one: it has `text_encoder_2`) is loaded by that
+        subclass, so `family="text_to_image"` and detection serve every variant."""
+        variant = _variant_for(pipeline if pipeline is not None else model_or_path)
+        if variant is not None and cls is not variant and issubclass(variant, cls):
+            return variant.from_pretrained(model_or_path, config, pipeline=pipeline, **kwargs)
+        import diffusers  # noqa: PLC0415
 
         source = None
         if type(model_or_path).__name__ == "UNet2DConditionModel":
             if pipeline is None:
                 raise ValueError(
                     "A bare UNet2DConditionModel has no VAE, text encoder or tokenizer: pass "
-                    "`pipeline=` (a StableDiffusionPipeline whose other components go with this UNet)."
+                    f"`pipeline=` (a {cls.pipeline_class} whose other components go with this UNet)."
                 )
             pipeline.unet = model_or_path
         elif hasattr(model_or_path, "components"):
             pipeline = model_or_path
         else:
-            pipeline = StableDiffusionPipeline.from_pretrained(model_or_path, **kwargs)
+            pipeline = getattr(diffusers, cls.pipeline_class).from_pretrained(model_or_path, **kwargs)
             source = str(model_or_path)
         if getattr(pipeline, "_progress_bar_config", None) is None:
             pipeline.set_progress_bar_config(disable=True)
@@ -167,7 +202,7 @@ class TextToImageFamily(ModelFamily):
         return sha256_of(
             getattr(self, "source", None),
             dict(self.model.config),
-            dict(self.text_encoder.config.to_dict()),
+            *[dict(encoder.config.to_dict()) for encoder in self.text_encoders],
             type(self._pipeline.scheduler).__name__,
             probe,
         )
@@ -287,26 +322,37 @@ class TextToImageFamily(ModelFamily):
     # Tensors the losses share
     def _frozen_to(self, device: torch.device) -> None:
         if self.vae.device != device:
-            self.vae.to(device)
-            self.text_encoder.to(device)
+            for module in self.frozen_modules():
+                module.to(device)
 
     @torch.no_grad()
-    def encode_prompts(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Text-encoder states of token ids, cached per distinct prompt (the encoder is frozen, prompts are few)."""
+    def encode_prompts(self, input_ids: torch.Tensor):
+        """The conditioning of token ids (`tokenize`), cached per distinct prompt (the encoders are frozen, prompts
+        few): text-encoder states here, what `predict` takes in every variant."""
         self._frozen_to(input_ids.device)
         keys = [tuple(row.tolist()) for row in input_ids]
         todo = [i for i, k in enumerate(keys) if k not in self._embeddings]
         if todo:
-            ids = input_ids[todo]
-            mask = None
-            if getattr(self.text_encoder.config, "use_attention_mask", False):
-                mask = (ids != self.tokenizer.pad_token_id).long()
-            states = self.text_encoder(ids, attention_mask=mask)[0]
+            rows = self._encode_rows(input_ids[todo])
             if len(self._embeddings) > 4096:
                 self._embeddings.clear()
-            for i, state in zip(todo, states):
-                self._embeddings[keys[i]] = state
-        return torch.stack([self._embeddings[k] for k in keys])
+            for i, row in zip(todo, rows):
+                self._embeddings[keys[i]] = row
+        return self._stack_rows([self._embeddings[k] for k in keys])
+
+    def _encode_rows(self, ids: torch.Tensor):
+        """One conditioning row per row of `ids` (uncached prompts), in any form `_stack_rows` batches."""
+        mask = None
+        if getattr(self.text_encoder.config, "use_attention_mask", False):
+            mask = (ids != self.tokenizer.pad_token_id).long()
+        return self.text_encoder(ids, attention_mask=mask)[0]
+
+    def _stack_rows(self, rows: list):
+        return torch.stack(rows)
+
+    def unconditional(self, cond):
+        """The empty prompt's conditioning, one row per row of `cond` (the ε(x_t, "") of classifier-free guidance)."""
+        return self.encode_prompts(self.tokenize([""]).to(cond.device)).expand_as(cond)
 
     @torch.no_grad()
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -321,7 +367,7 @@ class TextToImageFamily(ModelFamily):
         return self.noise_scheduler.add_noise(latents, noise, timesteps), noise, timesteps
 
     def predict(self, model: nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor, states: torch.Tensor):
-        """The UNet's output (ε or v, per the checkpoint) at x_t, t for text states `states`."""
+        """The UNet's output (ε or v, per the checkpoint) at x_t, t for the conditioning `encode_prompts` gave."""
         return model(noisy, timesteps, encoder_hidden_states=states).sample
 
     # Losses
@@ -345,7 +391,7 @@ class TextToImageFamily(ModelFamily):
         if self.noise_scheduler.config.prediction_type == "v_prediction":
             noise = self.noise_scheduler.get_velocity(latents, noise, timesteps)
         cond = self.encode_prompts(batch["input_ids"])
-        uncond = self.encode_prompts(self.tokenize([""]).to(cond.device)).expand_as(cond)
+        uncond = self.unconditional(cond)
         e_cond, e_uncond = self.predict(model, noisy, timesteps, cond), self.predict(model, noisy, timesteps, uncond)
         return _row_mse(e_uncond + scale * (e_cond - e_uncond), noise, self.noise_loss_reduction)
 
@@ -372,12 +418,27 @@ class TextToImageFamily(ModelFamily):
         """
         noisy, _, timesteps = self._noised(self.encode_images(batch["pixel_values"]))
         cond = self.encode_prompts(batch["input_ids"])
-        uncond = self.encode_prompts(self.tokenize([""]).to(cond.device)).expand_as(cond)
+        uncond = self.unconditional(cond)
         with torch.no_grad():
             e_cond = self.predict(frozen, noisy, timesteps, cond)
             e_uncond = self.predict(frozen, noisy, timesteps, uncond)
             target = e_uncond - scale * (e_cond - e_uncond)
         return _row_mse(self.predict(model, noisy, timesteps, cond), target, self.noise_loss_reduction)
+
+
+def _variant_for(model_or_path: Any):
+    """The first subclass in `_VARIANTS` that handles the pipeline, folder or repo id, or `None`."""
+    import importlib  # noqa: PLC0415
+
+    if type(model_or_path).__name__ == "UNet2DConditionModel":
+        return None
+    components = pipeline_components(model_or_path)
+    for entry in _VARIANTS:
+        module, name = entry.split(":")
+        variant = getattr(importlib.import_module(module), name)
+        if variant.handles(components):
+            return variant
+    return None
 
 
 def is_trainable(name: str, train_modules: str) -> bool:
