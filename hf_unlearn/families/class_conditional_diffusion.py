@@ -10,7 +10,6 @@ from typing import Any, Optional
 import numpy as np
 import PIL.Image
 import torch
-import torch.nn.functional as F
 from datasets import ClassLabel, Dataset, Features, Image
 from diffusers import DDIMScheduler, DDPMScheduler, DiTTransformer2DModel, UNet2DModel
 from diffusers.models.embeddings import LabelEmbedding
@@ -21,6 +20,7 @@ from ..metrics.generation import generate
 from ..pipelines import ClassConditionalPipeline, default_null_class_id, predict_noise
 from .base import LabelledImageBatches, ModelFamily
 from .detect import read_config_file
+from .noise_losses import row_mse
 
 _MODEL_CLASSES = {"UNet2DModel": UNet2DModel, "DiTTransformer2DModel": DiTTransformer2DModel}
 
@@ -283,7 +283,7 @@ class ClassConditionalDiffusionFamily(LabelledImageBatches, ModelFamily):
     def per_sample_loss(self, model, batch, *, labels=None):
         labels = batch["labels"] if labels is None else labels
         x_t, noise, t = self._noisy(batch)
-        return _row_mse(self.eps(model, x_t, t, labels), noise, self.noise_loss_reduction)
+        return row_mse(self.eps(model, x_t, t, labels), noise, self.noise_loss_reduction)
 
     def guided_per_sample_loss(self, model, batch, scale: float):
         """Noise loss of the guided prediction ε(x,∅) + s·(ε(x,c) − ε(x,∅)) (the authors' DDPM Fisher, s = 1 + w)."""
@@ -291,7 +291,7 @@ class ClassConditionalDiffusionFamily(LabelledImageBatches, ModelFamily):
         x_t, noise, t = self._noisy(batch)
         cond = self.eps(model, x_t, t, labels)
         uncond = self.eps(model, x_t, t, torch.full_like(labels, self.null_class_id))
-        return _row_mse(uncond + scale * (cond - uncond), noise, self.noise_loss_reduction)
+        return row_mse(uncond + scale * (cond - uncond), noise, self.noise_loss_reduction)
 
     def remain_rows(self, model, batch):
         labels = batch["labels"]
@@ -307,7 +307,7 @@ class ClassConditionalDiffusionFamily(LabelledImageBatches, ModelFamily):
         x_t, _, t = self._noisy(batch)
         with torch.no_grad():
             target = self.eps(getattr(model, "module", model), x_t, t, target_labels)
-        return _row_mse(self.eps(model, x_t, t, batch["labels"]), target, self.noise_loss_reduction)
+        return row_mse(self.eps(model, x_t, t, batch["labels"]), target, self.noise_loss_reduction)
 
     def negative_guidance_loss(self, model, frozen, batch, scale):
         x_t, _, t = self._noisy(batch)
@@ -316,19 +316,13 @@ class ClassConditionalDiffusionFamily(LabelledImageBatches, ModelFamily):
             cond = self.eps(frozen, x_t, t, labels)
             uncond = self.eps(frozen, x_t, t, torch.full_like(labels, self.null_class_id))
             target = uncond - scale * (cond - uncond)
-        return _row_mse(self.eps(model, x_t, t, labels), target, self.noise_loss_reduction)
+        return row_mse(self.eps(model, x_t, t, labels), target, self.noise_loss_reduction)
 
 
 def _unwrapped(model: nn.Module) -> nn.Module:
     """The diffusers model inside a DDP wrapper or a `peft.PeftModel` (LoRA)."""
     model = getattr(model, "module", model)
     return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def _row_mse(prediction: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """Squared error per row, averaged (or, as the authors' DDPM code, summed) over the pixels."""
-    squared = F.mse_loss(prediction.float(), target.float(), reduction="none").flatten(1)
-    return squared.sum(1) if reduction == "sum" else squared.mean(1)
 
 
 def _scheduler_beside(path):
