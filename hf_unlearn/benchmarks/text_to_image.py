@@ -9,10 +9,11 @@ their samples move is the side effect a user would see on prompts nobody thought
 
 Every method listed for the text-to-image family runs, plus `hand_remap` (the floor: ε(x_t, c_forget) regressed on a
 detached ε(x_t, c_anchor), and the plain noise loss on the remain set, Adam, no mask, no weighting, no schedule) and
-two references: `original` (do nothing) and `resampled` (the original sampled with other noise: the sampling noise
-floor of every "moved" number). Each method gets the same grid (trainable modules × cycles) on the validation seeds;
-the grid point is chosen there (every concept judged erased, then the least held-out movement) and the report seeds
-are run once with it.
+three references: `original` (do nothing), `resampled` (the original sampled with other noise: the sampling noise
+floor of every "moved" number) and `retrain` (RT: the original's recipe and seed without the concepts' captions; its
+"moved" numbers compare two separately trained models, so they say how far a full retrain moves each prompt).
+Each method gets the same grid (trainable modules × cycles) on the validation seeds; the grid point is chosen there
+(every concept judged erased, then the least held-out movement) and the report seeds are run once with it.
 
 Every run is one JSON file under `--output/runs`, written atomically and skipped with `--resume`.
 """
@@ -55,9 +56,14 @@ PALETTE = {
     "woman on beach": (25, 25, 25),
 }
 PROMPTS = tuple(PALETTE)
-FLOOR, ORIGINAL, RESAMPLED = "hand_remap", "original", "resampled"
+FLOOR, ORIGINAL, RESAMPLED, RETRAIN = "hand_remap", "original", "resampled", "retrain"
 GRID = {"train_modules": ("all", "cross_attention"), "cycles": (20, 40, 80)}
 VALIDATION_SEEDS, REPORT_SEEDS = (100, 101), (0, 1, 2)
+# Named settings of a method run as extra rows: SFR-on's α_t decays from α to 0 over the cycles (the authors'
+# schedule), so at the same budget its forget steps are on average half the hand loop's; this row keeps α constant.
+VARIANTS = {
+    "sfr_on_remap_alpha5_constant": ("sfr_on_remap", {"forget_alpha": 5.0, "forget_alpha_schedule": "constant"})
+}
 ERASED = 0.05  # a concept counts as erased when at most this share of its samples keeps the concept's colour
 
 
@@ -80,8 +86,9 @@ QUICK = Settings(vae_steps=60, unet_steps=60, images_per_caption=4, samples_per_
 
 
 def methods_for_family() -> list[str]:
-    """Every registered method that supports text-to-image models (the benchmark's rows)."""
-    return [m for m in list_methods() if get_method(m).supports("text_to_image")]
+    """Every registered method that supports text-to-image models (the benchmark's rows). `retrain` is a reference
+    row instead: the original's recipe without the concepts' captions, not a few steps from scratch."""
+    return [m for m in list_methods() if get_method(m).supports("text_to_image") and m != RETRAIN]
 
 
 def concept_split(seed: int, n: int, *, replay: bool = False, settings: Settings = Settings()) -> ConceptSplit:
@@ -209,14 +216,17 @@ class Benchmark:
         self.output, self.settings, self.resume = Path(output), settings, resume
         self._before: dict[int, list] = {}
 
-    def original(self, seed: int) -> str:
-        folder = self.output / "models" / f"original-s{seed}"
+    def original(self, seed: int, name: str = ORIGINAL) -> str:
+        """The original (every prompt) or, with `name="retrain"`, the same recipe and seed without the concepts."""
+        folder = self.output / "models" / f"{name}-s{seed}"
         if not (folder / "model_index.json").exists():
             s = self.settings
-            tmp = self.output / "tmp" / f"original-s{seed}"
+            tmp = self.output / "tmp" / f"{name}-s{seed}"
             shutil.rmtree(tmp, ignore_errors=True)
+            forgotten = {f for f, _ in CONCEPTS} if name == RETRAIN else set()
+            captions = [p for p in PROMPTS if p not in forgotten]
             train_tiny_text_to_image(
-                tmp, seed=seed, vae_steps=s.vae_steps, unet_steps=s.unet_steps, captions=PROMPTS, palette=PALETTE
+                tmp, seed=seed, vae_steps=s.vae_steps, unet_steps=s.unet_steps, captions=captions, palette=PALETTE
             )
             folder.parent.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(folder, ignore_errors=True)
@@ -245,6 +255,8 @@ class Benchmark:
             after = before
         elif method == RESAMPLED:
             after = self.samples(_load(self.original(seed)), seed, offset=1000)
+        elif method == RETRAIN:
+            after = self.samples(_load(self.original(seed, RETRAIN)), seed)
         elif method == FLOOR:
             pipe = _load(self.original(seed))
             split = concept_split(seed, self.settings.images_per_caption).materialize(
@@ -263,7 +275,9 @@ class Benchmark:
 
     def _library(self, method: str, seed: int, train_modules: str, cycles: int):
         s = self.settings
+        method, overrides = VARIANTS.get(method, (method, {}))
         config = UnlearnConfig(
+            **overrides,
             method=method,
             seed=seed,
             max_steps=cycles,
@@ -315,7 +329,8 @@ def report_markdown(rows: list[dict], selection: dict[str, dict]) -> str:
     header += [f"gap closed: {f}" for f, _ in CONCEPTS]
     header += ["max concept rate", "anchor rate", "held-out moved", "held-out ratio", "held-out drawn right", "steps"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    order = [ORIGINAL, RESAMPLED, FLOOR] + sorted(m for m in selection if m not in (ORIGINAL, RESAMPLED, FLOOR))
+    references = (ORIGINAL, RESAMPLED, RETRAIN, FLOOR)
+    order = [*references] + sorted(m for m in selection if m not in references)
     for method in order:
         runs = [r for r in rows if r["method"] == method]
         if not runs:
@@ -344,10 +359,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true", help="Seconds-long pipeline check: tiny sizes, 1 seed.")
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else Settings()
-    methods = args.methods.split(",") if args.methods else methods_for_family()
-    unknown = [m for m in methods if m not in methods_for_family()]
+    choices = methods_for_family() + list(VARIANTS)
+    methods = args.methods.split(",") if args.methods else choices
+    unknown = [m for m in methods if m not in choices]
     if unknown:
-        parser.error(f"--methods: {unknown} do not support text-to-image; choose from {methods_for_family()}")
+        parser.error(f"--methods: {unknown} do not support text-to-image; choose from {choices}")
     bench = Benchmark(args.output, settings, resume=args.resume)
     grid = {"train_modules": ("cross_attention",), "cycles": (4,)} if args.quick else GRID
     validation, report = ((7,), (8,)) if args.quick else (VALIDATION_SEEDS, REPORT_SEEDS)
@@ -367,7 +383,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.phase in ("report", "all"):
         rows = []
         for seed in report:
-            rows += [bench.run("report", ref, seed, "all", 0) for ref in (ORIGINAL, RESAMPLED)]
+            rows += [bench.run("report", ref, seed, "all", 0) for ref in (ORIGINAL, RESAMPLED, RETRAIN)]
             for method in [FLOOR, *methods]:
                 chosen = selection[method]
                 rows.append(bench.run("report", method, seed, chosen["train_modules"], chosen["cycles"]))
