@@ -243,6 +243,8 @@ class Unlearner:
     def _validate_run(self) -> None:
         """Checks that need the model and config together; run before any weight changes."""
         check_finite_weights(self.model)
+        # A masked method under an FSDP / DeepSpeed launch: refused here, before the Accelerator and any weight change.
+        check_sharding(None, self.method, self.config)
         if self.config.saliency_guidance_scale is not None and self.family.name == "image_classifier":
             raise ValueError(
                 "`saliency_guidance_scale` is set, but the image_classifier family has no guided prediction; leave it "
