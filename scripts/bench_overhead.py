@@ -62,8 +62,9 @@ def hand_run(model, split, cfg) -> tuple[float, float]:
         """The engine's estimator: eval mode, one seeded pass of global batches, squared batch-mean gradients."""
         sums = [torch.zeros_like(p) for p in params]
         plan = global_batches(len(dataset), batch, 1, 0, cfg.seed, cfg.saliency_max_batches)
+        rows = family.make_dataloader(dataset, batch_size=batch, shuffle=False, seed=0).dataset  # the family's rows
         for indices, _ in plan:
-            b = family.collate([dataset[i] for i in indices])
+            b = family.collate([rows[i] for i in indices])
             model.zero_grad(set_to_none=True)
             F.cross_entropy(model(pixel_values=b["pixel_values"]).logits, b["labels"]).backward()
             for s, p in zip(sums, params):
