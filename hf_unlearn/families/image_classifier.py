@@ -230,10 +230,16 @@ class PreprocessedRows(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index) -> PreprocessedRow:
-        index = int(index)
-        row = self.cache.get(index)
-        if row is None:
-            raw = self.dataset[index]
-            pixels = self.family.pixel_values([raw[self.family.image_column]])[0]
-            row = self.cache[index] = PreprocessedRow(pixels, int(raw[self.family.label_column]))
-        return row
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: list) -> list[PreprocessedRow]:
+        """The rows of a batch (what `DataLoader` asks for); those not kept yet go through the image processor in
+        one call, as the batch would have, since a call per image costs the processor's overhead per image."""
+        indices = [int(i) for i in indices]
+        missing = [i for i in dict.fromkeys(indices) if i not in self.cache]
+        if missing:
+            raw = self.dataset[missing]
+            pixels = self.family.pixel_values(raw[self.family.image_column])
+            for i, values, label in zip(missing, pixels, raw[self.family.label_column]):
+                self.cache[i] = PreprocessedRow(values, int(label))
+        return [self.cache[i] for i in indices]
