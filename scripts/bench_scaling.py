@@ -46,7 +46,7 @@ class PhaseSampler(PeakSampler):
         return inside[-1] - inside[0] if inside else float("nan")
 
 
-def child(factor: int, cycles: int) -> dict:
+def child(factor: int, cycles: int, cache_mb) -> dict:
     import torch
 
     torch.set_num_threads(1)
@@ -71,6 +71,8 @@ def child(factor: int, cycles: int) -> dict:
     unlearner = Unlearner.from_pretrained(
         tiny_classifier("resnet", seed=0), config, image_processor=digits_image_processor()
     )
+    if cache_mb is not None:  # the family keeps preprocessed rows up to this budget (0: decodes every batch again)
+        unlearner.family.preprocessed_cache_bytes = int(cache_mb * 2**20)
     baseline = memory_mb()["RssAnon"]
     sampler = PhaseSampler()
     sampler.start()
@@ -138,16 +140,26 @@ def main(argv=None) -> int:
     parser.add_argument("--factors", type=int, nargs="+", default=[1, 10, 100])
     parser.add_argument("--cycles", type=int, default=20)
     parser.add_argument("--output", help="Write <output>.json, .md and .png (the chart).")
+    parser.add_argument(
+        "--preprocessed-cache-mb",
+        type=float,
+        help="The image-classifier family's budget of kept preprocessed rows (default: the family's; 0: none).",
+    )
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.child, args.cycles)))
+        print(json.dumps(child(args.child, args.cycles, args.preprocessed_cache_mb)))
         return 0
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TQDM_DISABLE="1", OMP_NUM_THREADS="1")
     rows = []
     for factor in args.factors:
         out = subprocess.run(
-            [sys.executable, __file__, "--child", str(factor), "--cycles", str(args.cycles)],
+            [sys.executable, __file__, "--child", str(factor), "--cycles", str(args.cycles)]
+            + (
+                []
+                if args.preprocessed_cache_mb is None
+                else ["--preprocessed-cache-mb", str(args.preprocessed_cache_mb)]
+            ),
             env=env,
             capture_output=True,
             text=True,

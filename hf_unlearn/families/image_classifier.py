@@ -148,7 +148,8 @@ class ImageClassifierFamily(LabelledImageBatches, ModelFamily):
         if self.transform is not None or fingerprint is None or len(dataset) == 0:
             return None
         if fingerprint not in self._preprocessed:
-            row_bytes = self.pixel_values([dataset[0][self.image_column]]).nbytes
+            # A kept row also costs its tensor and tuple objects (~0.5 kB, measured on 16×16 digits rows).
+            row_bytes = self.pixel_values([dataset[0][self.image_column]]).nbytes + 512
             kept = sum(len(rows) for rows in self._preprocessed.values()) * row_bytes
             if kept + len(dataset) * row_bytes > self.preprocessed_cache_bytes:
                 return None
