@@ -3,8 +3,9 @@
 Two models, built from their configs with random weights and fed synthetic data (no download, any machine):
 
 - `vit`: ViT-B/16 at 224 px (`ViTForImageClassification`, 86M parameters, 10 classes), method `sfr_on`;
-- `unet`: a Stable Diffusion 1.4-size pipeline (its UNet's, VAE's and CLIP text encoder's config values written
-  inline; 860M trained UNet parameters) at 512 px, method `sfr_on_remap`.
+- `unet`: a Stable Diffusion 1.4-size pipeline (its UNet's and VAE's config values written inline, 860M trained UNet
+  parameters; its CLIP text encoder's widths with a 1,000-token vocabulary, as the tokenizer is a small word-level
+  one built here) at 512 px, method `sfr_on_remap`.
 
 Every setting is one combination of precision (`fp32`, `bf16` through `mixed_precision`), trained weights (`full`;
 `lora`; `xattn`, the UNet's cross-attention only through `train_modules="cross_attention"`) and
@@ -16,7 +17,7 @@ setting. For full training without checkpointing it also times a hand-written Py
 passes with the same mask (`engine_hand_ratio`: engine cycle time over the hand loop's; the issue's target on a GPU
 is within 10% for the SD UNet in bf16).
 
-On a GPU machine (about 10 minutes on one large GPU with the defaults):
+On a GPU machine (every setting; `--only unet bf16` keeps the settings whose name holds both words):
 
     HF_HUB_OFFLINE=1 python scripts/device_suite.py --output benchmark_results/performance/device_suite_gpu.json
 
@@ -114,7 +115,7 @@ def build_sd(tiny: bool):
         vae_dims = dict(block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8, sample_size=16)
         text = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
         text |= dict(max_position_embeddings=16)
-    else:  # the values of CompVis/stable-diffusion-v1-4's unet/, vae/ and text_encoder/ config.json
+    else:  # CompVis/stable-diffusion-v1-4's unet/, vae/ and text_encoder/ config values (vocabulary aside)
         unet_dims = dict(sample_size=64, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280))
         unet_dims |= dict(attention_head_dim=8, norm_num_groups=32, cross_attention_dim=768)
         unet_dims |= dict(down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",))
