@@ -37,8 +37,9 @@ class ImageClassifierFamily(LabelledImageBatches, ModelFamily):
     # forgets the class too, but drives its rows to confident wrong classes, which the entropy attack (MIA) sees.
     default_method = "sfr_on_bound"
     lora_trains_head = True
-    # Bytes of `pixel_values` the family keeps so that each row is decoded and preprocessed once per run instead of
-    # once per epoch (see `make_dataloader`); a dataset whose tensors would not fit is read as before. 0 disables.
+    # Bytes of `pixel_values` the family keeps (for as long as it lives: an `Unlearner`'s runs and evaluations share
+    # them) so that each row is decoded and preprocessed once instead of at every epoch (see `make_dataloader`); a
+    # dataset whose tensors would not fit is read as before. 0 disables.
     preprocessed_cache_bytes: int = 256 * 2**20
 
     def __init__(self, model: PreTrainedModel, config, image_processor=None, transform: Optional[Callable] = None):
