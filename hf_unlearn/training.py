@@ -117,17 +117,43 @@ def make_accelerator(config) -> Accelerator:
     )
 
 
+# What `accelerate launch` sets in every process for an FSDP or DeepSpeed config (`distributed_type: FSDP`, ...).
+_SHARDING_FLAGS = {DistributedType.FSDP: "ACCELERATE_USE_FSDP", DistributedType.DEEPSPEED: "ACCELERATE_USE_DEEPSPEED"}
+
+
+def requested_sharding() -> Optional[DistributedType]:
+    """The sharding the launch asks for, read from the environment `accelerate launch` gives each process; `None`."""
+    for kind, flag in _SHARDING_FLAGS.items():
+        if os.environ.get(flag, "false").lower() in ("1", "true", "yes"):
+            return kind
+    return None
+
+
 def check_sharding(distributed_type, method, config) -> None:
     """Refuses a saliency mask under DeepSpeed or FSDP, before any work: the mask multiplies `param.grad`, which ZeRO
     leaves empty (its gradients live in partitioned buffers) and FSDP holds as flat shards, so the mask would be
-    silently skipped or misapplied and the method would no longer be the one asked for."""
-    if method.saliency is not None and distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
-        raise ValueError(
-            f"Method '{method.name}' uses a saliency mask, which is not supported under {distributed_type.value} yet "
-            "(the mask would silently not apply to sharded gradients). Launch with DDP (e.g. "
-            "configs/accelerate/multi_gpu_ddp.yaml), add `lora=True` if memory is short, or pick a method without a "
-            "mask (finetune, gradient_ascent, random_label, bad_teacher, scrub, esd)."
-        )
+    silently skipped or misapplied and the method would no longer be the one asked for.
+
+    `distributed_type` is the accelerator's, or `None` before there is one; either way a launch that asks for FSDP or
+    DeepSpeed is refused too. accelerate falls back to plain data parallelism for FSDP on CPUs and fails on a missing
+    DeepSpeed install before any check of ours, so the request, not the device, decides: the same launch is refused
+    on every machine, before the `Accelerator` is built.
+    """
+    if method.saliency is None:
+        return
+    sharded = (DistributedType.DEEPSPEED, DistributedType.FSDP)
+    kind, source = distributed_type, "the accelerator runs it"
+    if kind not in sharded:
+        kind = requested_sharding()
+        if kind is None:
+            return
+        source = f"the launch set {_SHARDING_FLAGS[kind]}, e.g. from an accelerate config with `distributed_type`"
+    raise ValueError(
+        f"Method '{method.name}' uses a saliency mask, which is not supported under {kind.value} yet ({source}; the "
+        "mask would silently not apply to sharded gradients). Launch with DDP (e.g. "
+        "configs/accelerate/multi_gpu_ddp.yaml), add `lora=True` if memory is short, or pick a method without a mask "
+        "(finetune, gradient_ascent, random_label, bad_teacher, scrub, esd)."
+    )
 
 
 def partial_state() -> PartialState:

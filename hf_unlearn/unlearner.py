@@ -27,7 +27,7 @@ from .passes import PassCounter, step_rows
 from .tracking import check_log_with, start_tracking, stop_tracking
 from .training import alpha_at, build_optimizer, check_sharding, lr_schedule, make_accelerator
 from .utils import apply_umask
-from .validation import check_finite_weights, check_run_output_dir
+from .validation import all_finite, check_finite_weights, check_run_output_dir
 
 logger = get_logger(__name__)
 
@@ -243,6 +243,8 @@ class Unlearner:
     def _validate_run(self) -> None:
         """Checks that need the model and config together; run before any weight changes."""
         check_finite_weights(self.model)
+        # A masked method under an FSDP / DeepSpeed launch: refused here, before the Accelerator and any weight change.
+        check_sharding(None, self.method, self.config)
         if self.config.saliency_guidance_scale is not None and self.family.name == "image_classifier":
             raise ValueError(
                 "`saliency_guidance_scale` is set, but the image_classifier family has no guided prediction; leave it "
@@ -406,8 +408,9 @@ class Unlearner:
             _check_finite(norm, "gradient norm", ctx.step, cfg)
             logs["grad_norm"] = float(norm)
         elif guard == "check":  # no clipping norm to look at: the weights are still the last good ones here
-            grads = [p.grad.detach().abs().max() for p in params if p.grad is not None]
-            _check_finite(torch.stack(grads).max() if grads else torch.zeros(()), "gradient", ctx.step, cfg)
+            grads = [p.grad.detach() for p in params if p.grad is not None]
+            if not all_finite(grads):  # the largest |g| names the offending value in the message
+                _check_finite(torch.stack([g.abs().max() for g in grads]).max(), "gradient", ctx.step, cfg)
         if guard == "copy":
             self._keep_last_good(params)
         optimizer.step()
@@ -426,13 +429,12 @@ class Unlearner:
         with torch.no_grad():
             if getattr(self, "_guarded", None) is not params:  # a new run: new parameter list
                 self._guarded, self._last_good = params, [p.detach().clone() for p in params]
-            else:
-                for saved, p in zip(self._last_good, params):
-                    saved.copy_(p.detach())
+            else:  # one fused copy over all tensors rather than a call per parameter (this runs every step)
+                torch._foreach_copy_(self._last_good, params)
 
     def _check_weights(self, params, step: int, restore: bool) -> None:
         with torch.no_grad():
-            if bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+            if all_finite(params):
                 return
             if restore:
                 for saved, p in zip(self._last_good, params):

@@ -28,6 +28,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
 
 from hf_unlearn import ForgetRemainSplit, UnlearnConfig, Unlearner, load_digits_dataset  # noqa: E402
 from hf_unlearn.models import digits_image_processor, tiny_classifier  # noqa: E402
@@ -62,8 +63,10 @@ def hand_run(model, split, cfg) -> tuple[float, float]:
         """The engine's estimator: eval mode, one seeded pass of global batches, squared batch-mean gradients."""
         sums = [torch.zeros_like(p) for p in params]
         plan = global_batches(len(dataset), batch, 1, 0, cfg.seed, cfg.saliency_max_batches)
-        for indices, _ in plan:
-            b = family.collate([dataset[i] for i in indices])
+        # The engine's data path: the family's rows (kept once preprocessed), the plan's batches through a loader.
+        base = family.make_dataloader(dataset, batch_size=batch, shuffle=False, seed=0)
+        loader = DataLoader(base.dataset, batch_sampler=[i for i, _ in plan], collate_fn=base.collate_fn)
+        for b in loader:
             model.zero_grad(set_to_none=True)
             F.cross_entropy(model(pixel_values=b["pixel_values"]).logits, b["labels"]).backward()
             for s, p in zip(sums, params):

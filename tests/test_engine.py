@@ -248,8 +248,48 @@ def test_dataloader_workers_change_no_weight(resnet_copy, small_split, processor
     inline, inline_pids = run(0)
     workers, worker_pids = run(2)
     main = str(os.getpid())
-    # The saliency pass collates its own global batches in the main process; the step loaders use two workers each.
-    assert inline_pids == {main} and len(worker_pids - {main}) == 4
+    # Two workers for each of the four loaders: the two saliency passes' and the two step loaders'.
+    assert inline_pids == {main} and len(worker_pids - {main}) == 8
     assert all(torch.equal(inline[k], workers[k]) for k in inline)
     with pytest.raises(ValueError, match="dataloader_num_workers"):
         UnlearnConfig(dataloader_num_workers=1.5)
+
+
+def test_preprocessed_rows_change_no_weight(resnet_copy, small_split, processor, tmp_path):
+    """The image-classifier family decodes and preprocesses each row once and keeps it; masks, batches and weights
+    are bit-identical to preprocessing every batch again (`preprocessed_cache_bytes=0`), and rows are processed once
+    however many epochs the loaders run."""
+    from hf_unlearn.families.image_classifier import PreprocessedRows
+
+    def run(cache_bytes):
+        # Five forget epochs and full saliency passes: every row is read several times.
+        config = _quick("sfr_on", tmp_path / str(cache_bytes), max_steps=45, saliency_max_batches=None)
+        unlearner = Unlearner.from_pretrained(copy.deepcopy(resnet_copy), config, image_processor=processor)
+        family = unlearner.family
+        family.preprocessed_cache_bytes = cache_bytes
+        processed, pixel_values = [0], family.pixel_values
+
+        def counted(images):  # counts the images the processor is handed: the work the cache saves
+            processed[0] += len(images)
+            return pixel_values(images)
+
+        family.pixel_values = counted
+        unlearner.unlearn(small_split)
+        loader = family.make_dataloader(small_split.forget, batch_size=16, shuffle=False, seed=0)
+        return _state(unlearner.model), unlearner.mask, processed[0], loader
+
+    kept_state, kept_mask, kept_images, kept_loader = run(256 * 2**20)
+    again_state, again_mask, again_images, again_loader = run(0)
+    assert isinstance(kept_loader.dataset, PreprocessedRows) and not isinstance(again_loader.dataset, PreprocessedRows)
+    assert all(torch.equal(kept_state[k], again_state[k]) for k in kept_state)
+    assert all(torch.equal(kept_mask[k], again_mask[k]) for k in kept_mask)
+    rows = len(small_split.forget) + len(small_split.remain)
+    # Kept: each row once (plus the one-row probes of validation and of the size estimate); again: every epoch.
+    assert kept_images <= rows + 4 < again_images
+    first = next(iter(kept_loader))
+    assert torch.equal(first["pixel_values"], family_batch(processor, small_split.forget, 16))
+
+
+def family_batch(processor, dataset, rows):
+    """The first `rows` rows of `dataset` preprocessed as one batch, as the family did before it kept rows."""
+    return processor([dataset[i]["image"] for i in range(rows)], return_tensors="pt")["pixel_values"]

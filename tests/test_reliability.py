@@ -125,6 +125,20 @@ def test_check_guard_reports_overflowed_weights_without_restoring_them(model_dir
     assert not all(torch.isfinite(p).all() for p in unlearner.model.parameters())
 
 
+def test_all_finite_is_exact_including_norms_that_overflow():
+    """The guard's fused check: finite norms prove finite weights; an overflowing norm falls back to the elements."""
+    from hf_unlearn.validation import all_finite
+
+    finite = [torch.randn(3, 4), torch.randn(5)]
+    assert all_finite(finite) and all_finite([])
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        tensors = [t.clone() for t in finite]
+        tensors[1][2] = bad
+        assert not all_finite(tensors)
+    huge = [torch.full((4,), 1e30), torch.ones(2, dtype=torch.bfloat16)]  # squares overflow float32, values do not
+    assert not torch.isfinite(torch._foreach_norm(huge)[0]) and all_finite(huge)
+
+
 def test_text_to_image_defaults_to_the_check_guard_and_classifiers_to_the_copy():
     assert UnlearnConfig().resolve("text_to_image").divergence_guard == "check"
     assert UnlearnConfig().resolve("image_classifier").divergence_guard == "copy"

@@ -1,11 +1,23 @@
-"""Saliency masks under sharded training: refused before any work instead of silently not applied."""
+"""Saliency masks under sharded training: refused before any work instead of silently not applied, directly, through
+`Unlearner` and through `accelerate launch` with the shipped FSDP config."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import torch
+from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedType
 
-from hf_unlearn import UnlearnConfig
+from hf_unlearn import ForgetRemainSplit, UnlearnConfig, Unlearner
 from hf_unlearn.methods import get_method
+from hf_unlearn.models import tiny_classifier
 from hf_unlearn.training import check_sharding
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("kind", [DistributedType.DEEPSPEED, DistributedType.FSDP])
@@ -24,3 +36,66 @@ def test_unmasked_methods_run_under_deepspeed_and_fsdp(kind):
 @pytest.mark.parametrize("kind", [DistributedType.NO, DistributedType.MULTI_GPU, DistributedType.MULTI_CPU])
 def test_masks_run_without_sharding(kind):
     check_sharding(kind, get_method("sfr_on"), UnlearnConfig(method="sfr_on"))
+
+
+@pytest.fixture
+def small_split(digits_small):
+    return ForgetRemainSplit.from_dataset(digits_small["train"].select(range(200)), forget_classes=[3])
+
+
+def _weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("flag, kind", [("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DEEPSPEED")])
+def test_a_sharded_launch_refuses_a_masked_method_through_unlearner(
+    flag, kind, small_split, processor, tmp_path, monkeypatch
+):
+    monkeypatch.setenv(flag, "true")  # what `accelerate launch` sets from an FSDP / DeepSpeed config
+    config = UnlearnConfig(method="sfr_on", max_steps=2, output_dir=str(tmp_path / "out"))
+    unlearner = Unlearner.from_pretrained(tiny_classifier("resnet", seed=0), config, image_processor=processor)
+    before = _weights(unlearner.model)
+    with pytest.raises(ValueError) as info:
+        unlearner.unlearn(small_split)
+    message = str(info.value)
+    assert f"under {kind}" in message and flag in message  # the option that asked for sharding
+    assert "DDP" in message and "lora=True" in message  # and the alternatives
+    assert all(torch.equal(v, before[k]) for k, v in unlearner.model.state_dict().items())
+    assert unlearner.result is None and unlearner.mask is None and not (tmp_path / "out").exists()
+
+
+def test_a_sharded_launch_still_runs_an_unmasked_method(small_split, processor, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    config = UnlearnConfig(method="finetune", max_steps=1, output_dir="")
+    unlearner = Unlearner.from_pretrained(tiny_classifier("resnet", seed=0), config, image_processor=processor)
+    before = _weights(unlearner.model)
+    try:
+        result = unlearner.unlearn(small_split)
+    finally:  # the accelerator state was built under the FSDP flag: later tests in this process get a fresh one
+        AcceleratorState._reset_state(reset_partial_state=False)
+    assert result.work["optimizer_steps"] == 1
+    assert any(not torch.equal(v, before[k]) for k, v in unlearner.model.state_dict().items())
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_accelerate_launch_with_the_shipped_fsdp_config_refuses_before_writing(untrained_resnet_dir, tmp_path):
+    files = {p.name: p.read_bytes() for p in Path(untrained_resnet_dir).iterdir()}
+    out = tmp_path / "out"
+    launcher = Path(sys.executable).parent / "accelerate"
+    command = [str(launcher), "launch", "--config_file", str(ROOT / "configs" / "accelerate" / "fsdp.yaml")]
+    command += ["--num_processes", "1", "--main_process_port", str(_free_port()), "-m", "hf_unlearn.cli", "unlearn"]
+    command += ["--model", str(untrained_resnet_dir), "--dataset_name", "digits", "--forget_classes", "3"]
+    command += ["--method", "sfr_on", "--max_steps", "2", "--output_dir", str(out)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TQDM_DISABLE="1")
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "'sfr_on' uses a saliency mask" in errors[0], proc.stderr[-2000:]
+    assert "under FSDP" in errors[0] and "ACCELERATE_USE_FSDP" in errors[0] and "DDP" in errors[0]
+    assert {p.name: p.read_bytes() for p in Path(untrained_resnet_dir).iterdir()} == files
+    assert not out.exists()

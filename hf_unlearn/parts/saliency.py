@@ -17,6 +17,7 @@ import torch
 from accelerate.utils import send_to_device
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 Mask = dict[str, torch.Tensor]
@@ -106,11 +107,21 @@ def pass_statistic(
         config.saliency_max_batches,
     )
 
+    # The plan's batches through a loader over the same rows and collate, so the family's worker processes
+    # (`dataloader_num_workers`) prepare them ahead as they do the steps' batches; the rows are those of the plan.
+    loader = DataLoader(
+        base.dataset,
+        batch_sampler=[indices for indices, _ in plan if indices],
+        collate_fn=base.collate_fn,
+        **family.loader_options(),
+    )
+
     def batches():
         shown = accelerator.is_local_main_process
+        fetched = iter(loader)
         for indices, total in tqdm(plan, desc=f"saliency pass ({len(dataset)} rows)", disable=not shown):
             on_batch()
-            batch = base.collate_fn([base.dataset[i] for i in indices]) if indices else None
+            batch = next(fetched) if indices else None
             yield (None if batch is None else send_to_device(batch, device)), total
 
     def reduce_sum(t):
