@@ -59,10 +59,14 @@ PROMPTS = tuple(PALETTE)
 FLOOR, ORIGINAL, RESAMPLED, RETRAIN = "hand_remap", "original", "resampled", "retrain"
 GRID = {"train_modules": ("all", "cross_attention"), "cycles": (20, 40, 80)}
 VALIDATION_SEEDS, REPORT_SEEDS = (100, 101), (0, 1, 2)
-# Named settings of a method run as extra rows: SFR-on's α_t decays from α to 0 over the cycles (the authors'
-# schedule), so at the same budget its forget steps are on average half the hand loop's; this row keeps α constant.
+# Named settings of `sfr_on_remap` run as extra rows, to find what separates it from the hand-written floor: α_t decays
+# from α to 0 over the cycles (the authors' schedule), so its forget steps average half the floor's; the Fisher-ratio
+# mask (γ = 1) lets only part of the weights take them; the rows are loss-weighted (λ = 0.5).
+_CONSTANT = {"forget_alpha_schedule": "constant"}
 VARIANTS = {
-    "sfr_on_remap_alpha5_constant": ("sfr_on_remap", {"forget_alpha": 5.0, "forget_alpha_schedule": "constant"})
+    "sfr_on_remap_constant": ("sfr_on_remap", _CONSTANT),
+    "sfr_on_remap_constant_nomask": ("sfr_on_remap", {**_CONSTANT, "mask_threshold": 0.0}),
+    "sfr_on_remap_alpha5_constant": ("sfr_on_remap", {**_CONSTANT, "forget_alpha": 5.0}),
 }
 ERASED = 0.05  # a concept counts as erased when at most this share of its samples keeps the concept's colour
 

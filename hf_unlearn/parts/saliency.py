@@ -113,6 +113,9 @@ def pass_statistic(
         base.dataset,
         batch_sampler=[indices for indices, _ in plan if indices],
         collate_fn=base.collate_fn,
+        # Its own generator: iterating a loader draws a base seed, which from the global generator would shift the
+        # noise and timesteps that the diffusion families' statistic draws.
+        generator=torch.Generator(),
         **family.loader_options(),
     )
 
