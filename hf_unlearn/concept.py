@@ -161,8 +161,8 @@ class ConceptSplit:
             "forget_classes": None,
             "forget_prompts": self.forget_prompts,
             # What each forget prompt is remapped to (by default the remain prompts, paired by position).
-            "anchor_prompts": self.anchor_prompts
-            or (self.anchors_for(self.forget_prompts) if self.forget_prompts else None),
+            # Paired with `forget_prompts` by position (a dict of anchors is written in that order too).
+            "anchor_prompts": self.anchors_for(self.forget_prompts) if self.forget_prompts else self.anchor_prompts,
         }
 
     def anchors_for(self, prompts: list[str]) -> list[str]:

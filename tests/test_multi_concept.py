@@ -86,3 +86,13 @@ def test_cli_refuses_more_anchors_than_forget_prompts_in_one_line(sd_path, tmp_p
     assert code == 2 and len(err) == 1, err
     assert err[0].startswith("error: `anchor_prompts` has 2 anchors for 1 distinct forget prompts"), err
     assert not (tmp_path / "out" / "model_index.json").exists()
+
+
+def test_record_and_card_pair_each_forget_prompt_with_its_own_anchor():
+    from hf_unlearn.modelcard import describe_forgotten
+
+    split = ConceptSplit(forget_prompts=[FORGET, CAR], anchor_prompts={CAR: "", FORGET: ANCHOR})
+    described = split.describe()
+    assert described["anchor_prompts"] == [ANCHOR, ""]
+    text = describe_forgotten({"forget_set": described})
+    assert text.endswith(f"(remapped to '{ANCHOR}', '')"), text
