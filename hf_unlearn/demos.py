@@ -32,7 +32,7 @@ from .data import ForgetRemainSplit, load_digits_dataset
 from .families import get_family_class
 from .methods import get_method
 from .metrics.generation import Judge, generate, per_class_accuracy, predictions
-from .metrics.samples import comparison_grid, generate_samples
+from .metrics.samples import comparison_grid, generate_samples, mean_colours, pixel_arrays
 from .models import RECIPES as CLASSIFIER_RECIPES
 from .models import TrainingRecipe, tiny_classifier, train_classifier
 from .unlearner import Unlearner
@@ -267,13 +267,6 @@ def _print_diffusion(report: dict, forget_class: int, output: str) -> None:
 
 
 # Text-to-image
-def _colours(rows: list[list[Image.Image]]) -> np.ndarray:
-    """The mean RGB colour (0-255) of every image: `(prompts, images per prompt, 3)`."""
-    return np.array([[np.asarray(im.convert("RGB"), dtype=np.float64).mean((0, 1)) for im in row] for row in rows])
-
-
-def _pixels(rows: list[list[Image.Image]]) -> np.ndarray:
-    return np.array([[np.asarray(im.convert("RGB"), dtype=np.float64) / 255 for im in row] for row in rows])
 
 
 def _concept_split(settings: TextToImageDemoSettings, seed: int) -> ConceptSplit:
@@ -289,10 +282,11 @@ def _concept_split(settings: TextToImageDemoSettings, seed: int) -> ConceptSplit
 
 def _t2i_scores(before: list, after: list) -> dict:
     """How far the concept's samples moved toward the anchor's, and how far each prompt's samples moved at all."""
-    colours = {"before": _colours(before), "after": _colours(after)}
+    colours = {"before": mean_colours(before), "after": mean_colours(after)}
     forget, anchor = CAPTIONS.index(CONCEPT), CAPTIONS.index(ANCHOR)
     gap = {k: float(np.linalg.norm(c[forget] - c[anchor], axis=-1).mean()) for k, c in colours.items()}
-    change = np.sqrt(((_pixels(after) - _pixels(before)) ** 2).mean(axis=(1, 2, 3, 4)))  # RMS per prompt, [0, 1]
+    # RMS per prompt, pixels in [0, 1]
+    change = np.sqrt(((pixel_arrays(after) - pixel_arrays(before)) ** 2).mean(axis=(1, 2, 3, 4)))
     unrelated = [i for i in range(len(CAPTIONS)) if i not in (forget, anchor)]
     judge, anchor_judge = ColourJudge(PALETTE[forget]), ColourJudge(PALETTE[anchor])
     return {

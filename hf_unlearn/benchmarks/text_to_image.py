@@ -37,7 +37,7 @@ from ..attacks.tiny import colour_dataset, train_tiny_text_to_image
 from ..concept import ConceptSplit
 from ..config import UnlearnConfig
 from ..methods import get_method, list_methods
-from ..metrics.samples import generate_samples
+from ..metrics.samples import generate_samples, mean_colours, pixel_arrays
 from ..unlearner import Unlearner
 from ..utils import atomic_write_json, atomic_write_text
 
@@ -161,14 +161,6 @@ def hand_remap(pipe, split: ConceptSplit, *, cycles: int, train_modules: str, se
     return {"optimizer_steps": 2 * cycles, "forget_steps": cycles, "remain_steps": cycles}
 
 
-def _colours(rows) -> np.ndarray:
-    return np.array([[np.asarray(im.convert("RGB"), dtype=np.float64).mean((0, 1)) for im in row] for row in rows])
-
-
-def _pixels(rows) -> np.ndarray:
-    return np.array([[np.asarray(im.convert("RGB"), dtype=np.float64) / 255 for im in row] for row in rows])
-
-
 def _nearest(colours: np.ndarray) -> np.ndarray:
     palette = np.array(list(PALETTE.values()), dtype=np.float64)
     return np.linalg.norm(colours[..., None, :] - palette, axis=-1).argmin(-1)
@@ -185,8 +177,8 @@ def score(before, after) -> dict[str, Any]:
       over the mean move of the forget prompts (lower: the erasure stays with its concepts).
     """
     index = {p: i for i, p in enumerate(PROMPTS)}
-    c0, c1 = _colours(before), _colours(after)
-    moved = np.sqrt(((_pixels(after) - _pixels(before)) ** 2).mean(axis=(1, 2, 3, 4)))
+    c0, c1 = mean_colours(before), mean_colours(after)
+    moved = np.sqrt(((pixel_arrays(after) - pixel_arrays(before)) ** 2).mean(axis=(1, 2, 3, 4)))
     judged = _nearest(c1)
     concepts = {}
     for forget, anchor in CONCEPTS:

@@ -20,6 +20,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Optional
 
+import numpy as np
 import torch
 from accelerate.state import PartialState
 from PIL import Image, ImageDraw
@@ -71,6 +72,16 @@ def generate_samples(
         out = pipeline(prompt=prompt, num_images_per_prompt=num_images_per_prompt, generator=generator, **call_kwargs)
         rows.append(list(out.images))
     return rows
+
+
+def mean_colours(rows: Sequence[Sequence[Image.Image]]):
+    """The mean RGB colour (0-255) of every image of [`generate_samples`]' rows: `(prompts, images per prompt, 3)`."""
+    return np.array([[np.asarray(im.convert("RGB"), dtype=np.float64).mean((0, 1)) for im in row] for row in rows])
+
+
+def pixel_arrays(rows: Sequence[Sequence[Image.Image]]):
+    """Every image's RGB pixels in [0, 1]: `(prompts, images per prompt, height, width, 3)`."""
+    return np.array([[np.asarray(im.convert("RGB"), dtype=np.float64) / 255 for im in row] for row in rows])
 
 
 def comparison_grid(
