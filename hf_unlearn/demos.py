@@ -281,14 +281,18 @@ def _concept_split(settings: TextToImageDemoSettings, seed: int) -> ConceptSplit
 
 
 def _t2i_scores(before: list, after: list) -> dict:
-    """How far the concept's samples moved toward the anchor's, and how far each prompt's samples moved at all."""
+    """How far the concept's samples moved toward the anchor's original samples (the benchmark's `gap_closed`: the
+    anchor's own samples may drift too, and the target is what the anchor drew), how far each prompt's samples moved
+    at all, and what the colour judge names them."""
     colours = {"before": mean_colours(before), "after": mean_colours(after)}
     forget, anchor = CAPTIONS.index(CONCEPT), CAPTIONS.index(ANCHOR)
-    gap = {k: float(np.linalg.norm(c[forget] - c[anchor], axis=-1).mean()) for k, c in colours.items()}
+    target = colours["before"][anchor]
+    gap = {k: float(np.linalg.norm(c[forget] - target, axis=-1).mean()) for k, c in colours.items()}
     # RMS per prompt, pixels in [0, 1]
     change = np.sqrt(((pixel_arrays(after) - pixel_arrays(before)) ** 2).mean(axis=(1, 2, 3, 4)))
     unrelated = [i for i in range(len(CAPTIONS)) if i not in (forget, anchor)]
     judge, anchor_judge = ColourJudge(PALETTE[forget]), ColourJudge(PALETTE[anchor])
+    own = {i: ColourJudge(PALETTE[i]) for i in unrelated}
     return {
         "gap_to_anchor": gap,
         "gap_closed": 1 - gap["after"] / gap["before"],
@@ -299,6 +303,10 @@ def _t2i_scores(before: list, after: list) -> dict:
         },
         "anchor_colour": {
             k: float(np.mean(anchor_judge(rows[forget]))) for k, rows in (("before", before), ("after", after))
+        },
+        "unrelated_own_colour": {
+            k: float(np.mean([own[i](rows[i]) for i in unrelated]))
+            for k, rows in (("before", before), ("after", after))
         },
     }
 
@@ -345,14 +353,16 @@ def text_to_image_demo(
 
 def _print_text_to_image(report: dict, output: str) -> None:
     gap, moved = report["gap_to_anchor"], report["moved"]
-    concept, anchor = report["concept_colour"], report["anchor_colour"]
+    concept, anchor, own = report["concept_colour"], report["anchor_colour"], report["unrelated_own_colour"]
     unrelated = ", ".join(f"{p!r} {m:.3f}" for p, m in moved.items() if p not in (CONCEPT, ANCHOR))
     _say(
         f"| {CONCEPT!r} samples | before | after |",
         "|---|---|---|",
-        f"| colour distance to the {ANCHOR!r} samples (RGB 0-255) | {gap['before']:.1f} | {gap['after']:.1f} |",
+        f"| colour distance to the original {ANCHOR!r} samples (RGB 0-255) | {gap['before']:.1f} | "
+        f"{gap['after']:.1f} |",
         f"| drawn in the concept's colour | {concept['before']:.0%} | {concept['after']:.0%} |",
         f"| drawn in the anchor's colour | {anchor['before']:.0%} | {anchor['after']:.0%} |",
+        f"| unrelated prompts drawn in their own colour | {own['before']:.0%} | {own['after']:.0%} |",
         f"{report['method']} took {report['runtime_s']:.1f}s; the concept's samples moved "
         f"{report['gap_closed']:.0%} of the way to the anchor's.",
         f"Same noise before and after, RMS change (pixels in [0, 1]): {CONCEPT!r} {moved[CONCEPT]:.3f}; unrelated "
