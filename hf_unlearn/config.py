@@ -23,6 +23,7 @@ GLOBAL_DEFAULTS: dict[str, Any] = {
     "max_grad_norm": 7.0,
     "remain_max_grad_norm": 0.0,
     "forget_alpha": 1.0,
+    "forget_alpha_schedule": "cosine",
     "temperature": 0.5,
     "remain_steps_per_forget": 1,
     "per_device_train_batch_size": 64,
@@ -122,8 +123,12 @@ class UnlearnConfig:
     forget_alpha: Optional[float] = field(
         default=None, metadata={"help": "α: scale of the forgetting loss at step 0."}
     )
-    forget_alpha_schedule: str = field(
-        default="cosine", metadata={"help": "Decay of α over the run: cosine or constant."}
+    forget_alpha_schedule: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Decay of α over the run: cosine or constant (default: cosine; constant for text-to-image, as "
+            "the authors' Stable Diffusion setting)."
+        },
     )
     temperature: Optional[float] = field(
         default=None,
@@ -286,7 +291,7 @@ class UnlearnConfig:
         _check_choice(self, "optim", OPTIMIZERS)
         _check_choice(self, "lr_scheduler_type", SCHEDULES)
         _check_choice(self, "mixed_precision", PRECISIONS)
-        _check_choice(self, "forget_alpha_schedule", ("cosine", "constant"))
+        _check_choice(self, "forget_alpha_schedule", (None, "cosine", "constant"))
         _check_choice(self, "noise_loss_reduction", ("mean", "sum"))
         _check_choice(self, "lora_save", ("adapter", "merged"))
         _check_choice(self, "train_modules", ("all", "cross_attention", "non_cross_attention"))

@@ -59,14 +59,13 @@ PROMPTS = tuple(PALETTE)
 FLOOR, ORIGINAL, RESAMPLED, RETRAIN = "hand_remap", "original", "resampled", "retrain"
 GRID = {"train_modules": ("all", "cross_attention"), "cycles": (20, 40, 80)}
 VALIDATION_SEEDS, REPORT_SEEDS = (100, 101), (0, 1, 2)
-# Named settings of `sfr_on_remap` run as extra rows, to find what separates it from the hand-written floor: α_t decays
-# from α to 0 over the cycles (the authors' schedule), so its forget steps average half the floor's; the Fisher-ratio
-# mask (γ = 1) lets only part of the weights take them; the rows are loss-weighted (λ = 0.5).
-_CONSTANT = {"forget_alpha_schedule": "constant"}
+# Named settings of `sfr_on_remap` run as extra rows beside its defaults (the authors' SD setting: α 1 constant,
+# unweighted remap, mask applied): the library's defaults before 2026-12-02 (α_t decaying by cosine, rows weighted with
+# λ 0.5), the same with a constant α, and the authors' run as their script really ran it (its mask never applied).
 VARIANTS = {
-    "sfr_on_remap_constant": ("sfr_on_remap", _CONSTANT),
-    "sfr_on_remap_constant_nomask": ("sfr_on_remap", {**_CONSTANT, "mask_threshold": 0.0}),
-    "sfr_on_remap_alpha5_constant": ("sfr_on_remap", {**_CONSTANT, "forget_alpha": 5.0}),
+    "sfr_on_remap_cosine_weighted": ("sfr_on_remap", {"forget_alpha_schedule": "cosine", "temperature": 0.5}),
+    "sfr_on_remap_constant_weighted": ("sfr_on_remap", {"forget_alpha_schedule": "constant", "temperature": 0.5}),
+    "sfr_on_remap_nomask": ("sfr_on_remap", {"mask_threshold": 0.0}),
 }
 ERASED = 0.05  # a concept counts as erased when at most this share of its samples keeps the concept's colour
 
