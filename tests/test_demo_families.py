@@ -94,8 +94,8 @@ def test_diffusion_demo_as_shipped_forgets_the_class_and_keeps_the_others(tmp_pa
 def test_text_to_image_demo_as_shipped_remaps_the_concept(tmp_path):
     report = text_to_image_demo(str(tmp_path), settings=TextToImageDemoSettings())
     assert report["concept_colour"]["before"] >= 0.75 and report["concept_colour"]["after"] <= 0.25, report
-    # Measured on one thread (as the CLI runs it): 58% of the way, anchor colour 100%, unrelated/forget move 0.63;
-    # docs/stable_diffusion.md's benchmark puts the default's held-out ratio at 0.39 ± 0.19, so a bound of 0.5 on one
+    # Measured on one thread (as the CLI runs it): 70% of the way, anchor colour 100%, unrelated/forget move 0.52;
+    # docs/stable_diffusion.md's benchmark puts the default's held-out ratio at 0.50 ± 0.22, so a bound of 0.5 on one
     # model would test the seed, not the method: the erasure must stay mostly with the concept.
     assert report["gap_closed"] >= 0.5 and report["anchor_colour"]["after"] >= 0.75, report
     assert report["ratio"] < 1, report
