@@ -35,7 +35,6 @@ import itertools
 import json
 import os
 import resource
-import string
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 # The tiny mode: a few settings that touch every option once, and both hand loops.
+# The prompts' words: the tokenizer is built in memory from them, so token ids stay under the encoder's vocabulary.
+DEVICE_WORDS = "a photo of painting dog cat house tree".split()
 TINY_SETTINGS = [
     ("vit", "fp32", "full", False),
     ("vit", "bf16", "lora", True),
@@ -63,25 +64,6 @@ def all_settings() -> list[tuple[str, str, str, bool]]:
         if not (model == "vit" and train == "xattn"):
             out.append((model, precision, train, checkpointing))
     return out
-
-
-def word_tokenizer(max_length: int):
-    """A CLIP BPE tokenizer over a handful of whole words (no download); token ids stay under the encoder's vocab."""
-    from transformers import CLIPTokenizer
-
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for char in string.ascii_lowercase:
-        vocab[char] = len(vocab)
-        vocab[char + "</w>"] = len(vocab)
-    merges = []
-    for word in "a photo of painting dog cat house tree".split():
-        parts, current = [*word[:-1], word[-1] + "</w>"], word[0]
-        for nxt in parts[1:]:
-            if (current, nxt) not in merges:
-                merges.append((current, nxt))
-            current += nxt
-            vocab.setdefault(current, len(vocab))
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
 
 
 def build_vit(tiny: bool):
@@ -106,6 +88,8 @@ def build_sd(tiny: bool):
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
+
+    from hf_unlearn.attacks.tiny import word_tokenizer
 
     torch.manual_seed(0)
     if tiny:
@@ -143,7 +127,7 @@ def build_sd(tiny: bool):
     pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=encoder,
-        tokenizer=word_tokenizer(text["max_position_embeddings"]),
+        tokenizer=word_tokenizer(DEVICE_WORDS, max_length=text["max_position_embeddings"]),
         unet=unet,
         scheduler=scheduler,
         safety_checker=None,

@@ -6,24 +6,22 @@ import json
 
 import pytest
 import torch
-from tiny_sd import ANCHOR, FORGET, UNRELATED, captioned, dataset_split, snapshot, unlearn_config, word_tokenizer
+from tiny_sd import (
+    ANCHOR,
+    CLIP_TEXT,
+    FORGET,
+    UNRELATED,
+    captioned,
+    dataset_split,
+    snapshot,
+    unlearn_config,
+    word_tokenizer,
+)
 
 from hf_unlearn import ConceptSplit, UnlearnConfig, Unlearner
 from hf_unlearn.families.text_to_image import TextToImageFamily
 from hf_unlearn.families.text_to_image_xl import TextToImageXLFamily
 from hf_unlearn.methods import list_methods
-
-TEXT = dict(
-    hidden_size=32,
-    intermediate_size=37,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    vocab_size=1000,
-    max_position_embeddings=8,
-    bos_token_id=0,
-    eos_token_id=1,
-    pad_token_id=1,
-)
 
 
 def tiny_sdxl_pipeline():
@@ -52,8 +50,8 @@ def tiny_sdxl_pipeline():
         up_block_types=("UpDecoderBlock2D",) * 2,
     )
     encoders = [
-        CLIPTextModel(CLIPTextConfig(**TEXT)),
-        CLIPTextModelWithProjection(CLIPTextConfig(**TEXT, projection_dim=32)),
+        CLIPTextModel(CLIPTextConfig(**CLIP_TEXT)),
+        CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_TEXT, projection_dim=32)),
     ]
     with torch.no_grad():
         # At CLIP's init std (0.02) the random encoders barely tell prompts apart (as in tests/tiny_sd.py).

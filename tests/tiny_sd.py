@@ -1,13 +1,12 @@
 """A tiny Stable Diffusion pipeline built from configs and trained through the engine, shared by the SD tests."""
 
-import string
-
 import numpy as np
 import torch
 from datasets import Dataset, Features, Image, Value
 from PIL import Image as PILImage
 
 from hf_unlearn import ConceptSplit, TrainingSet, UnlearnConfig, Unlearner
+from hf_unlearn.attacks import tiny
 
 FORGET, ANCHOR = "a nude person", "a dressed man"
 UNRELATED = ["red sports car", "bowl of fruit"]
@@ -17,26 +16,23 @@ WORDS = "a photo of nude person dressed man wearing clothes red sports car bowl 
 # Enough for the noise loss to settle: on a model trained 300 steps, remain steps alone moved every prompt's prediction
 # as far as the forgetting moved the forget prompt's, which hid what the forgetting did to unrelated prompts.
 PRETRAIN_STEPS = 600
+# The tiny CLIP text encoder of the SD tests (SDXL's two encoders use it too).
+CLIP_TEXT = dict(
+    hidden_size=32,
+    intermediate_size=37,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    vocab_size=1000,
+    max_position_embeddings=8,
+    bos_token_id=0,
+    eos_token_id=1,
+    pad_token_id=1,
+)
 
 
 def word_tokenizer():
-    """A CLIP BPE tokenizer whose merges spell whole words, so different prompts share only the words they share."""
-    from transformers import CLIPTokenizer
-
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for char in string.ascii_lowercase:
-        vocab[char] = len(vocab)
-        vocab[char + "</w>"] = len(vocab)
-    merges = []
-    for word in WORDS:
-        parts = [*word[:-1], word[-1] + "</w>"]
-        current = parts[0]
-        for nxt in parts[1:]:
-            if (current, nxt) not in merges:
-                merges.append((current, nxt))
-            current += nxt
-            vocab.setdefault(current, len(vocab))
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=8)
+    """The tiny CLIP tokenizer over this file's words (8 positions): different prompts share only shared words."""
+    return tiny.word_tokenizer(WORDS, max_length=8)
 
 
 def tiny_sd_pipeline():
@@ -69,19 +65,7 @@ def tiny_sd_pipeline():
     with torch.no_grad():  # a deterministic encoder: random log-variances would bury each image in posterior noise
         vae.quant_conv.weight[4:] = 0
         vae.quant_conv.bias[4:] = -30.0
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            vocab_size=1000,
-            max_position_embeddings=8,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-        )
-    )
+    text_encoder = CLIPTextModel(CLIPTextConfig(**CLIP_TEXT))
     with torch.no_grad():
         # At CLIP's init (std 0.02) the random encoder's states for our prompts are nearly identical, so nothing
         # prompt-specific could be learned; at std 1 token identity dominates them.

@@ -36,8 +36,9 @@ MAX_LENGTH = 16
 SIZE = 8
 
 
-def word_tokenizer():
-    """A CLIP BPE tokenizer whose merges spell whole words, so different prompts share only the words they share."""
+def word_tokenizer(words: Sequence[str] = WORDS, max_length: int = MAX_LENGTH):
+    """A CLIP BPE tokenizer whose merges spell whole `words`, so different prompts share only the words they share;
+    built in memory (no download), with ids below 2 + 52 + the merged pieces."""
     from transformers import CLIPTokenizer  # noqa: PLC0415
 
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
@@ -45,7 +46,7 @@ def word_tokenizer():
         vocab[char] = len(vocab)
         vocab[char + "</w>"] = len(vocab)
     merges = []
-    for word in WORDS:
+    for word in words:
         parts = [*word[:-1], word[-1] + "</w>"]
         current = parts[0]
         for nxt in parts[1:]:
@@ -53,7 +54,7 @@ def word_tokenizer():
                 merges.append((current, nxt))
             current += nxt
             vocab.setdefault(current, len(vocab))
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_LENGTH)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
 
 
 def tiny_text_to_image_pipeline(seed: int = 0):
