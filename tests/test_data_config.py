@@ -117,6 +117,22 @@ def test_resolve_fills_method_and_family_defaults():
     assert UnlearnConfig(method="sfr_on", learning_rate=0.5).resolve("image_classifier").learning_rate == 0.5
 
 
+def test_text_to_image_sfr_defaults_are_the_authors_sd_setting():
+    # ../shared/design/sfr_on.md, "Published settings", SD 1.4 column: Adam 1e-5, 1000 forget steps x K 1, α 1 held
+    # constant, an unweighted remap, no clipping. Classifiers and the DDPM keep the decaying α and λ 0.5.
+    sd = UnlearnConfig(method="sfr_on_remap").resolve("text_to_image")
+    assert (sd.learning_rate, sd.max_steps, sd.remain_steps_per_forget) == (1e-5, 1000, 1)
+    assert (sd.forget_alpha, sd.forget_alpha_schedule, sd.temperature) == (1.0, "constant", 0.0)
+    assert (sd.max_grad_norm, sd.remain_max_grad_norm) == (0.0, 0.0)
+    for family, method in [("image_classifier", "sfr_on"), ("class_conditional_diffusion", "sfr_on_remap")]:
+        other = UnlearnConfig(method=method).resolve(family)
+        assert (other.forget_alpha_schedule, other.temperature) == ("cosine", 0.5), family
+    # A value the user gives wins over the family's.
+    given = UnlearnConfig(method="sfr_on_remap", forget_alpha_schedule="cosine", temperature=0.3)
+    given = given.resolve("text_to_image")
+    assert (given.forget_alpha_schedule, given.temperature) == ("cosine", 0.3)
+
+
 def test_family_detection_from_folders(tmp_path):
     model = tiny_classifier("vit")
     model.save_pretrained(tmp_path / "vit")

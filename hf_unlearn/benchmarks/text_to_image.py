@@ -3,7 +3,7 @@ the samples the erased model draws, against a plain hand-written remap loop at t
 
 The model is the colour pipeline of `hf_unlearn.attacks.tiny` (trained here in seconds, offline) taught one colour per
 prompt. Three concepts, each with its own anchor: a "nudity" prompt, a style ("painting of a dog" → "photo of a
-dog") and an object ("red sports car" → "street"). The remain set holds the anchors, one kept prompt and
+dog") and an object ("red sports car" → "street"). The remain set holds the anchors' images and
 uncaptioned images; two more prompts the original learned are never shown during unlearning (held out): how far
 their samples move is the side effect a user would see on prompts nobody thought to protect.
 
@@ -95,7 +95,7 @@ def methods_for_family() -> list[str]:
 
 
 def concept_split(seed: int, n: int, *, replay: bool = False, settings: Settings = Settings()) -> ConceptSplit:
-    """The three concepts' images as the forget set, each remapped to its own anchor; anchors, kept prompts and
+    """The three concepts' images as the forget set, each remapped to its own anchor; the anchors' images and
     uncaptioned images as the remain set. `replay`: the model generates the remain images (selective amnesia)."""
     forget = colour_dataset(n, seed=seed + 1, captions=[f for f, _ in CONCEPTS], unconditional=False, palette=PALETTE)
     kept = [a for _, a in CONCEPTS]
