@@ -291,7 +291,8 @@ class UnlearnConfig:
         _check_choice(self, "optim", OPTIMIZERS)
         _check_choice(self, "lr_scheduler_type", SCHEDULES)
         _check_choice(self, "mixed_precision", PRECISIONS)
-        _check_choice(self, "forget_alpha_schedule", (None, "cosine", "constant"))
+        if self.forget_alpha_schedule is not None:  # unset: the method's and family's default
+            _check_choice(self, "forget_alpha_schedule", ("cosine", "constant"))
         _check_choice(self, "noise_loss_reduction", ("mean", "sum"))
         _check_choice(self, "lora_save", ("adapter", "merged"))
         _check_choice(self, "train_modules", ("all", "cross_attention", "non_cross_attention"))

@@ -79,11 +79,17 @@ def test_forgetting_every_row_is_refused():
         ("forget_alpha", -2.0),
         ("optim", "lion"),
         ("mixed_precision", "fp8"),
+        ("forget_alpha_schedule", "linear"),
     ],
 )
 def test_bad_hyperparameters_name_the_field(field, value):
     with pytest.raises(ValueError, match=f"`{field}`"):
         UnlearnConfig(**{field: value})
+
+
+def test_alpha_schedule_choices_are_the_schedules():
+    with pytest.raises(ValueError, match=r"`forget_alpha_schedule` is 'linear'; choose one of cosine, constant\.$"):
+        UnlearnConfig(forget_alpha_schedule="linear")
 
 
 def test_unknown_method_lists_valid_names():
