@@ -115,6 +115,15 @@ class UnlearnConfig:
         },
     )
     lr_scheduler_type: str = field(default="cosine", metadata={"help": f"Learning-rate schedule, one of {SCHEDULES}."})
+    lr_schedule_steps: str = field(
+        default="remain",
+        metadata={
+            "help": "What advances the learning-rate schedule: 'remain' (the authors: the schedule runs over all "
+            "cycles × K remain steps of the fast-slow geometry, each remain step advancing it and a cycle's forget "
+            "step taking the rate of the cycle's first remain step) or 'cycle' (every step of a cycle shares the "
+            "rate of its cycle). Identical for geometries with one step per cycle and for K ≤ 1."
+        },
+    )
     warmup_steps: int = field(
         default=0, metadata={"help": "Cycles of linear warm-up from 0 (transformers' schedules, as `get_scheduler`)."}
     )
@@ -138,10 +147,28 @@ class UnlearnConfig:
             "0: uniform weights; a negative λ reverses the direction."
         },
     )
+    forget_weight_rule: str = field(
+        default="inverse_power",
+        metadata={
+            "help": "Form of the adaptive forget weights: 'inverse_power' (the authors: c_i = 1/(ℓ_i^λ + 1e-15), "
+            "w_i = c_i / Σ_j c_j; a row with loss exactly 0 takes the whole weight) or 'softmax' (w_i = "
+            "softmax(−λ·log(ℓ_i + 1e-8)), computed in log space)."
+        },
+    )
     mask_threshold: float = field(
         default=1.0, metadata={"help": "γ: keep parameters whose forget/remain Fisher ratio ≥ γ."}
     )
-    mask_eps: float = field(default=1e-12, metadata={"help": "ε added to both Fisher estimates in the ratio."})
+    mask_eps: float = field(
+        default=1e-15, metadata={"help": "ε added to both Fisher estimates in the ratio (the authors' 1e-15)."}
+    )
+    mask_zero_fisher: str = field(
+        default="select",
+        metadata={
+            "help": "Entries whose forget and remain Fishers are both exactly 0: 'select' (the authors: their ratio "
+            "(0+ε)/(0+ε) = 1 ≥ γ for γ ≤ 1; BatchNorm units dead in the eval-mode Fisher passes do get a forget "
+            "gradient in the train-mode steps) or 'skip' (never selected)."
+        },
+    )
     saliency_max_batches: Optional[int] = field(
         default=None,
         metadata={
@@ -294,6 +321,9 @@ class UnlearnConfig:
         if self.forget_alpha_schedule is not None:  # unset: the method's and family's default
             _check_choice(self, "forget_alpha_schedule", ("cosine", "constant"))
         _check_choice(self, "noise_loss_reduction", ("mean", "sum"))
+        _check_choice(self, "mask_zero_fisher", ("select", "skip"))
+        _check_choice(self, "lr_schedule_steps", ("remain", "cycle"))
+        _check_choice(self, "forget_weight_rule", ("inverse_power", "softmax"))
         _check_choice(self, "lora_save", ("adapter", "merged"))
         _check_choice(self, "train_modules", ("all", "cross_attention", "non_cross_attention"))
         if self.divergence_guard is not None:
@@ -301,12 +331,13 @@ class UnlearnConfig:
         if self.method is not None:
             get_method(self.method)
 
-    def resolve(self, family: Optional[str] = None) -> UnlearnConfig:
-        """Returns a copy whose `None` fields are filled from the method, then the family, then library defaults."""
+    def resolve(self, family: Optional[str] = None, model_defaults: Optional[dict] = None) -> UnlearnConfig:
+        """Returns a copy whose `None` fields are filled from `model_defaults` (what one model of the family needs,
+        e.g. a DiT's clipping: [`ModelFamily.model_defaults`]), then the method, the family and library defaults."""
         family = family or self.family
         name = self.method or (get_family_class(family).default_method if family else DEFAULT_METHOD)
         method = get_method(name, family)
-        layers = [method.defaults_for(family)]
+        layers = [model_defaults or {}, method.defaults_for(family)]
         if family is not None:
             layers.append(get_family_class(family).default_config)
         layers.append(GLOBAL_DEFAULTS)

@@ -10,6 +10,7 @@ from typing import Optional
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState, PartialState
+from accelerate.data_loader import SeedableRandomSampler
 from accelerate.utils import DataLoaderConfiguration, DistributedType
 from transformers import get_scheduler
 
@@ -44,6 +45,23 @@ def alpha_at(step: int, total: int, alpha: float, schedule: str) -> float:
     if schedule == "constant":
         return alpha
     return alpha * 0.5 * (1.0 + math.cos(math.pi * step / max(1, total)))
+
+
+def seed_sampler(loader, seed: int):
+    """Gives the shuffling sampler of a prepared loader its own seed and returns the loader.
+
+    accelerate's seedable sampler (`use_seedable_sampler=True`, which makes every process draw the same order) reseeds
+    itself each epoch with `epoch + torch.initial_seed()`, ignoring the loader's generator: without this the forget
+    and remain loaders would shuffle identically and their `seed`s would be dead.
+    """
+    sampler = loader
+    for attr in ("batch_sampler", "batch_sampler", "sampler"):  # DataLoaderShard → [BatchSamplerShard →] BatchSampler
+        if isinstance(sampler, SeedableRandomSampler):
+            break
+        sampler = getattr(sampler, attr, None) or getattr(sampler, "sampler", None)
+    if isinstance(sampler, SeedableRandomSampler):
+        sampler.initial_seed = seed
+    return loader
 
 
 class Endless:

@@ -25,11 +25,12 @@ from .metrics.concept import concept_metrics
 from .parts import SaliencyInputs, Step, StepContext, load_mask, mask_fraction, pass_statistic, save_mask
 from .passes import PassCounter, step_rows
 from .tracking import check_log_with, start_tracking, stop_tracking
-from .training import alpha_at, build_optimizer, check_sharding, lr_schedule, make_accelerator
+from .training import alpha_at, build_optimizer, check_sharding, lr_schedule, make_accelerator, seed_sampler
 from .utils import apply_umask
 from .validation import all_finite, check_finite_weights, check_run_output_dir
 
 logger = get_logger(__name__)
+REMAIN_SEED_OFFSET = 1 << 32  # the remain loader's shuffling seed is `seed + REMAIN_SEED_OFFSET`
 
 
 class DivergenceError(RuntimeError):
@@ -68,7 +69,8 @@ class Unlearner:
     def __init__(self, family, config: Optional[UnlearnConfig] = None):
         config = config or UnlearnConfig()
         self.family = family
-        self.config = config.resolve(family.name)  # also refuses a method that does not support the family
+        # Also refuses a method that does not support the family; the model's own facts (e.g. DiT's clipping) first.
+        self.config = config.resolve(family.name, model_defaults=family.model_defaults())
         self.method = get_method(self.config.method, family.name)
         # The budget as given or defaulted; each split turns it into cycles for its own forget-set size.
         self._budget = {"max_steps": self.config.max_steps, "num_forget_epochs": self.config.num_forget_epochs}
@@ -103,10 +105,11 @@ class Unlearner:
             logger.info(f"{model_or_path} is a LoRA adapter folder: its adapter trains on (lora=True).")
             config = replace(config, lora=True)
         family = normalize_family(family or config.family or detect_family(base))
-        config = config.resolve(family)  # checks that the method supports the family, before any loading
+        config = replace(config, family=family)
+        resolved = config.resolve(family)  # checks that the method supports the family, before any loading
         family_obj = get_family_class(family).from_pretrained(
             base,
-            config,
+            resolved,
             image_processor=image_processor,
             transform=transform,
             trust_remote_code=trust_remote_code,
@@ -138,7 +141,10 @@ class Unlearner:
         start_tracking(accelerator, cfg, method.name)
         set_seed(cfg.seed)
         self.family.num_workers = cfg.dataloader_num_workers
-        self._lr_at = lr_schedule(cfg.lr_scheduler_type, cfg.max_steps, cfg.warmup_steps)
+        self._lr_unit = _lr_unit(method, cfg)
+        self._lr_at = lr_schedule(
+            cfg.lr_scheduler_type, cfg.max_steps * self._lr_unit, cfg.warmup_steps * self._lr_unit
+        )
         start = time.perf_counter()
         self._counter = counter = PassCounter(accelerator.num_processes)
         self._work = counter.work
@@ -258,13 +264,17 @@ class Unlearner:
         one joint step), then the β interpolation toward the weights at the start of the cycle."""
         cfg, method, total = self.config, self.method, self.config.max_steps
         ctx.step = step
-        for group in optimizer.param_groups:
-            group["lr"] = cfg.learning_rate * self._lr_at(step)
         alpha = alpha_at(step, total, cfg.forget_alpha, cfg.forget_alpha_schedule)
         forget_on = method.forget_loss is not None and step < total * (cfg.forget_steps_fraction or 1.0)
         before = [p.detach().clone() for p in params] if cfg.interpolation_beta < 1 else None
-        logs = {"step": step, "lr": optimizer.param_groups[0]["lr"], "alpha": alpha}
+        logs = {"step": step, "lr": cfg.learning_rate * self._lr_at(step * self._lr_unit), "alpha": alpha}
+        fast = 0  # remain-only steps of this cycle so far: each advances a per-remain-step schedule
         for plan in method.geometry.steps(cfg, forget_on, method.remain_loss is not None):
+            # The authors' loop: the forget step takes the rate of the cycle's first remain step.
+            rate = cfg.learning_rate * self._lr_at(step * self._lr_unit + min(fast, self._lr_unit - 1))
+            for group in optimizer.param_groups:
+                group["lr"] = rate
+            fast += plan.remain and not plan.forget
             logs |= self._step(
                 ctx,
                 optimizer,
@@ -342,13 +352,15 @@ class Unlearner:
             else None
         )
         remain_loader = (
-            family.make_dataloader(split.remain, batch_size=batch, shuffle=True, seed=cfg.seed + 1)
+            family.make_dataloader(split.remain, batch_size=batch, shuffle=True, seed=cfg.seed + REMAIN_SEED_OFFSET)
             if method.remain_loss is not None
             else None
         )
         ctx.model, optimizer = accelerator.prepare(model, optimizer)
         forget_loader, remain_loader = (
-            None if dl is None else accelerator.prepare_data_loader(dl) for dl in (forget_loader, remain_loader)
+            None if dl is None else seed_sampler(accelerator.prepare_data_loader(dl), seed)
+            # The samplers reseed every epoch with seed + epoch, so the remain seed sits far from the forget seed.
+            for dl, seed in ((forget_loader, cfg.seed), (remain_loader, cfg.seed + REMAIN_SEED_OFFSET))
         )
         for name in ("original", "teacher"):
             if getattr(ctx, name) is not None:
@@ -538,6 +550,15 @@ def _check_finite(value: torch.Tensor, what: str, step: int, cfg) -> None:
             f"of the last good step. Likely cause: a too large `learning_rate` ({cfg.learning_rate}) or "
             f"`forget_alpha` ({cfg.forget_alpha}), or no `max_grad_norm`; lower them and rerun."
         )
+
+
+def _lr_unit(method, cfg) -> int:
+    """Schedule positions per cycle: the remain-only steps of a full cycle under `lr_schedule_steps="remain"` (the
+    authors step their cosine at every remain iteration), else 1 (one rate per cycle)."""
+    if cfg.lr_schedule_steps != "remain":
+        return 1
+    plan = method.geometry.steps(cfg, method.forget_loss is not None, method.remain_loss is not None)
+    return max(1, sum(1 for s in plan if s.remain and not s.forget))
 
 
 def _consumed(forget_it, remain_it) -> dict[str, int]:

@@ -9,10 +9,23 @@ from hf_unlearn.methods import adaptive_weights
 from hf_unlearn.parts import fisher_ratio_mask, gradient_statistic, load_mask, save_mask, topk_mask
 
 
-def test_adaptive_weights_are_softmax_of_negative_lambda_log_loss():
+def test_adaptive_weights_are_the_authors_inverse_power():
+    # The authors' AdaptiveLoss: coef_i = 1 / (ℓ_i^λ + 1e-15), normalised over the batch.
     losses = torch.tensor([0.1, 0.5, 2.0, 4.0])
     for lam in (0.0, 0.5, 2.0):
-        weights = adaptive_weights(losses, losses, lam)
+        coef = [1.0 / (float(v) ** lam + 1e-15) for v in losses]
+        expected = torch.tensor([c / sum(coef) for c in coef])
+        torch.testing.assert_close(adaptive_weights(losses, losses, lam), expected, rtol=1e-6, atol=0)
+    # A row whose loss is exactly 0 takes the whole weight (1e15 against ~1), as theirs; the softmax rule does not.
+    zero = torch.tensor([0.0, 0.5, 2.0])
+    assert float(adaptive_weights(zero, zero, 0.5)[0]) == 1.0  # 1 − 2e-15, which is 1 in float32
+    assert float(adaptive_weights(zero, zero, 0.5, rule="softmax")[0]) < 1 - 1e-4  # (1e-8)^(−λ) = 1e4 against ~1
+
+
+def test_softmax_rule_is_softmax_of_negative_lambda_log_loss():
+    losses = torch.tensor([0.1, 0.5, 2.0, 4.0])
+    for lam in (0.0, 0.5, 2.0):
+        weights = adaptive_weights(losses, losses, lam, rule="softmax")
         expected = torch.softmax(-lam * torch.log(losses + 1e-8), dim=0)
         assert torch.allclose(weights, expected, atol=1e-6)
         assert math.isclose(float(weights.sum()), 1.0, rel_tol=1e-6)
@@ -67,7 +80,11 @@ def test_fisher_ratio_mask_selects_exactly_ratio_at_least_gamma():
     assert f_r["a"].item() == pytest.approx(1.0) and f_r["b"].item() == pytest.approx(9.0)
     mask = fisher_ratio_mask(f_f, f_r, threshold=1.0)
     assert mask["a"].item() and not mask["b"].item()  # ratios 4 and 1/9
-    assert not mask["unused"].item()  # both Fishers zero: never selected, although (0+ε)/(0+ε) = 1 ≥ γ
+    # Both Fishers zero: the authors' ratio (0+ε)/(0+ε) = 1 ≥ γ selects it; "skip" never does; above 1 it never is.
+    assert mask["unused"].item()
+    assert not fisher_ratio_mask(f_f, f_r, threshold=1.0, zero_fisher="skip")["unused"].item()
+    assert fisher_ratio_mask(f_f, f_r, threshold=1.0, zero_fisher="skip")["a"].item()
+    assert not fisher_ratio_mask(f_f, f_r, threshold=1.01)["unused"].item()
     assert fisher_ratio_mask(f_f, f_r, threshold=4.0)["a"].item()
     assert not fisher_ratio_mask(f_f, f_r, threshold=4.5)["a"].item()
     assert fisher_ratio_mask(f_f, f_r, threshold=0.1)["b"].item()

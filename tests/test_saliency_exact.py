@@ -83,10 +83,12 @@ def _fisher_mask(model, family, split, batches, train_mode=False):
     model = copy.deepcopy(model).train(train_mode)
     f_f = _mean_grads(model, family, split.forget, batches["forget"], _ce(), square=True)
     f_r = _mean_grads(model, family, split.remain, batches["remain"], _ce(), square=True)
-    ratio = {n: (f_f[n] + 1e-12) / (f_r[n] + 1e-12) for n in f_f}
-    mask = {n: (ratio[n] >= 1.0) & ((f_f[n] != 0) | (f_r[n] != 0)) for n in f_f}
-    # Where the ratio sits at γ within float rounding the engine's summation order may fall either side; weights
-    # with no gradient on either set (dead ReLU channels) are never selected, so they count as decided.
+    # The authors' rule: ε 1e-15 on both Fishers, so weights with no gradient on either set (units dead in eval mode)
+    # have ratio exactly 1 and are selected at γ = 1.
+    ratio = {n: (f_f[n] + 1e-15) / (f_r[n] + 1e-15) for n in f_f}
+    mask = {n: ratio[n] >= 1.0 for n in f_f}
+    # Where the ratio sits at γ within float rounding the engine's summation order may fall either side; exact zeros
+    # on both sets are exact in any order, so they count as decided.
     decided = {n: ((ratio[n] - 1.0).abs() > 1e-3) | ((f_f[n] == 0) & (f_r[n] == 0)) for n in f_f}
     return mask, decided
 

@@ -71,6 +71,10 @@ class ModelFamily:
             f"{self.name} family cannot produce; use a diffusion model or another method."
         )
 
+    def model_defaults(self) -> dict[str, Any]:
+        """`UnlearnConfig` defaults that this loaded model needs beyond the family's (they win over the method's)."""
+        return {}
+
     def make_dataloader(
         self, dataset, *, batch_size: int, shuffle: bool, seed: int, drop_last: bool = False
     ) -> DataLoader:

@@ -65,6 +65,10 @@ class ClassConditionalDiffusionFamily(LabelledImageBatches, ModelFamily):
         self.resolution = None if config is None else config.resolution
         self.data_num_classes: Optional[int] = None
 
+    def model_defaults(self) -> dict[str, Any]:
+        # The authors' DiT clips the forget step only (their DDPM both steps, the family's default).
+        return {"remain_max_grad_norm": 0.0} if self.is_dit else {}
+
     @property
     def is_dit(self) -> bool:
         return isinstance(_unwrapped(self.model), DiTTransformer2DModel)

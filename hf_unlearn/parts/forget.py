@@ -19,8 +19,13 @@ def adaptive_weights(
     sign: float = -1.0,
     valid: Optional[torch.Tensor] = None,
     all_valid: Optional[torch.Tensor] = None,
+    rule: str = "inverse_power",
 ):
-    r"""SFR-on's normalised weights w_i = ℓ_i^(sign·λ) / Σ_j ℓ_j^(sign·λ), i.e. softmax(sign·λ·log ℓ).
+    r"""SFR-on's normalised weights w_i ∝ ℓ_i^(sign·λ), normalised over the global batch.
+
+    `rule="inverse_power"` (the authors): c_i = 1 / (ℓ_i^(−sign·λ) + 1e-15), w_i = c_i / Σ_j c_j, so with ascent
+    (`sign=-1`) a row whose loss is exactly 0 takes the whole weight. `rule="softmax"`: w_i = softmax(sign·λ·log(ℓ_i +
+    1e-8)), computed in log space. The two agree to float rounding unless a loss is below ~1e-6.
 
     `losses` are this process's detached per-row losses, `all_losses` the same gathered over every process, so the
     normalisation runs over the global batch. `sign=-1` (ascent, the published SFR-on) gives w_i ∝ ℓ_i^(−λ): the most
@@ -30,12 +35,19 @@ def adaptive_weights(
     rows a multi-process loader repeated to fill its last batch get weight 0 and are left out of the normalisation,
     so every row counts once whatever the number of processes.
     """
-    eps = 1e-8
-    log_all = torch.log(all_losses.clamp_min(0) + eps) * (sign * temperature)
-    if all_valid is not None:
-        log_all = log_all.masked_fill(~all_valid.to(log_all.device), float("-inf"))
-    log_norm = torch.logsumexp(log_all, dim=0)
-    weights = torch.exp(torch.log(losses.clamp_min(0) + eps) * (sign * temperature) - log_norm)
+    if rule == "inverse_power":
+        power = -sign * temperature
+        coef_all = 1.0 / (torch.pow(all_losses.clamp_min(0), power) + 1e-15)
+        if all_valid is not None:
+            coef_all = coef_all * all_valid.to(coef_all.device, coef_all.dtype)
+        weights = (1.0 / (torch.pow(losses.clamp_min(0), power) + 1e-15)) / coef_all.sum()
+    else:
+        eps = 1e-8
+        log_all = torch.log(all_losses.clamp_min(0) + eps) * (sign * temperature)
+        if all_valid is not None:
+            log_all = log_all.masked_fill(~all_valid.to(log_all.device), float("-inf"))
+        log_norm = torch.logsumexp(log_all, dim=0)
+        weights = torch.exp(torch.log(losses.clamp_min(0) + eps) * (sign * temperature) - log_norm)
     if valid is not None:
         weights = weights * valid.to(weights.device, weights.dtype)
     return weights
@@ -71,6 +83,7 @@ class ForgetLoss:
                 sign=self.sign,
                 valid=valid,
                 all_valid=None if valid is None else ctx.gather(valid),
+                rule=ctx.config.forget_weight_rule,
             )
             # DDP averages gradients over processes; multiply back so the sum runs over the global batch once.
             objective = (weights * rows).sum() * ctx.num_processes

@@ -175,7 +175,7 @@ class FisherRatio(Saliency):
             rows = lambda batch: family.guided_per_sample_loss(module, batch, cfg.saliency_guidance_scale)  # noqa: E731
         f_forget = inputs.statistic(inputs.split.forget, rows, cfg.saliency_clip_norm)
         f_remain = inputs.statistic(inputs.split.remain, rows, cfg.saliency_clip_norm)
-        return fisher_ratio_mask(f_forget, f_remain, cfg.mask_threshold, cfg.mask_eps)
+        return fisher_ratio_mask(f_forget, f_remain, cfg.mask_threshold, cfg.mask_eps, cfg.mask_zero_fisher)
 
 
 class TopK(Saliency):
@@ -217,20 +217,27 @@ register_saliency(FisherRatio())
 register_saliency(TopK())
 
 
-def fisher_ratio_mask(fisher_forget: dict, fisher_remain: dict, threshold: float = 1.0, eps: float = 1e-12) -> Mask:
-    r"""M_k = 1 where (F_f[k] + ε) / (F_r[k] + ε) ≥ γ; parameters whose two Fishers are both zero are never selected.
+def fisher_ratio_mask(
+    fisher_forget: dict, fisher_remain: dict, threshold: float = 1.0, eps: float = 1e-15, zero_fisher: str = "select"
+) -> Mask:
+    r"""M_k = 1 where (F_f[k] + ε) / (F_r[k] + ε) ≥ γ.
 
     Args:
         fisher_forget (`dict[str, torch.Tensor]`): F_f, the mean squared forget-set gradient per parameter.
         fisher_remain (`dict[str, torch.Tensor]`): F_r, the same on the remain set.
         threshold (`float`, *optional*, defaults to `1.0`): γ.
-        eps (`float`, *optional*, defaults to `1e-12`): ε, keeps the ratio finite where F_r is 0.
+        eps (`float`, *optional*, defaults to `1e-15`): ε, keeps the ratio finite where F_r is 0 (the authors').
+        zero_fisher (`str`, *optional*, defaults to `"select"`): entries whose two Fishers are both exactly 0 have
+            ratio 1; `"select"` keeps the rule as it is (selected for γ ≤ 1, as the authors), `"skip"` never selects
+            them. Such entries are common in BatchNorm nets (units dead in the eval-mode passes), and the train-mode
+            steps do give them a forget gradient (tests/test_saliency_exact.py).
     """
     mask = {}
     for name, f_forget in fisher_forget.items():
         f_remain = fisher_remain[name]
-        ratio = (f_forget + eps) / (f_remain + eps)
-        mask[name] = (ratio >= threshold) & ((f_forget != 0) | (f_remain != 0))
+        mask[name] = (f_forget + eps) / (f_remain + eps) >= threshold
+        if zero_fisher == "skip":
+            mask[name] &= (f_forget != 0) | (f_remain != 0)
     return mask
 
 
