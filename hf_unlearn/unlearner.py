@@ -30,7 +30,7 @@ from .utils import apply_umask
 from .validation import all_finite, check_finite_weights, check_run_output_dir
 
 logger = get_logger(__name__)
-REMAIN_SEED_OFFSET = 1 << 32  # the remain loader's shuffling seed is `seed + REMAIN_SEED_OFFSET`
+REMAIN_SEED_OFFSET = 1_000_003  # remain shuffling seed: seed + this (torch seeds its CPU generator with 32 bits)
 
 
 class DivergenceError(RuntimeError):

@@ -7,7 +7,7 @@ forget and remain batch holds the whole set, so the expected weights follow from
     fast steps: θ ← θ − η · clip(∇_θ mean_i ℓ_r,i)                    K times, unmasked
     then        θ ← β·θ + (1 − β)·θ_cycle_start
 
-with M_k = [(F_f,k + ε) / (F_r,k + ε) ≥ γ], F = (∇ mean loss)² at θ0 in eval mode. The upper signs are ascent (SFR-on
+with M_k = [(F_f,k + ε) / (F_r,k + ε) ≥ γ], ε = 1e-15, F = (∇ mean loss)² at θ0 in eval mode. The upper signs are ascent (SFR-on
 as published: the rows with the *lowest* loss get the most weight); the lower ones a part that descends toward a
 target (remap: the rows *farthest* from it get the most weight).
 """
@@ -86,8 +86,8 @@ def expected_weights(
     model.eval()
     f_forget = [g**2 for g in _grad(model, _losses(model, forget).mean())]
     f_remain = [g**2 for g in _grad(model, _losses(model, remain).mean())]
-    ratio = [(a + 1e-12) / (b + 1e-12) for a, b in zip(f_forget, f_remain)]
-    mask = [(r >= threshold) & ((a != 0) | (b != 0)) for r, a, b in zip(ratio, f_forget, f_remain)]
+    ratio = [(a + 1e-15) / (b + 1e-15) for a, b in zip(f_forget, f_remain)]  # the authors' ε and rule
+    mask = [r >= threshold for r in ratio]
     # Where the ratio sits at γ within rounding (e.g. key biases, whose gradient is 0 up to float noise) the two
     # computations may fall either side; those entries have no gradient to speak of, so nothing else depends on them.
     decided = [(r - threshold).abs() > 1e-3 for r in ratio]
