@@ -90,7 +90,11 @@ def expected_weights(
     mask = [r >= threshold for r in ratio]
     # Where the ratio sits at γ within rounding (e.g. key biases, whose gradient is 0 up to float noise) the two
     # computations may fall either side; those entries have no gradient to speak of, so nothing else depends on them.
-    decided = [(r - threshold).abs() > 1e-3 for r in ratio]
+    # With the authors' ε = 1e-15 such entries (mathematically zero gradient, squared float noise ~1e-16) keep a
+    # ratio of noise over noise; they count as undecided too.
+    decided = [
+        ((r - threshold).abs() > 1e-3) & (torch.maximum(a, b) > 1e-12) for r, a, b in zip(ratio, f_forget, f_remain)
+    ]
     model.train()
     target = torch.full_like(forget["labels"], REMAP_TARGET)
     for t in range(cycles):
