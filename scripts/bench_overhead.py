@@ -33,7 +33,8 @@ from torch.utils.data import DataLoader  # noqa: E402
 from hf_unlearn import ForgetRemainSplit, UnlearnConfig, Unlearner, load_digits_dataset  # noqa: E402
 from hf_unlearn.models import digits_image_processor, tiny_classifier  # noqa: E402
 from hf_unlearn.parts.saliency import global_batches  # noqa: E402
-from hf_unlearn.training import Endless, alpha_at, lr_schedule, make_accelerator  # noqa: E402
+from hf_unlearn.training import Endless, alpha_at, lr_schedule, make_accelerator, seed_sampler  # noqa: E402
+from hf_unlearn.unlearner import REMAIN_SEED_OFFSET  # noqa: E402
 
 
 def engine_run(model, split, cfg) -> tuple[float, float]:
@@ -51,11 +52,15 @@ def hand_run(model, split, cfg) -> tuple[float, float]:
     family = Unlearner.from_pretrained(model, cfg, image_processor=digits_image_processor()).family
     torch.manual_seed(cfg.seed)
     batch = cfg.per_device_train_batch_size
-    # The same batches as the engine: its loaders go through accelerate's seedable sampler (reseeded every epoch).
+    # The same batches as the engine: its loaders go through accelerate's seedable sampler (reseeded every epoch
+    # from the loader's own seed).
     accelerator = make_accelerator(cfg)
     forget_dl, remain_dl = (
-        accelerator.prepare_data_loader(family.make_dataloader(data, batch_size=batch, shuffle=True, seed=seed))
-        for data, seed in ((split.forget, cfg.seed), (split.remain, cfg.seed + 1))
+        seed_sampler(
+            accelerator.prepare_data_loader(family.make_dataloader(data, batch_size=batch, shuffle=True, seed=seed)),
+            seed,
+        )
+        for data, seed in ((split.forget, cfg.seed), (split.remain, cfg.seed + REMAIN_SEED_OFFSET))
     )
     params = [p for p in model.parameters() if p.requires_grad]
 
@@ -81,21 +86,25 @@ def hand_run(model, split, cfg) -> tuple[float, float]:
     ]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     forget_it, remain_it = Endless(forget_dl), Endless(remain_dl)
-    lr_at = lr_schedule(cfg.lr_scheduler_type, cfg.max_steps)
+    k = cfg.remain_steps_per_forget
+    lr_at = lr_schedule(cfg.lr_scheduler_type, cfg.max_steps * max(1, k))  # the authors: stepped every remain step
     for step in range(cfg.max_steps):
         for group in optimizer.param_groups:
-            group["lr"] = cfg.learning_rate * lr_at(step)
+            group["lr"] = cfg.learning_rate * lr_at(step * max(1, k))
         alpha = alpha_at(step, cfg.max_steps, cfg.forget_alpha, cfg.forget_alpha_schedule)
         b = next(forget_it)
         optimizer.zero_grad(set_to_none=True)
         losses = F.cross_entropy(model(pixel_values=b["pixel_values"]).logits, b["labels"], reduction="none")
-        weights = torch.softmax(-cfg.temperature * torch.log(losses.detach() + 1e-8), dim=0)
+        coef = 1 / (losses.detach() ** cfg.temperature + 1e-15)  # the authors' adaptive weights
+        weights = coef / coef.sum()
         (-alpha * (weights * losses).sum()).backward()
         for p, m in zip(params, masks):
             p.grad.mul_(m)
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         optimizer.step()
-        for _ in range(cfg.remain_steps_per_forget):
+        for j in range(k):
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.learning_rate * lr_at(step * k + j)
             b = next(remain_it)
             optimizer.zero_grad(set_to_none=True)
             F.cross_entropy(model(pixel_values=b["pixel_values"]).logits, b["labels"]).backward()

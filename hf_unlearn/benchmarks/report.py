@@ -132,7 +132,9 @@ def aggregate(records: list[dict], tuned: Optional[dict] = None) -> list[dict]:
         entry = (tuned or {}).get(group[0]["method"]) if group[0].get("config") == "tuned" else None
         row["sensitivity"] = None if entry is None else entry.get("sensitivity")
         row["failed"] = sum(1 for r in group if r.get("status", "ok") != "ok")
-        row["runs"] = sorted({(r["seed"], r.get("config_hash")) for r in group})
+        # What identifies the runs: their seeds and results (the aggregated records carry no config hash, so a hash
+        # would make every defaults row look like the tuned row of its method and drop it from the chart).
+        row["runs"] = sorted({repr((r["seed"], *(r.get(k) for k in TABLE_KEYS))) for r in group})
         rows.append(row)
     return rows
 
