@@ -1,21 +1,23 @@
-"""Prints the validation-search table of one benchmark tag as markdown, from the run files and the frozen selection.
+"""Prints (or writes) the validation-search table of one benchmark tag as markdown, from the run files and the frozen
+selection.
 
-    python scripts/validation_table.py resnet-class-c3 [--output benchmark_results]
+    python scripts/validation_table.py resnet-class-c3 [--output benchmark_results] [--write]
         [--config hf_unlearn/benchmarks/benchmark_classification.yaml]
 
 One row per method: the grid point frozen by `hf-unlearn benchmark --phase select --freeze`, its mean ± std Avg.D and
-D_KL over the validation seeds, the sensitivity (mean Avg.D over the whole grid), and when its search runs finished
-(methods whose search was not rerun keep the runs of an earlier session).
+D_KL over the validation seeds, the sensitivity (mean Avg.D over the whole grid), and when its search runs finished.
+`--write` saves it as `<output>/validation/<tag>.md`, the file docs/benchmarks.md shows (tests/test_docs_tables.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 from pathlib import Path
 
 import yaml
+
+from hf_unlearn.benchmarks.report import validation_table
+from hf_unlearn.utils import atomic_write_text
 
 
 def main() -> None:
@@ -23,21 +25,16 @@ def main() -> None:
     p.add_argument("tag")
     p.add_argument("--output", default="benchmark_results")
     p.add_argument("--config", default="hf_unlearn/benchmarks/benchmark_classification.yaml")
+    p.add_argument("--write", action="store_true", help="Write <output>/validation/<tag>.md instead of printing.")
     args = p.parse_args()
     tuned = yaml.safe_load(Path(args.config).read_text())["tuned"][args.tag]
-    runs = [json.loads(f.read_text()) for f in Path(args.output, "runs").glob(f"search-{args.tag}-*.json")]
-    print("| method | chosen on validation | val. Avg.D | val. D_KL | sensitivity (grid mean) | search runs from |")
-    print("|---|---|---|---|---|---|")
-    for method, entry in sorted(tuned.items(), key=lambda kv: kv[1]["val_avg_d"]):
-        mine = [r for r in runs if r["method"] == method and r["overrides"] == entry["overrides"]]
-        kl = [r["KL"] for r in mine]
-        kl_text = f"{statistics.mean(kl):.2f} ± {statistics.pstdev(kl):.2f}" if kl else "–"
-        dates = sorted({r.get("finished_at", "")[:10] for r in mine})
-        point = ", ".join(f"{k}={v}" for k, v in entry["overrides"].items())
-        print(
-            f"| {method} | {point} | {entry['val_avg_d']:.2f} ± {entry['val_avg_d_std']:.2f} | {kl_text} | "
-            f"{entry['sensitivity']:.2f} | {', '.join(dates)} |"
-        )
+    table = validation_table(args.tag, args.output, tuned)
+    if args.write:
+        path = Path(args.output, "validation", f"{args.tag}.md")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, table)
+    else:
+        print(table, end="")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 from pathlib import Path
 from typing import Optional
 
@@ -172,14 +173,11 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(output: str | os.PathLike, records: list[dict], cfg: dict, tag: str) -> None:
-    """Merges this table's records into `results.json` and rewrites `results.md` and `results.png`."""
-    output = Path(output)
-    path = output / "results.json"
-    kept = [r for r in json.loads(path.read_text()) if r.get("tag") != tag] if path.exists() else []
+def table_records(records: list[dict], cfg: dict, tag: str) -> list[dict]:
+    """The entries of `results.json` for one table: each run's metrics, the rows it trained and its row config."""
     # Run files record RT's rows from the recipe that trained RT; older ones get it from the config's recipe.
     rt = rt_rows(cfg, records[0]["model"]) if records else None
-    mine = [
+    return [
         {
             **{k: r.get(k) for k in RECORD_KEYS},
             "train_rows": training_rows(r, r.get("rt_rows") or rt),
@@ -191,8 +189,10 @@ def write_outputs(output: str | os.PathLike, records: list[dict], cfg: dict, tag
         }
         for r in records
     ]
-    everything = kept + mine
-    atomic_write_json(path, everything)
+
+
+def render_results(everything: list[dict], cfg: dict) -> tuple[str, dict]:
+    """`results.md` (every table of `results.json`) and the aggregated rows per table (for the chart)."""
     sections, tables = [], {}
     for table_tag in sorted({r["tag"] for r in everything}):
         group = [r for r in everything if r["tag"] == table_tag]
@@ -210,7 +210,18 @@ def write_outputs(output: str | os.PathLike, records: list[dict], cfg: dict, tag
         "independent of the hardware and of the load. sens.: mean Avg.D over the method's whole grid on the "
         "validation seeds.\n\n"
     )
-    atomic_write_text(output / "results.md", "# Digits classification benchmark\n\n" + intro + "\n".join(sections))
+    return "# Digits classification benchmark\n\n" + intro + "\n".join(sections), tables
+
+
+def write_outputs(output: str | os.PathLike, records: list[dict], cfg: dict, tag: str) -> None:
+    """Merges this table's records into `results.json` and rewrites `results.md` and `results.png`."""
+    output = Path(output)
+    path = output / "results.json"
+    kept = [r for r in json.loads(path.read_text()) if r.get("tag") != tag] if path.exists() else []
+    everything = kept + table_records(records, cfg, tag)
+    atomic_write_json(path, everything)
+    text, tables = render_results(everything, cfg)
+    atomic_write_text(output / "results.md", text)
     plot(tables, output / "results.png")
 
 
@@ -302,3 +313,25 @@ def update_docs(docs_path: str | os.PathLike, results_md: str | os.PathLike) -> 
     tables = Path(results_md).read_text().split("\n", 2)[2].strip()  # drop the file's own title
     head, rest = text.split(DOCS_START, 1)
     atomic_write_text(docs_path, f"{head}{DOCS_START}\n{tables}\n{DOCS_END}{rest.split(DOCS_END, 1)[1]}")
+
+
+def validation_table(tag: str, output: str | os.PathLike, tuned: dict) -> str:
+    """The validation-search table of one benchmark tag as markdown: per method, the grid point frozen by
+    `--phase select --freeze` (`tuned`, the config's `tuned:` entry of the tag), its mean ± std Avg.D and D_KL over
+    the validation seeds, the sensitivity (mean Avg.D over the whole grid) and when its search runs finished."""
+    runs = [json.loads(f.read_text()) for f in Path(output, "runs").glob(f"search-{tag}-*.json")]
+    lines = [
+        "| method | chosen on validation | val. Avg.D | val. D_KL | sensitivity (grid mean) | search runs from |",
+        "|---|---|---|---|---|---|",
+    ]
+    for method, entry in sorted(tuned.items(), key=lambda kv: kv[1]["val_avg_d"]):
+        mine = [r for r in runs if r["method"] == method and r["overrides"] == entry["overrides"]]
+        kl = [r["KL"] for r in mine]
+        kl_text = f"{statistics.mean(kl):.2f} ± {statistics.pstdev(kl):.2f}" if kl else "–"
+        dates = sorted({r.get("finished_at", "")[:10] for r in mine})
+        point = ", ".join(f"{k}={v}" for k, v in entry["overrides"].items())
+        lines.append(
+            f"| {method} | {point} | {entry['val_avg_d']:.2f} ± {entry['val_avg_d_std']:.2f} | {kl_text} | "
+            f"{entry['sensitivity']:.2f} | {', '.join(dates)} |"
+        )
+    return "\n".join(lines) + "\n"
