@@ -225,7 +225,8 @@ class Unlearner:
         """Prepares `split` for this model (text-to-image: generates or loads the concept images) and runs every check
         `unlearn` runs before any weight changes: columns, labels, channels, resolution, finite weights, the output
         folder. Returns the prepared split; raises `ValueError` naming the argument at fault."""
-        split = self.family.prepare_split(split, self.config)
+        needs_remain = self.method.remain_loss is not None or self.method.saliency is not None
+        split = self.family.prepare_split(split, self.config, needs_remain=needs_remain)
         self.family.validate_split(split)
         self.config = self._budget_for(split)
         self._validate_run()

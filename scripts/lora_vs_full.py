@@ -4,7 +4,8 @@
 
 Trains the tiny digits ViT (the benchmark recipe) once per seed, then runs SFR-on class-wise forgetting of one digit
 twice, full and LoRA (`--lora-lr` for the adapters), each in its own process so the peak resident memory of one does
-not hide the other's. Prints a markdown table (the numbers in docs/lora.md) and writes `results.json`.
+not hide the other's; the `original` (doing nothing) and RT (the same recipe on the remain rows only) rows per seed
+set the scale. Writes `results.json` and `results.md` (the table docs/lora.md shows) and prints the table.
 """
 
 from __future__ import annotations
@@ -86,17 +87,23 @@ def main(argv=None) -> int:
         return 0
     import torch
 
-    from hf_unlearn import load_digits_dataset
+    from hf_unlearn import ForgetRemainSplit, UnlearnConfig, Unlearner, load_digits_dataset
     from hf_unlearn.models import RECIPES, tiny_classifier, train_classifier
+    from hf_unlearn.utils import atomic_write_json, atomic_write_text
 
     torch.set_num_threads(args.threads)
     ds = load_digits_dataset()
     rows = []
+    split = ForgetRemainSplit.from_dataset(ds["train"], forget_classes=[args.forget_class], test_dataset=ds["test"])
     for seed in args.seeds:
         model_dir = os.path.join(args.output, f"original_seed{seed}")
         if not os.path.isdir(model_dir):
             original = train_classifier(tiny_classifier("vit", seed=seed), ds["train"], RECIPES["vit"], seed=seed)
             original.save_pretrained(model_dir, overwrite=True)
+        retrained = train_classifier(tiny_classifier("vit", seed=seed), split.remain, RECIPES["vit"], seed=seed)
+        for name, model in (("original", model_dir), ("retrain", retrained.model)):
+            metrics = Unlearner.from_pretrained(model, UnlearnConfig(output_dir="")).evaluate(split)
+            rows.append({"variant": name, "seed": seed, **{k: metrics[k] for k in ("FA", "RA", "TA", "MIA")}})
         for variant in ("full", "lora"):
             cmd = [
                 sys.executable,
@@ -120,18 +127,26 @@ def main(argv=None) -> int:
             ]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             rows.append(json.loads(next(ln for ln in out.splitlines() if ln.startswith("RESULT "))[7:]))
-    with open(os.path.join(args.output, "results.json"), "w") as fh:
-        json.dump(rows, fh, indent=2)
-    print(
-        "| variant | seed | lr | trainable | of total | Adam state (KiB) | peak RSS +MiB | time (s) | FA | RA | TA |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    atomic_write_json(os.path.join(args.output, "results.json"), rows)
+    lines = [
+        "| variant | seed | lr | trainable | of total | Adam state (KiB) | peak RSS +MiB | time (s) | FA | RA | TA |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        print(
+        if r["variant"] in ("original", "retrain"):  # references: no run, only the model's metrics
+            lines.append(
+                f"| {r['variant']} | {r['seed']} | – | – | – | – | – | – | {r['FA']:.2f} | {r['RA']:.2f} | "
+                f"{r['TA']:.2f} |"
+            )
+            continue
+        lines.append(
             f"| {r['variant']} | {r['seed']} | {r['learning_rate']:g} | {r['trainable']:,} | {r['total']:,} | "
             f"{r['optimizer_state_kib']:.0f} | {r['peak_increase_mib']:.1f} | {r['runtime_s']:.1f} | {r['FA']:.2f} | "
             f"{r['RA']:.2f} | {r['TA']:.2f} |"
         )
+    table = "\n".join(lines) + "\n"
+    atomic_write_text(os.path.join(args.output, "results.md"), table)
+    print(table, end="")
     return 0
 
 

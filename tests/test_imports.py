@@ -170,3 +170,13 @@ def test_the_checker_sees_cycles_and_function_level_imports(tmp_path, monkeypatc
         test_the_import_graph_has_no_cycle()
     with pytest.raises(AssertionError, match="layer 1"):
         test_no_import_points_upward()
+
+
+def test_a_family_knows_no_method():
+    # The engine tells a family what a method needs (e.g. `prepare_split(..., needs_remain=...)`).
+    found = [
+        f"{src} imports {dst} at line {line}"
+        for src, dst, _, line in _edges()
+        if src.startswith("hf_unlearn.families") and dst.startswith(("hf_unlearn.methods", "hf_unlearn.parts"))
+    ]
+    assert not found, "\n".join(found)

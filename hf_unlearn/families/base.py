@@ -57,8 +57,11 @@ class ModelFamily:
         raise NotImplementedError
 
     # Data
-    def prepare_split(self, split, config):
-        """Turns the user's split into one with `forget` / `remain` datasets (e.g. generates concept images)."""
+    def prepare_split(self, split, config, needs_remain: bool = True):
+        """Turns the user's split into one with `forget` / `remain` datasets (e.g. generates concept images).
+
+        `needs_remain`: whether the run reads the remain set (a remaining loss or a saliency mask); the engine, which
+        knows the method, says so, since a family knows no method."""
         return split
 
     def validate_split(self, split) -> None:

@@ -18,7 +18,6 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..concept import ConceptSplit
-from ..methods import get_method
 from ..utils import sha256_of
 from .base import ModelFamily
 from .detect import pipeline_components, read_config_file
@@ -208,7 +207,7 @@ class TextToImageFamily(PromptNoiseLosses, ModelFamily):
         )
 
     # Data
-    def prepare_split(self, split, config):
+    def prepare_split(self, split, config, needs_remain: bool = True):
         if not isinstance(split, ConceptSplit):
             if not (hasattr(split, "forget") and hasattr(split, "remain")):
                 raise ValueError(
@@ -216,8 +215,7 @@ class TextToImageFamily(PromptNoiseLosses, ModelFamily):
                     f"got a {type(split).__name__}."
                 )
             return split
-        method = get_method(config.method)
-        if (method.remain_loss is not None or method.saliency is not None) and not split.has_remain:
+        if needs_remain and not split.has_remain:
             raise ValueError(
                 f"Method '{config.method}' needs a remain set: pass `remain_prompts` (e.g. ['a photo of "
                 "a person wearing clothes']) or `remain_dataset` to ConceptSplit."
