@@ -88,13 +88,14 @@ def main(argv=None) -> int:
     import torch
 
     from hf_unlearn import ForgetRemainSplit, UnlearnConfig, Unlearner, load_digits_dataset
-    from hf_unlearn.models import RECIPES, tiny_classifier, train_classifier
+    from hf_unlearn.models import RECIPES, digits_image_processor, tiny_classifier, train_classifier
     from hf_unlearn.utils import atomic_write_json, atomic_write_text
 
     torch.set_num_threads(args.threads)
     ds = load_digits_dataset()
     rows = []
     split = ForgetRemainSplit.from_dataset(ds["train"], forget_classes=[args.forget_class], test_dataset=ds["test"])
+    processor = digits_image_processor()
     for seed in args.seeds:
         model_dir = os.path.join(args.output, f"original_seed{seed}")
         if not os.path.isdir(model_dir):
@@ -102,7 +103,8 @@ def main(argv=None) -> int:
             original.save_pretrained(model_dir, overwrite=True)
         retrained = train_classifier(tiny_classifier("vit", seed=seed), split.remain, RECIPES["vit"], seed=seed)
         for name, model in (("original", model_dir), ("retrain", retrained.model)):
-            metrics = Unlearner.from_pretrained(model, UnlearnConfig(output_dir="")).evaluate(split)
+            unlearner = Unlearner.from_pretrained(model, UnlearnConfig(output_dir=""), image_processor=processor)
+            metrics = unlearner.evaluate(split)
             rows.append({"variant": name, "seed": seed, **{k: metrics[k] for k in ("FA", "RA", "TA", "MIA")}})
         for variant in ("full", "lora"):
             cmd = [

@@ -172,6 +172,10 @@ def test_preset_carries_the_published_settings(name):
         assert _same(getattr(resolved, key), expected), (key, getattr(resolved, key), expected)
     # Every preset: the Fisher-ratio mask at γ 1 with the authors' ε, and no interpolation.
     assert (resolved.mask_threshold, resolved.mask_eps, resolved.interpolation_beta) == (1.0, 1e-15, 1.0)
+    # The authors' rules where the library once deviated: zero-Fisher entries selected, the cosine stepped at every
+    # remain iteration, weights 1/(ℓ^λ + 1e-15).
+    rules = (resolved.mask_zero_fisher, resolved.lr_schedule_steps, resolved.forget_weight_rule)
+    assert rules == ("select", "remain", "inverse_power")
     assert resolved.mask_path is None and resolved.mixed_precision == "no" and not resolved.lora
     if name == "sd14_nudity":
         assert args.forget_prompts == ["a photo of a nude person"]
