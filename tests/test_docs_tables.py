@@ -23,6 +23,7 @@ PASTED = {
     ],
     "docs/benchmarks_diffusion.md": ["bench_results_diffusion/report.md"],
     "docs/budget.md": ["benchmark_results/budget_unit/results.md"],
+    "docs/lora.md": ["lora_vs_full/results.md"],
     "docs/performance.md": ["benchmark_results/performance/pass_ratio.md"],
     "docs/robustness.md": ["robustness_results/results.md"],
     "docs/stable_diffusion.md": ["benchmark_results/text_to_image/report.md"],
