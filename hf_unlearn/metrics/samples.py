@@ -30,6 +30,19 @@ from hf_unlearn.utils import atomic_save_image
 
 _MIN_TILE = 64  # tiny test models draw 8×8 images; enlarge them so the grid can be read
 _LABEL_HEIGHT = 14
+_LINE_HEIGHT = 11  # each further line of a wrapped name
+
+
+def _wrap(text: str, width: int, draw) -> list[str]:
+    """`text` cut into lines no wider than `width` pixels, after '_' or ' ' where possible."""
+    lines, line = [], ""
+    for char in text:
+        if line and draw.textlength(line + char) > width:
+            cut = max(line.rfind("_"), line.rfind(" "))
+            head, line = (line[: cut + 1], line[cut + 1 :]) if cut > 0 else (line, "")
+            lines.append(head.strip())
+        line += char
+    return lines + [line.strip()]
 
 
 @torch.no_grad()
@@ -115,15 +128,20 @@ def comparison_grid(
     scale = max(1, -(-_MIN_TILE // min(width, height)))
     tile_w, tile_h = width * scale, height * scale
     block = per_row * tile_w
-    grid = Image.new("RGB", (len(samples) * (block + 4) - 4, _LABEL_HEIGHT + len(first) * tile_h), "white")
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    # A name wider than its block is wrapped onto more lines, so neighbouring names never overlap.
+    labels = {name: _wrap(str(name), block - 4, measure) for name in samples}
+    band = _LABEL_HEIGHT + _LINE_HEIGHT * (max(len(lines) for lines in labels.values()) - 1)
+    grid = Image.new("RGB", (len(samples) * (block + 4) - 4, band + len(first) * tile_h), "white")
     draw = ImageDraw.Draw(grid)
     for b, (name, rows) in enumerate(samples.items()):
         x0 = b * (block + 4)
-        draw.text((x0 + 2, 1), str(name), fill="black")
+        for i, line in enumerate(labels[name]):
+            draw.text((x0 + 2, 1 + i * _LINE_HEIGHT), line, fill="black")
         for r, images in enumerate(rows):
             for c, image in enumerate(images):
                 resized = image.convert("RGB").resize((tile_w, tile_h), Image.NEAREST)
-                grid.paste(resized, (x0 + c * tile_w, _LABEL_HEIGHT + r * tile_h))
+                grid.paste(resized, (x0 + c * tile_w, band + r * tile_h))
     if path is not None:
         atomic_save_image(grid, path)
     return grid
