@@ -24,3 +24,20 @@ def test_short_names_keep_one_line():
     tile = Image.new("RGB", (8, 8), "red")
     grid = comparison_grid({"before": [[tile, tile]], "after": [[tile, tile]]})
     assert grid.size == (2 * 2 * 64 + 4, 14 + 64)
+
+
+def test_class_grid_has_row_labels_and_grey_gaps(tmp_path):
+    import torch
+
+    from hf_unlearn.metrics.generation import save_grid
+
+    white, black = torch.ones(3, 1, 8, 8), torch.zeros(3, 1, 8, 8)
+    save_grid(torch.cat([white, black]), tmp_path / "g.png", nrow=3, row_labels=["class 0", "class 1 (forgotten)"])
+    grid = np.asarray(Image.open(tmp_path / "g.png").convert("L"))
+    images_w = (3 * 9 + 1) * 4
+    column = grid.shape[1] - images_w
+    assert grid.shape[0] == (2 * 9 + 1) * 4 and column > 0
+    assert (grid[:, :column] < 128).any()  # the labels' ink
+    images = grid[:, column:]
+    # Between two white images and between two black ones, the 4 px gap is grey: it shows on either.
+    assert (images[4 : 4 + 32, 36:40] == 128).all() and (images[40 : 40 + 32, 36:40] == 128).all()

@@ -139,22 +139,42 @@ def frechet_distance(
     return float(metric.compute())
 
 
-def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: Optional[int] = None, scale: int = 4) -> None:
-    """Saves images in [0, 1] as one PNG grid (rows of `nrow`, upscaled `scale`×), written atomically."""
-    from PIL import Image  # noqa: PLC0415
+def save_grid(
+    images: torch.Tensor,
+    path: str | os.PathLike,
+    nrow: Optional[int] = None,
+    scale: int = 4,
+    row_labels: Optional[Sequence[str]] = None,
+) -> None:
+    """Saves images in [0, 1] as one PNG grid (rows of `nrow`, upscaled `scale`×), written atomically.
+
+    Images are separated by mid-grey lines (visible on white strokes and black backgrounds alike); `row_labels`, one
+    per row, are written in a column on the left."""
+    from PIL import Image, ImageDraw  # noqa: PLC0415
 
     n, channels, height, width = images.shape
     nrow = nrow or math.ceil(math.sqrt(n))
     rows = math.ceil(n / nrow)
-    grid = torch.ones(channels, rows * (height + 1) + 1, nrow * (width + 1) + 1)
+    grid = torch.full((channels, rows * (height + 1) + 1, nrow * (width + 1) + 1), 0.5)
     for i, image in enumerate(images.float().cpu()):
         r, c = divmod(i, nrow)
         grid[
             :, 1 + r * (height + 1) : 1 + r * (height + 1) + height, 1 + c * (width + 1) : 1 + c * (width + 1) + width
         ] = image
     array = (grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-    picture = Image.fromarray(array[..., 0] if channels == 1 else array)
+    picture = Image.fromarray(array[..., 0] if channels == 1 else array).convert("RGB")
     picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    if row_labels is not None:
+        if len(row_labels) != rows:
+            raise ValueError(f"`row_labels` has {len(row_labels)} entries for {rows} rows of images.")
+        draw = ImageDraw.Draw(picture)
+        column = int(max(draw.textlength(str(label)) for label in row_labels)) + 8
+        labelled = Image.new("RGB", (picture.width + column, picture.height), "white")
+        labelled.paste(picture, (column, 0))
+        draw = ImageDraw.Draw(labelled)
+        for r, label in enumerate(row_labels):
+            draw.text((4, r * (height + 1) * scale + (height * scale) // 2 - 5), str(label), fill="black")
+        picture = labelled
     atomic_save_image(picture, path)
 
 
@@ -246,7 +266,8 @@ def generation_metrics(
         picks = torch.cat(
             [torch.arange(c * samples_per_class, c * samples_per_class + shown) for c in range(num_classes)]
         )
-        save_grid(images[picks], grid_path, nrow=shown)
+        names = [f"class {c}" + (" (forgotten)" if c in set(forget_classes) else "") for c in range(num_classes)]
+        save_grid(images[picks], grid_path, nrow=shown, row_labels=names)
     if on_samples is not None:
         on_samples(images, labels, preds)
     return metrics
