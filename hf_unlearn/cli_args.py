@@ -91,12 +91,12 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "caption_column", "resolution",
     ),
     "saliency (the mask M)": (
-        "mask_threshold", "mask_eps", "mask_zero_fisher", "saliency_max_batches", "saliency_guidance_scale", "saliency_clip_norm",
-        "mask_path", "salun_sparsity",
+        "mask_threshold", "mask_eps", "mask_zero_fisher", "saliency_max_batches", "saliency_guidance_scale",
+        "saliency_clip_norm", "mask_path", "salun_sparsity",
     ),
     "forgetting (L_forget)": (
-        "forget_alpha", "forget_alpha_schedule", "temperature", "forget_weight_rule", "forget_bound", "forget_steps_fraction",
-        "kl_temperature", "remap_anchor", "esd_negative_guidance",
+        "forget_alpha", "forget_alpha_schedule", "temperature", "forget_weight_rule", "forget_bound",
+        "forget_steps_fraction", "kl_temperature", "remap_anchor", "esd_negative_guidance",
     ),
     "remaining (L_remain)": (
         "distill_ce_weight", "retrain_init", "condition_dropout", "replay_inference_steps", "replay_guidance_scale",
@@ -105,8 +105,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "training": (
         "optim", "learning_rate", "weight_decay", "momentum", "max_steps", "num_forget_epochs",
         "per_device_train_batch_size",
-        "gradient_accumulation_steps", "max_grad_norm", "lr_scheduler_type", "lr_schedule_steps", "warmup_steps", "mixed_precision",
-        "gradient_checkpointing", "divergence_guard", "train_modules", "noise_loss_reduction",
+        "gradient_accumulation_steps", "max_grad_norm", "lr_scheduler_type", "lr_schedule_steps", "warmup_steps",
+        "mixed_precision", "gradient_checkpointing", "divergence_guard", "train_modules", "noise_loss_reduction",
     ),
     "LoRA": ("lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_save"),
     "evaluation": ("do_eval", "reference", "eval_batch_size", "sample_prompts"),

@@ -9,8 +9,8 @@ from typing import Optional
 
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState, GradientState, PartialState
 from accelerate.data_loader import SeedableRandomSampler
+from accelerate.state import AcceleratorState, GradientState, PartialState
 from accelerate.utils import DataLoaderConfiguration, DistributedType
 from transformers import get_scheduler
 

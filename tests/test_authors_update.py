@@ -1,12 +1,13 @@
 """`method="sfr_on"` at its defaults against an independent re-implementation of the authors' classification update.
 
-The loop below is written from the paper and the authors' documented settings (../shared/design/sfr_on.md, "Published
-settings" and "Details that change results"), not from the library: a BatchNorm ResNet, SGD with momentum 0.9 and weight
-decay 5e-4, one optimizer for both step kinds, a cosine learning rate stepped at every *remain* iteration
-(`CosineAnnealingLR(T_max=iterations)`), a forget step before every K-th remain iteration with α_t = α·(1 + cos(π·i/N))/2,
-adaptive weights c_i = 1/(ℓ_i^λ + 1e-15) normalised over the batch, the Fisher-ratio mask (F_f + 1e-15)/(F_r + 1e-15) ≥ γ
-from eval-mode passes (entries with both Fishers 0 selected), the mask on the forget gradient before clipping it to
-`max_grad_norm`, remain steps unclipped, both steps in train mode (BatchNorm batch statistics).
+The loop below is written from the paper and the authors' documented settings (../shared/design/sfr_on.md,
+"Published settings" and "Details that change results"), not from the library: a BatchNorm ResNet, SGD with momentum
+0.9 and weight decay 5e-4, one optimizer for both step kinds, a cosine learning rate stepped at every *remain*
+iteration (`CosineAnnealingLR(T_max=iterations)`), a forget step before every K-th remain iteration with
+α_t = α·(1 + cos(π·i/N))/2, adaptive weights c_i = 1/(ℓ_i^λ + 1e-15) normalised over the batch, the Fisher-ratio mask
+(F_f + 1e-15)/(F_r + 1e-15) ≥ γ from eval-mode passes (entries with both Fishers 0 selected), the mask on the forget
+gradient before clipping it to `max_grad_norm`, remain steps unclipped, both steps in train mode (BatchNorm batch
+statistics).
 
 Each set fits in one batch, so the engine's shuffling cannot change which rows a step sees; the two trajectories may
 differ by float summation order only.
@@ -167,7 +168,8 @@ def authors_update_nonzero(model, forget, remain):
 
 def test_forget_and_remain_loaders_shuffle_by_their_own_seeds(digits, processor, tmp_path):
     """The step loaders draw their own orders: equal-size forget and remain sets are not walked in the same index
-    order (accelerate's seedable sampler would otherwise reseed both from the global seed), and each epoch reshuffles."""
+    order (accelerate's seedable sampler would otherwise reseed both from the global seed), and each epoch
+    reshuffles."""
     train = digits["train"].select(range(160))
     labels = train["label"]
     forget_ids = [i for i, y in enumerate(labels) if y in (3, 5)][:24]
