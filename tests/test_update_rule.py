@@ -8,8 +8,8 @@ forget and remain batch holds the whole set, so the expected weights follow from
     then        θ ← β·θ + (1 − β)·θ_cycle_start
 
 with M_k = [(F_f,k + ε) / (F_r,k + ε) ≥ γ], ε = 1e-15, F = (∇ mean loss)² at θ0 in eval mode. The upper signs are
-ascent (SFR-on as published: the rows with the *lowest* loss get the most weight); the lower ones a part that descends toward a
-target (remap: the rows *farthest* from it get the most weight).
+ascent (SFR-on as published: the rows with the *lowest* loss get the most weight); the lower ones a part that descends
+toward a target (remap: the rows *farthest* from it get the most weight).
 """
 
 import copy
