@@ -30,6 +30,7 @@ logger = get_logger(__name__)
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
+DIFFUSERS_LORA_NAME = "pytorch_lora_weights.safetensors"
 _ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
@@ -113,6 +114,7 @@ def apply_lora(family, config) -> nn.Module:
     if has_lora(model):  # e.g. `PeftModel.from_pretrained(base, adapter)`, loaded for inference by default
         for name, param in model.named_parameters():
             param.requires_grad_("lora_" in name or "modules_to_save" in name)
+        freeze_batch_norm_statistics(model)  # the continued adapter's base is as frozen as the first one's
         return model
     lora_config = lora_config_for(model, config, with_head=getattr(family, "lora_trains_head", False))
     try:
@@ -142,6 +144,10 @@ def _keep_eval(module: nn.Module, args) -> None:
     module.training = False
 
 
+def _keep_eval_hooked(module: nn.Module) -> bool:
+    return any(hook is _keep_eval for hook in module._forward_pre_hooks.values())
+
+
 def freeze_batch_norm_statistics(model: nn.Module) -> int:
     """Keeps the base's batch-norm layers in eval mode: their running statistics are base weights too.
 
@@ -151,9 +157,31 @@ def freeze_batch_norm_statistics(model: nn.Module) -> int:
     frozen = 0
     for name, module in model.named_modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and "modules_to_save" not in name:
-            module.register_forward_pre_hook(_keep_eval)
+            if not _keep_eval_hooked(module):  # a second request on the same model adds no second hook
+                module.register_forward_pre_hook(_keep_eval)
             frozen += 1
     return frozen
+
+
+def base_buffers(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Every buffer of the frozen base (not of a trained head copy), with a copy of its value: the adapter that is
+    saved does not hold them, so the model that reloads has these values."""
+    return [(b, b.detach().clone()) for name, b in model.named_buffers() if "modules_to_save" not in name]
+
+
+def restore_base_buffers(kept: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
+    """Puts back the base buffers that moved during a LoRA run (batch-norm layers are kept in eval mode, so none
+    should; any other buffer a forward pass updates would), so that metrics taken now are those of the saved
+    adapter on its base. Returns how many moved."""
+    moved = 0
+    with torch.no_grad():
+        for buffer, value in kept:
+            if not torch.equal(buffer, value.to(buffer.device)):
+                buffer.copy_(value)
+                moved += 1
+    if moved:
+        logger.warning(f"{moved} buffers of the frozen base moved during the LoRA run; they were put back.")
+    return moved
 
 
 def enable_gradient_checkpointing(model: nn.Module) -> None:
@@ -251,6 +279,26 @@ def is_adapter_folder(path: str | os.PathLike) -> bool:
         and Path(path, ADAPTER_CONFIG_NAME).is_file()
         and not Path(path, "config.json").is_file()
     )
+
+
+def is_diffusers_lora_folder(path) -> bool:
+    """Whether `path` is a local diffusers pipeline folder with a LoRA file beside it (a text-to-image LoRA output)."""
+    return (
+        isinstance(path, (str, os.PathLike))
+        and Path(path, "model_index.json").is_file()
+        and Path(path, DIFFUSERS_LORA_NAME).is_file()
+    )
+
+
+def fuse_lora_folder(family, path) -> None:
+    """Loads the LoRA file of a text-to-image output folder into its pipeline and fuses it into the UNet, so the
+    next request starts from the model the folder describes (base weights + adapter) and trains a new adapter on top;
+    saved again, the folder's base then holds every earlier adapter and its LoRA file the new one (docs/lora.md)."""
+    pipeline = family.pipeline
+    pipeline.load_lora_weights(str(path), adapter_name="earlier_requests")
+    pipeline.fuse_lora(components=["unet"], adapter_names=["earlier_requests"])
+    pipeline.unload_lora_weights()
+    family.model = pipeline.unet
 
 
 def adapter_base_model(path: str | os.PathLike) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -18,18 +19,29 @@ from .config import UnlearnConfig
 from .evaluation import evaluate as evaluate_classifier
 from .families import detect_family, get_family_class, normalize_family
 from .hub import push_to_hub as push_unlearned
-from .hub import read_previous_record, save_unlearned
-from .lora import adapter_base_model, is_adapter_folder, load_adapter_folder, prepare_model
+from .hub import base_model_of, read_previous_record, save_unlearned
+from .lora import (
+    adapter_base_model,
+    base_buffers,
+    fuse_lora_folder,
+    is_adapter_folder,
+    is_diffusers_lora_folder,
+    load_adapter_folder,
+    prepare_model,
+    restore_base_buffers,
+)
 from .methods import get_method
 from .metrics.concept import concept_metrics
 from .parts import SaliencyInputs, Step, StepContext, load_mask, mask_fraction, pass_statistic, save_mask
 from .passes import PassCounter, step_rows
+from .requests import StartState, accumulate, measure_after_run
 from .tracking import check_log_with, start_tracking, stop_tracking
 from .training import alpha_at, build_optimizer, check_sharding, lr_schedule, make_accelerator
 from .utils import apply_umask
 from .validation import all_finite, check_finite_weights, check_run_output_dir
 
 logger = get_logger(__name__)
+_log = logging.getLogger(__name__)  # for code that runs before any accelerate state exists (`from_pretrained`)
 
 
 class DivergenceError(RuntimeError):
@@ -89,18 +101,23 @@ class Unlearner:
         image_processor=None,
         transform=None,
         trust_remote_code: bool = False,
+        row_key: Optional[str | bytes] = None,
         **kwargs,
     ) -> Unlearner:
         """Loads a model object, a local folder or a Hub repo id and detects its family (or takes `family`).
 
         An adapter folder (a LoRA output: `adapter_config.json` without `config.json`) loads its base model from the
         `base_model_name_or_path` it names, as `peft.AutoPeftModel` does, with the adapter on top and trainable
-        (`lora=True`): a further deletion request continues the adapter and extends the folder's record.
+        (`lora=True`): a further deletion request continues the adapter and extends the folder's record. A Stable
+        Diffusion LoRA output has its adapter fused into the UNet and trains a new one (see docs/lora.md).
+
+        `row_key` is the data owner's key for recognising forgotten rows across requests (else the
+        `HF_UNLEARN_ROW_KEY` environment variable; see [`hf_unlearn.requests`]). It is never saved.
         """
         config = config or UnlearnConfig()
         base = adapter_base_model(model_or_path) if is_adapter_folder(model_or_path) else model_or_path
-        if base is not model_or_path and not config.lora:
-            logger.info(f"{model_or_path} is a LoRA adapter folder: its adapter trains on (lora=True).")
+        if (base is not model_or_path or is_diffusers_lora_folder(model_or_path)) and not config.lora:
+            _log.info(f"{model_or_path} is a LoRA output folder: the next request trains LoRA too (lora=True).")
             config = replace(config, lora=True)
         family = normalize_family(family or config.family or detect_family(base))
         config = config.resolve(family)  # checks that the method supports the family, before any loading
@@ -115,11 +132,15 @@ class Unlearner:
         if base is not model_or_path:
             family_obj.model = load_adapter_folder(family_obj.model, model_or_path)
             family_obj.source = str(model_or_path)
+        elif is_diffusers_lora_folder(model_or_path):
+            fuse_lora_folder(family_obj, model_or_path)
         previous = read_previous_record(model_or_path)  # an earlier hf_unlearn output: its history carries on
         if previous:
             family_obj.previous_records = previous.get("requests", [])
-            family_obj.base_model = previous.get("base_model")
-        return cls(family_obj, config)
+        family_obj.base_model, family_obj.base_model_path = base_model_of(model_or_path, base, previous)
+        unlearner = cls(family_obj, config)
+        unlearner.row_key = row_key
+        return unlearner
 
     @property
     def model(self) -> torch.nn.Module:
@@ -152,6 +173,10 @@ class Unlearner:
         if cfg.lora or cfg.gradient_checkpointing:  # before the optimizer: it must see only the adapters
             self.family.model = prepare_model(self.family, cfg)
         ctx, named, optimizer, forget_loader, remain_loader = self._prepare(split, accelerator)
+        # Unmeasured "before": kept to measure it after the run. Base buffers under LoRA: kept to put them back.
+        unmeasured, self.earlier_metrics = self.metrics_before is None and not method.reinit, None
+        self._start_state = StartState(self.family.model, [p for _, p in named]) if unmeasured else None
+        frozen = base_buffers(self.family.model) if cfg.lora else None
         params = [p for _, p in named]
         identity = run_identity(cfg, method.name, split.fingerprint, [n for n, _ in named])
         resume = self._load_resume(identity, accelerator)
@@ -199,6 +224,8 @@ class Unlearner:
         stop_tracking(accelerator)
         self.family.model = accelerator.unwrap_model(ctx.model)
         self.family.model.eval()
+        if frozen is not None:  # the saved adapter does not hold the base: the model must be what reloads
+            restore_base_buffers(frozen)
         runtime = time.perf_counter() - start
         self.result = UnlearnResult(
             method=method.name,
@@ -219,6 +246,7 @@ class Unlearner:
         """Prepares `split` for this model (text-to-image: generates or loads the concept images) and runs every check
         `unlearn` runs before any weight changes: columns, labels, channels, resolution, finite weights, the output
         folder. Returns the prepared split; raises `ValueError` naming the argument at fault."""
+        self._request_split = split = accumulate(self, split)  # earlier requests' forget sets stay out of it
         split = self.family.prepare_split(split, self.config)
         self.family.validate_split(split)
         self.config = self._budget_for(split)
@@ -507,8 +535,17 @@ class Unlearner:
             if reference is not None:
                 raise ValueError("`reference` (a retrained model for KL/JS/Avg.D) is for classifiers; leave it unset.")
             split = self.validate(split)
-            return self.record_metrics(concept_metrics(self.family, split, **kwargs))
-        return self.record_metrics(evaluate_classifier(self, split, reference=reference, **kwargs))
+
+            def measure():
+                return concept_metrics(self.family, split, **kwargs)
+        else:
+            split = accumulate(self, split)
+
+            def measure():
+                return evaluate_classifier(self, split, reference=reference, **kwargs)
+
+        measure_after_run(self, split, measure)  # the start model's metrics, earlier forget sets measured again
+        return self.record_metrics(measure())
 
     def record_metrics(self, metrics: dict) -> dict:
         """Keeps `metrics` for the record and the model card's before/after table, and returns them.
