@@ -69,6 +69,8 @@ def _forget_set(unlearner, split_info: dict) -> dict:
     info = {k: split_info.get(k) for k in keys}
     info["anchor_prompts"] = split_info.get("anchor_prompts")
     split = getattr(unlearner, "_request_split", None)
+    if info["forget_prompts"] is None and getattr(split, "concepts", None):  # captioned images: their captions
+        info["forget_prompts"], info["anchor_prompts"] = (list(v) for v in zip(*split.concepts))
     if split is not None:  # keyed digests of forgotten rows, so that a later request can keep them out
         info |= request_row_digests(split, resolve_row_key(getattr(unlearner, "row_key", None)))
         if getattr(split, "num_excluded_earlier", None) is not None:

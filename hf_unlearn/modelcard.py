@@ -358,7 +358,9 @@ def write_model_card(
     index = Path(folder) / "model_index.json"
     pipeline_class = json.loads(index.read_text()).get("_class_name") if index.is_file() else None
     adapter_config = Path(folder) / "adapter_config.json"  # what the adapter loads on (peft reads the same field)
-    load_base = json.loads(adapter_config.read_text()).get("base_model_name_or_path") if adapter_config.is_file() else None
+    load_base = None
+    if adapter_config.is_file():
+        load_base = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
     card = render_model_card(
         record,
         model_id=model_id or str(folder),

@@ -66,8 +66,10 @@ def row_digests(dataset, key: bytes, indices=None, batch_size: int = 1000) -> li
     """HMAC-SHA256 (first 128 bits, hex) of each row's content: every column, image cells by their encoded bytes."""
     from datasets import Image  # noqa: PLC0415
 
-    features = {n: Image(decode=False) for n, f in dataset.features.items() if isinstance(f, Image)}
-    data = dataset.cast(dataset.features.copy() | features) if features else dataset
+    data = dataset
+    for name, feature in dataset.features.items():  # image cells by their encoded bytes, not decoded pixels
+        if isinstance(feature, Image):
+            data = data.cast_column(name, Image(decode=False))
     if indices is not None:
         data = data.select([int(i) for i in indices])
     table = data.with_format("arrow")
@@ -159,7 +161,7 @@ def accumulate(unlearner, split):
     if hasattr(split, "remain_indices") and hasattr(split, "dataset"):
         split = _exclude_rows(split, earlier, key)
     elif hasattr(split, "forget_prompts"):
-        split = _exclude_prompts(split, earlier)
+        split = _exclude_prompts(split, earlier, unlearner.config.caption_column)
     else:
         return split
     split._earlier_excluded = True
@@ -185,15 +187,19 @@ def _exclude_rows(split, earlier: list[dict], key: Optional[bytes]):
     return split
 
 
-def _exclude_prompts(split, earlier: list[dict]):
+def _exclude_prompts(split, earlier: list[dict], caption_column: str):
     prompts = {p for e in earlier for p in e.get("forget_prompts") or []}
-    if not prompts or not split.remain_prompts or not prompts & set(split.remain_prompts):
-        return copy.copy(split)
     split = copy.copy(split)
+    if not prompts:
+        return split
     if split.anchor_prompts is None and split.forget_prompts is not None:  # anchors default to the remain prompts
         split.anchor_prompts = dict(split.concepts)
-    kept = [p for p in split.remain_prompts if p not in prompts]
-    split.remain_prompts = kept or None
+    if split.remain_prompts and prompts & set(split.remain_prompts):
+        split.remain_prompts = [p for p in split.remain_prompts if p not in prompts] or None
+    data = split.remain_dataset
+    if data is not None and caption_column in data.column_names:
+        captions = data[caption_column]
+        split.remain_dataset = data.select([i for i, c in enumerate(captions) if c not in prompts])
     return split
 
 
@@ -205,7 +211,7 @@ def remeasure_earlier(unlearner, split) -> list[dict]:
     key = resolve_row_key(getattr(unlearner, "row_key", None))
     cache, out = {}, []
     for entry in earlier_forget_sets(unlearner.records):
-        before = (unlearner.records[entry["request"] - 1].get("metrics") or {})
+        before = unlearner.records[entry["request"] - 1].get("metrics") or {}
         result = {"request": entry["request"], "metrics": None, "metrics_at_request": _scalars(before)}
         if unlearner.family.name == "image_classifier" and hasattr(split, "dataset"):
             result["metrics"], result["note"] = _classifier_now(unlearner, split, entry, key, cache)

@@ -18,8 +18,8 @@ from .checkpointing import EngineState, endless_at, resolve_checkpoint, run_iden
 from .config import UnlearnConfig
 from .evaluation import evaluate as evaluate_classifier
 from .families import detect_family, get_family_class, normalize_family
-from .hub import push_to_hub as push_unlearned
 from .hub import base_model_of, read_previous_record, save_unlearned
+from .hub import push_to_hub as push_unlearned
 from .lora import (
     adapter_base_model,
     base_buffers,
