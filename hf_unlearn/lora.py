@@ -117,6 +117,9 @@ def apply_lora(family, config) -> nn.Module:
         freeze_batch_norm_statistics(model)  # the continued adapter's base is as frozen as the first one's
         return model
     lora_config = lora_config_for(model, config, with_head=getattr(family, "lora_trains_head", False))
+    earlier = getattr(family, "earlier_adapter", None)
+    if earlier is not None and config.lora_target_modules is None:  # the same layers as the adapter it stacks onto
+        lora_config.target_modules = earlier.config["target_modules"]
     try:
         if _saves_own_lora(family):
             model.add_adapter(lora_config)
@@ -251,7 +254,8 @@ def save_model(family, model: nn.Module, directory: str | os.PathLike, config, b
     """Writes `model` into `directory`: natively without LoRA, else per `config.lora_save` (adapter or merged).
 
     Adapter outputs are peft's own (`PeftModel.save_pretrained`: `adapter_config.json` naming `base_model`, and
-    `adapter_model.safetensors`), loaded with `PeftModel.from_pretrained(base, dir)`; a family that saves its own
+    `adapter_model.safetensors`), loaded with `PeftModel.from_pretrained(base, dir)`; after an earlier request's
+    adapter, the saved adapter holds both (`hf_unlearn.lora_stack`); a family that saves its own
     LoRA format (Stable Diffusion: `pipe.load_lora_weights(dir)`) writes it itself.
     """
     if not has_lora(model) or _saves_own_lora(family):
@@ -267,6 +271,11 @@ def save_model(family, model: nn.Module, directory: str | os.PathLike, config, b
         )
     model.peft_config["default"].base_model_name_or_path = base_model
     model.save_pretrained(directory, safe_serialization=True)
+    earlier = getattr(family, "earlier_adapter", None)
+    if earlier is not None:  # trained on the merged earlier adapter: saved with it, on the base it names
+        from .lora_stack import stack_saved_adapter  # noqa: PLC0415
+
+        stack_saved_adapter(directory, earlier)
     processor = getattr(family, "image_processor", None)
     if processor is not None:
         processor.save_pretrained(directory)
@@ -314,9 +323,10 @@ def adapter_base_model(path: str | os.PathLike) -> str:
     return str(base)
 
 
-def load_adapter_folder(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """`PeftModel.from_pretrained(model, path, is_trainable=True)`: the base `model` with the adapter of `path`, whose
-    adapters train on (a further deletion request continues the same adapter)."""
-    from peft import PeftModel  # noqa: PLC0415
+def load_adapter_folder(family, path: str | os.PathLike) -> None:
+    """Puts the adapter of `path` into `family.model`'s weights (merged) and keeps it as `family.earlier_adapter`: the
+    next request trains a fresh adapter on the model the folder describes, and saves both stacked as one adapter on
+    the folder's base (see `hf_unlearn.lora_stack` for why)."""
+    from .lora_stack import merge_adapter_folder  # noqa: PLC0415
 
-    return PeftModel.from_pretrained(model, str(path), is_trainable=True)
+    family.model, family.earlier_adapter = merge_adapter_folder(family.model, path)
