@@ -38,8 +38,8 @@ def read_adapter(path) -> EarlierAdapter:
     unsupported = [k for k in ("use_dora", "lora_bias") if config.get(k)]
     if unsupported or config.get("peft_type", "LORA") != "LORA":
         raise ValueError(
-            f"`{path}` holds a {config.get('peft_type')} adapter with {unsupported or 'another type'}: only plain LoRA "
-            "adapters stack across deletion requests. Merge it into the base and pass the merged model instead."
+            f"`{path}` holds a {config.get('peft_type')} adapter with {unsupported or 'another type'}: only plain "
+            "LoRA adapters stack across deletion requests. Merge it into the base and pass the merged model instead."
         )
     return EarlierAdapter(config, load_file(str(Path(path, ADAPTER_WEIGHTS_NAME))))
 
@@ -78,7 +78,7 @@ def _factors(adapter: EarlierAdapter, module: str):
 
 
 def stack(earlier: EarlierAdapter, new: EarlierAdapter) -> EarlierAdapter:
-    """One adapter whose update is the sum of `earlier`'s and `new`'s; the other tensors (a trained head) are `new`'s."""
+    """One adapter whose update is the sum of `earlier`'s and `new`'s; other tensors (a trained head): `new`'s."""
     modules = sorted({k[: -len(_A)] for k in (*earlier.state, *new.state) if k.endswith(_A)})
     r1 = max((earlier.state[m + _A].shape[0] for m in modules if m + _A in earlier.state), default=0)
     r2 = max((new.state[m + _A].shape[0] for m in modules if m + _A in new.state), default=0)
