@@ -109,7 +109,8 @@ class Unlearner:
         An adapter folder (a LoRA output: `adapter_config.json` without `config.json`) loads its base model from the
         `base_model_name_or_path` it names, as `peft.AutoPeftModel` does, with the adapter merged into it
         (`lora=True`): a further deletion request trains a new adapter, saved stacked with the earlier one, and extends
-        the folder's record. A Stable Diffusion LoRA output has its adapter fused into the UNet likewise (see docs/lora.md).
+        the folder's record. A Stable Diffusion LoRA output has its adapter fused into the UNet likewise (see
+        docs/lora.md).
 
         `row_key` is the data owner's key for recognising forgotten rows across requests (else the
         `HF_UNLEARN_ROW_KEY` environment variable; see [`hf_unlearn.requests`]). It is never saved.
