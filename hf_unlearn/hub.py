@@ -109,7 +109,8 @@ def base_model_of(model_or_path, base, previous: Optional[dict]) -> tuple[Option
     """(the Hub id of the original model or `None`, the path or id the base weights load from).
 
     The Hub id comes from an earlier record, else from the input itself when it is a repo id, else from what a local
-    copy says of its origin: `_name_or_path` of its `config.json` / `model_index.json`, or its card's `base_model`.
+    copy says of its origin: its Hub-cache path, `_name_or_path` in its `config.json` / `model_index.json`, or its
+    card's `base_model`.
     """
     path = str(base) if isinstance(base, (str, os.PathLike)) else None
     if previous:
@@ -123,6 +124,12 @@ def base_model_of(model_or_path, base, previous: Optional[dict]) -> tuple[Option
 
 
 def _hub_id_of_local(folder: Path) -> Optional[str]:
+    # A snapshot in the Hub cache (`.../models--owner--name/snapshots/<revision>`) names its repo in its path.
+    parts = folder.absolute().parts
+    if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
+        owner_name = parts[-3].removeprefix("models--").split("--", 1)
+        if len(owner_name) == 2:
+            return "/".join(owner_name)
     for name in ("config.json", "model_index.json"):
         try:
             value = json.loads((folder / name).read_text()).get("_name_or_path")

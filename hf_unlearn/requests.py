@@ -180,8 +180,9 @@ def _exclude_rows(split, earlier: list[dict], key: Optional[bytes]):
         drop = np.concatenate(dropped).astype(np.int64)
         split.remain_indices = np.setdiff1d(split.remain_indices, drop)
         split.num_excluded_earlier = int(np.setdiff1d(drop, np.asarray(split.forget_indices, np.int64)).size)
-    classes = sorted({int(c) for e in earlier for c in e.get("forget_classes") or []})
-    if classes and split.test_dataset is not None:  # a forgotten class is no longer part of what is kept
+    # A class forgotten earlier is no longer part of what is kept; one forgotten again now stays this split's own.
+    classes = sorted({int(c) for e in earlier for c in e.get("forget_classes") or []} - set(split.forget_classes or []))
+    if classes and split.test_dataset is not None:
         labels = _labels(split.test_dataset, split.label_column)
         split.test_dataset = split.test_dataset.select(np.flatnonzero(~np.isin(labels, classes)).tolist())
     return split
