@@ -59,14 +59,18 @@ def test_card_names_the_hub_base_model_and_renders_the_load_section(trained_resn
     # A local copy of a Hub model, as the Hub cache keeps it: its repo id is in its path.
     local = tmp_path / "hub" / "models--someorg--tiny-resnet" / "snapshots" / "0123abc"
     shutil.copytree(trained_resnet_dir, local)
-    split = ForgetRemainSplit.from_dataset(digits_small["train"], forget_classes=[3], test_dataset=digits_small["test"])
+    split = ForgetRemainSplit.from_dataset(
+        digits_small["train"], forget_classes=[3], test_dataset=digits_small["test"]
+    )
     _request(local, tmp_path / "r1", split, _config(tmp_path, "r1", True))
     card = (tmp_path / "r1" / "README.md").read_text()
     metadata = yaml.safe_load(card.split("---")[1])
     assert metadata["base_model"] == "someorg/tiny-resnet"
     assert json.loads((tmp_path / "r1" / "unlearning_record.json").read_text())["base_model"] == "someorg/tiny-resnet"
     header = card.split("## Metrics")[0]
-    assert str(tmp_path) not in header and "[`someorg/tiny-resnet`](https://huggingface.co/someorg/tiny-resnet)" in header
+    assert (
+        str(tmp_path) not in header and "[`someorg/tiny-resnet`](https://huggingface.co/someorg/tiny-resnet)" in header
+    )
     assert "\n\n## How to load\n" in card and "</details>## How to load" not in card
     # A local model with no Hub origin: no `base_model` metadata and no absolute path, rather than a wrong one.
     _request(trained_resnet_dir, tmp_path / "r2", split, _config(tmp_path, "r2", False))

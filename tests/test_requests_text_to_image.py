@@ -32,7 +32,9 @@ def test_two_lora_requests_keep_both_concepts_erased_in_the_reloaded_pipeline(sd
     from diffusers import StableDiffusionPipeline
 
     def config(name):
-        return unlearn_config(tmp_path / f"{name}_run", "sfr_on_remap", max_steps=20, lora=True, lora_r=4, learning_rate=1e-2)
+        return unlearn_config(
+            tmp_path / f"{name}_run", "sfr_on_remap", max_steps=20, lora=True, lora_r=4, learning_rate=1e-2
+        )
 
     data = captioned(8, seed=1)  # every caption: each request passes the whole data again
     first = ConceptSplit(
