@@ -5,7 +5,7 @@ class 3's forget accuracy after each request (the second request's value is the 
 and the remain / test accuracy. For LoRA it also runs the alternative that docs/lora.md weighs: the second request
 training the first adapter itself (loaded trainable with plain peft) instead of a fresh adapter on the merged one.
 
-    python scripts/sequential_requests.py --output sequential_requests
+    python scripts/sequential_requests.py --output sequential_requests   # results.json, results.md
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -31,8 +32,20 @@ def _round(metrics: dict) -> dict:
     return {k: round(float(metrics[k]), 2) for k in KEYS}
 
 
-def request(source, target: Path, split, lora: bool, seed: int) -> dict:
-    config = UnlearnConfig(lora=lora, seed=seed, output_dir=str(target) + "_run", overwrite_output_dir=True)
+# The family's defaults (what `hf-unlearn demo` runs), and the shorter, larger-step setting of tests/test_requests.py.
+SETTINGS = {
+    "default": lambda lora: {},
+    "short": lambda lora: dict(
+        method="sfr_on", learning_rate=1e-2 if lora else 3e-3, max_steps=16, remain_steps_per_forget=1,
+        per_device_train_batch_size=32, saliency_max_batches=2,
+    ),
+}  # fmt: skip
+
+
+def request(source, target: Path, split, lora: bool, seed: int, setting: str) -> dict:
+    config = UnlearnConfig(
+        lora=lora, seed=seed, output_dir=str(target) + "_run", overwrite_output_dir=True, **SETTINGS[setting](lora)
+    )
     unlearner = Unlearner.from_pretrained(source, config, image_processor=digits_image_processor())
     unlearner.unlearn(split)
     metrics = unlearner.evaluate(split)
@@ -45,7 +58,7 @@ def request(source, target: Path, split, lora: bool, seed: int) -> dict:
     return {"metrics": _round(metrics), "earlier_FA": {k: round(v["FA"], 2) for k, v in earlier.items()}}
 
 
-def continued_adapter(original: Path, first: Path, split, seed: int) -> dict:
+def continued_adapter(original: Path, first: Path, split, seed: int, setting: str) -> dict:
     """The second request on the first adapter itself (trainable), as a PeftModel object: no merge, no stacking.
     The remain set leaves class 3 out as in the stacked run, so only the adapter handling differs."""
     from peft import PeftModel  # noqa: PLC0415
@@ -57,47 +70,52 @@ def continued_adapter(original: Path, first: Path, split, seed: int) -> dict:
     labels = np.asarray(split.dataset["label"])
     kept.remain_indices = kept.remain_indices[labels[kept.remain_indices] != 3]
     kept.test_dataset = kept.test_dataset.select(np.flatnonzero(np.asarray(kept.test_dataset["label"]) != 3))
-    return request(model, first.parent / "unused", kept, True, seed)
+    return request(model, first.parent / "unused", kept, True, seed, setting)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default="sequential_requests")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--models", default=None, help="Where the models go (default: a temporary folder).")
     args = parser.parse_args()
     torch.set_num_threads(1)
     out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    models = Path(args.models or tempfile.mkdtemp(prefix="sequential_requests_"))
     ds = load_digits_dataset()
-    original = out / "models" / "original"
+    original = models / "original"
     trained = train_classifier(
         tiny_classifier("resnet", seed=args.seed), ds["train"], RECIPES["resnet"], seed=args.seed
     )
     trained.model.save_pretrained(original)
     digits_image_processor().save_pretrained(original)
     splits = [ForgetRemainSplit.from_dataset(ds["train"], forget_classes=[c], test_dataset=ds["test"]) for c in (3, 5)]
-    results = {}
-    for lora in (False, True):
-        name = "lora" if lora else "full"
-        first = out / "models" / f"{name}_class3"
-        second = out / "models" / f"{name}_class3_class5"
-        r1 = request(str(original), first, splits[0], lora, args.seed)
-        r2 = request(str(first), second, splits[1], lora, args.seed)
-        results[name] = {"request_1": r1, "request_2": r2}
-        if lora:
-            results["lora_continued_adapter"] = {"request_2": continued_adapter(original, first, splits[1], args.seed)}
+    results, lines = {}, []
+    for setting in SETTINGS:
+        header = "| run | class 3 FA after request 1 | after request 2 | class 5 FA | RA | TA |"
+        lines += [f"Setting `{setting}`:", "", header]
+        lines.append("|---" * 6 + "|")
+        for lora in (False, True):
+            name = "lora" if lora else "full"
+            first = models / f"{setting}_{name}_class3"
+            second = models / f"{setting}_{name}_class3_class5"
+            r1 = request(str(original), first, splits[0], lora, args.seed, setting)
+            r2 = request(str(first), second, splits[1], lora, args.seed, setting)
+            runs = {name: {"request_1": r1, "request_2": r2}}
+            if lora:
+                continued = continued_adapter(original, first, splits[1], args.seed, setting)
+                runs["lora, first adapter trained on"] = {"request_1": r1, "request_2": continued}
+            for run, res in runs.items():
+                r1, r2 = res["request_1"], res["request_2"]
+                lines.append(
+                    f"| {run} | {r1['metrics']['FA']} | {r2['earlier_FA'].get(1, '–')} | {r2['metrics']['FA']} | "
+                    f"{r2['metrics']['RA']} | {r2['metrics']['TA']} |"
+                )
+            results[setting] = results.get(setting, {}) | runs
+        lines.append("")
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    lines = [
-        "| run | class 3 FA after request 1 | class 3 FA after request 2 | class 5 FA | RA | TA |",
-        "|---" * 6 + "|",
-    ]
-    for name, res in results.items():
-        r1, r2 = res.get("request_1"), res["request_2"]
-        fa3 = r2["earlier_FA"].get(1, "–")
-        lines.append(
-            f"| {name} | {r1['metrics']['FA'] if r1 else '–'} | {fa3} | {r2['metrics']['FA']} | "
-            f"{r2['metrics']['RA']} | {r2['metrics']['TA']} |"
-        )
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    (out / "results.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 
