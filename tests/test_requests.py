@@ -137,7 +137,7 @@ def test_cli_refuses_unrecognisable_earlier_rows_in_one_line(trained_resnet_dir,
     from hf_unlearn.cli import unlearn_main
 
     monkeypatch.delenv(ROW_KEY_ENV, raising=False)
-    common = ["--dataset_name", "digits", "--max_steps", "2", "--per_device_train_batch_size", "64"]
+    common = ["--dataset_name", "digits", "--max_steps", "2", "--per_device_train_batch_size", "64", "--lora"]
     assert unlearn_main(["--model", str(trained_resnet_dir), "--forget_ids", "1", "2", "3", *common,
                          "--output_dir", str(tmp_path / "r1")]) == 0  # fmt: skip
     capsys.readouterr()
@@ -146,5 +146,6 @@ def test_cli_refuses_unrecognisable_earlier_rows_in_one_line(trained_resnet_dir,
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith("error: Deletion request 1 of this model forgot 3 rows"), err
     assert not (tmp_path / "r2").exists()
-    assert unlearn_main([*argv, "--earlier_rows", "proceed"]) == 0
+    assert unlearn_main([*argv, "--earlier_rows", "proceed"]) == 0  # an adapter folder as input, through the CLI
     assert len(_record(tmp_path / "r2")["requests"]) == 2
+    assert json.loads((tmp_path / "r2" / "adapter_config.json").read_text())["r"] == 16  # both adapters, stacked
