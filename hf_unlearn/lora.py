@@ -26,6 +26,8 @@ import torch.utils.checkpoint
 from accelerate.logging import get_logger
 from torch import nn
 
+from .lora_stack import merge_adapter_folder, stack_saved_adapter
+
 logger = get_logger(__name__)
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
@@ -273,8 +275,6 @@ def save_model(family, model: nn.Module, directory: str | os.PathLike, config, b
     model.save_pretrained(directory, safe_serialization=True)
     earlier = getattr(family, "earlier_adapter", None)
     if earlier is not None:  # trained on the merged earlier adapter: saved with it, on the base it names
-        from .lora_stack import stack_saved_adapter  # noqa: PLC0415
-
         stack_saved_adapter(directory, earlier)
     processor = getattr(family, "image_processor", None)
     if processor is not None:
@@ -327,6 +327,4 @@ def load_adapter_folder(family, path: str | os.PathLike) -> None:
     """Puts the adapter of `path` into `family.model`'s weights (merged) and keeps it as `family.earlier_adapter`: the
     next request trains a fresh adapter on the model the folder describes, and saves both stacked as one adapter on
     the folder's base (see `hf_unlearn.lora_stack` for why)."""
-    from .lora_stack import merge_adapter_folder  # noqa: PLC0415
-
     family.model, family.earlier_adapter = merge_adapter_folder(family.model, path)

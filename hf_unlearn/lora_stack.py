@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .utils import atomic_write_json
+
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 _A, _B = ".lora_A.weight", ".lora_B.weight"
@@ -111,8 +113,6 @@ def stack(earlier: EarlierAdapter, new: EarlierAdapter) -> EarlierAdapter:
 def stack_saved_adapter(directory, earlier: EarlierAdapter) -> None:
     """Rewrites the adapter just saved in `directory` (the new request's) as the stack of `earlier` and it."""
     from safetensors.torch import save_file  # noqa: PLC0415
-
-    from .utils import atomic_write_json  # noqa: PLC0415
 
     stacked = stack(earlier, read_adapter(directory))
     save_file(stacked.state, str(Path(directory, ADAPTER_WEIGHTS_NAME)), metadata={"format": "pt"})

@@ -28,6 +28,9 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from .evaluation import predict_logits
+from .metrics.concept import _mean
+
 ROW_KEY_ENV = "HF_UNLEARN_ROW_KEY"
 DIGEST_SCHEME = "hmac-sha256-128/v1"  # HMAC-SHA256 of the row's canonical JSON, first 128 bits, hex
 
@@ -181,7 +184,8 @@ def _exclude_rows(split, earlier: list[dict], key: Optional[bytes]):
         split.remain_indices = np.setdiff1d(split.remain_indices, drop)
         split.num_excluded_earlier = int(np.setdiff1d(drop, np.asarray(split.forget_indices, np.int64)).size)
     # A class forgotten earlier is no longer part of what is kept; one forgotten again now stays this split's own.
-    classes = sorted({int(c) for e in earlier for c in e.get("forget_classes") or []} - set(split.forget_classes or []))
+    classes = {int(c) for e in earlier for c in e.get("forget_classes") or []}
+    classes = sorted(classes - set(split.forget_classes or []))
     if classes and split.test_dataset is not None:
         labels = _labels(split.test_dataset, split.label_column)
         split.test_dataset = split.test_dataset.select(np.flatnonzero(~np.isin(labels, classes)).tolist())
@@ -229,8 +233,6 @@ def _scalars(metrics: dict) -> dict:
 
 
 def _classifier_now(unlearner, split, entry, key, cache):
-    from .evaluation import predict_logits  # noqa: PLC0415
-
     rows = earlier_rows_of(split, entry, key, cache)
     if rows is None:
         return None, "not measured: its rows cannot be recognised in this dataset"
@@ -251,8 +253,6 @@ def _classifier_now(unlearner, split, entry, key, cache):
 
 def _concept_now(unlearner, split, entry) -> Optional[dict]:
     """The concept gap of each earlier prompt to its anchor, on this request's concept images at fixed noise."""
-    from .metrics.concept import _mean  # noqa: PLC0415
-
     family, model = unlearner.family, unlearner.model
     images = split.forget
     prompts, anchors = entry["forget_prompts"], entry.get("anchor_prompts") or [""] * len(entry["forget_prompts"])

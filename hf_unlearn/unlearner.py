@@ -152,7 +152,7 @@ class Unlearner:
         """Runs the method on `split` (a [`ForgetRemainSplit`] or a concept split) and returns an [`UnlearnResult`]."""
         cfg, method = self.config, self.method
         self.metrics_before = self.result.metrics if self.result is not None else self.metrics_before
-        split = self.validate(split)
+        self._request_split = split = self.validate(split)  # the record's digests of forgotten rows come from it
         cfg = self.config  # validate fixed the budget in cycles for this split
         check_log_with(cfg.log_with)  # before the Accelerator: accelerate drops a missing tracker silently
         accelerator = make_accelerator(cfg)
@@ -247,7 +247,7 @@ class Unlearner:
         """Prepares `split` for this model (text-to-image: generates or loads the concept images) and runs every check
         `unlearn` runs before any weight changes: columns, labels, channels, resolution, finite weights, the output
         folder. Returns the prepared split; raises `ValueError` naming the argument at fault."""
-        self._request_split = split = accumulate(self, split)  # earlier requests' forget sets stay out of it
+        split = accumulate(self, split)  # the earlier requests' forget sets stay out of its remain set
         split = self.family.prepare_split(split, self.config)
         self.family.validate_split(split)
         self.config = self._budget_for(split)
