@@ -144,9 +144,11 @@ def earlier_rows_of(split, earlier: dict, key: Optional[bytes], digests_cache: d
         labels = _labels(split.dataset, split.label_column)
         return np.flatnonzero(np.isin(labels, classes))
     if earlier.get("scenario") == "rows" and _unidentifiable(earlier, key) is None:
-        if "all" not in digests_cache:
-            digests_cache["all"] = np.asarray(row_digests(split.dataset, key))
-        return np.flatnonzero(np.isin(digests_cache["all"], np.asarray(earlier["row_digests"])))
+        # Once per dataset and key: `unlearn`, `evaluate` and the save all look the rows up.
+        name = (getattr(split.dataset, "_fingerprint", None) or id(split.dataset), len(split.dataset), key_id(key))
+        if name not in digests_cache:
+            digests_cache[name] = np.asarray(row_digests(split.dataset, key))
+        return np.flatnonzero(np.isin(digests_cache[name], np.asarray(earlier["row_digests"])))
     return None
 
 
@@ -154,15 +156,16 @@ def _labels(dataset, column: str) -> np.ndarray:
     return np.asarray(dataset.select_columns([column]).with_format("numpy")[:][column])
 
 
-def accumulate(unlearner, split):
+def accumulate(unlearner, split, refuse: bool = True):
     """`split` with the earlier requests' forget sets out of its remain set (and test rows); the split itself when
-    there is nothing earlier. Refuses (see [`check_earlier`]) before any weight changes."""
+    there is nothing earlier. Refuses (see [`check_earlier`]) before any weight changes; with `refuse=False`
+    (evaluation, which changes no weight) it leaves out what it can recognise."""
     if getattr(split, "_earlier_excluded", False) or not unlearner.records:
         return split
     key = resolve_row_key(getattr(unlearner, "row_key", None))
-    earlier = check_earlier(unlearner.records, key, unlearner.config.earlier_rows)
+    earlier = check_earlier(unlearner.records, key, unlearner.config.earlier_rows if refuse else "proceed")
     if hasattr(split, "remain_indices") and hasattr(split, "dataset"):
-        split = _exclude_rows(split, earlier, key)
+        split = _exclude_rows(unlearner, split, earlier, key)
     elif hasattr(split, "forget_prompts"):
         split = _exclude_prompts(split, earlier, unlearner.config.caption_column)
     else:
@@ -171,8 +174,14 @@ def accumulate(unlearner, split):
     return split
 
 
-def _exclude_rows(split, earlier: list[dict], key: Optional[bytes]):
-    cache, dropped = {}, []
+def _digests_cache(unlearner) -> dict:
+    if getattr(unlearner, "_row_digests", None) is None:
+        unlearner._row_digests = {}
+    return unlearner._row_digests
+
+
+def _exclude_rows(unlearner, split, earlier: list[dict], key: Optional[bytes]):
+    cache, dropped = _digests_cache(unlearner), []
     for entry in earlier:
         rows = earlier_rows_of(split, entry, key, cache)
         if rows is not None:
@@ -214,7 +223,7 @@ def remeasure_earlier(unlearner, split) -> list[dict]:
     """The earlier forget sets measured on the current model: a classifier's accuracy on the earlier rows (FA) and on
     the held-out rows of earlier classes (TA_forget); a text-to-image model's concept gap of earlier prompts."""
     key = resolve_row_key(getattr(unlearner, "row_key", None))
-    cache, out = {}, []
+    cache, out = _digests_cache(unlearner), []
     for entry in earlier_forget_sets(unlearner.records):
         before = unlearner.records[entry["request"] - 1].get("metrics") or {}
         result = {"request": entry["request"], "metrics": None, "metrics_at_request": _scalars(before)}

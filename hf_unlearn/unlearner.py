@@ -540,7 +540,7 @@ class Unlearner:
             def measure():
                 return concept_metrics(self.family, split, **kwargs)
         else:
-            split = accumulate(self, split)
+            split = accumulate(self, split, refuse=False)  # scores only: what cannot be recognised stays in
 
             def measure():
                 return evaluate_classifier(self, split, reference=reference, **kwargs)

@@ -126,6 +126,7 @@ def test_unrecognisable_earlier_rows_are_refused_before_any_weight_change(
     with pytest.raises(ValueError, match=refusal):
         unlearner.unlearn(second)
     assert all(torch.equal(p, weights[n]) for n, p in unlearner.model.named_parameters())
+    assert unlearner.evaluate(second)["FA"] > 90  # scoring changes no weight: it is not refused
     # Told how to proceed, it runs; the record says the rows were not measured again.
     config = _config(tmp_path, "r2", max_steps=2, earlier_rows="proceed")
     unlearner, _ = _request(tmp_path / "r1", tmp_path / "r2", second, config, row_key=key)
