@@ -116,7 +116,7 @@ def apply_lora(family, config) -> nn.Module:
     if has_lora(model):  # e.g. `PeftModel.from_pretrained(base, adapter)`, loaded for inference by default
         for name, param in model.named_parameters():
             param.requires_grad_("lora_" in name or "modules_to_save" in name)
-        freeze_batch_norm_statistics(model)  # the continued adapter's base is as frozen as the first one's
+        freeze_batch_norm_statistics(model)  # a model passed with its adapters: its base is as frozen as any
         return model
     lora_config = lora_config_for(model, config, with_head=getattr(family, "lora_trains_head", False))
     earlier = getattr(family, "earlier_adapter", None)
