@@ -219,11 +219,12 @@ def _earlier_rows(record: dict, family: str) -> list[dict]:
         then = entry.get("metrics_at_request") or {}
         now = entry.get("metrics")
         keys = [k for k in (now or {}) if k in known] if now else []
+        text = ", ".join(f"{k} {_fmt(now[k])}" for k in keys) or "none of its rows are in this request's data"
         rows.append(
             {
                 "index": index,
                 "forgotten": describe_forgotten(requests[index - 1]) if 0 < index <= len(requests) else "?",
-                "now": ", ".join(f"{k} {_fmt(now[k])}" for k in keys) if now else entry.get("note") or "not measured",
+                "now": text if now is not None else entry.get("note") or "not measured",
                 "then": ", ".join(f"{k} {_fmt(then[k])}" for k in keys if k in then) or "–",
             }
         )
