@@ -305,6 +305,16 @@ class StartState:
                 t.copy_(c)
 
 
+def keep_start(unlearner, method, params: list[torch.Tensor]) -> Optional[StartState]:
+    """The starting weights, kept when nobody measured the model before the run and `Unlearner.evaluate` can measure
+    it after (classifiers, text-to-image); costs a CPU copy of the trainable weights (the adapters alone under LoRA).
+    A method that starts from fresh weights (retrain) has no "before" of its own."""
+    evaluable = unlearner.family.name in ("image_classifier", "text_to_image")
+    if unlearner.metrics_before is not None or method.reinit or not evaluable:
+        return None
+    return StartState(unlearner.family.model, params)
+
+
 def measure_after_run(unlearner, split, measure) -> None:
     """After a run: the "before" metrics from the starting weights when none were taken, and the earlier forget sets
     measured again (kept for the record and the card)."""

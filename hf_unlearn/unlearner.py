@@ -34,7 +34,7 @@ from .methods import get_method
 from .metrics.concept import concept_metrics
 from .parts import SaliencyInputs, Step, StepContext, load_mask, mask_fraction, pass_statistic, save_mask
 from .passes import PassCounter, step_rows
-from .requests import StartState, accumulate, measure_after_run
+from .requests import accumulate, keep_start, measure_after_run
 from .tracking import check_log_with, start_tracking, stop_tracking
 from .training import alpha_at, build_optimizer, check_sharding, lr_schedule, make_accelerator
 from .utils import apply_umask
@@ -175,8 +175,7 @@ class Unlearner:
             self.family.model = prepare_model(self.family, cfg)
         ctx, named, optimizer, forget_loader, remain_loader = self._prepare(split, accelerator)
         # Unmeasured "before": kept to measure it after the run. Base buffers under LoRA: kept to put them back.
-        unmeasured, self.earlier_metrics = self.metrics_before is None and not method.reinit, None
-        self._start_state = StartState(self.family.model, [p for _, p in named]) if unmeasured else None
+        self._start_state, self.earlier_metrics = keep_start(self, method, [p for _, p in named]), None
         frozen = base_buffers(self.family.model) if cfg.lora else None
         params = [p for _, p in named]
         identity = run_identity(cfg, method.name, split.fingerprint, [n for n, _ in named])
