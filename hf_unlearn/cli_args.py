@@ -84,7 +84,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "model": ("model", "family", "method", "seed", "trust_remote_code"),
     "data (classifiers, class-conditional diffusion)": (
         "dataset_name", "split", "test_split", "image_column", "label_column", "forget_classes", "forget_ids",
-        "forget_fraction", "forget_seed", "null_class_id", "dataloader_num_workers",
+        "forget_fraction", "forget_seed", "earlier_rows", "null_class_id", "dataloader_num_workers",
     ),
     "data (text-to-image: a concept given by prompts)": (
         "forget_prompts", "remain_prompts", "anchor_prompts", "num_concept_images", "generation_steps",

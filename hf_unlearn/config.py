@@ -248,6 +248,14 @@ class UnlearnConfig:
     # Data and evaluation
     image_column: str = field(default="image", metadata={"help": "Dataset column holding the images."})
     label_column: str = field(default="label", metadata={"help": "Dataset column holding the class labels."})
+    earlier_rows: str = field(
+        default="refuse",
+        metadata={
+            "help": "When an earlier deletion request of this model forgot rows that cannot be recognised in the data "
+            "(no row key, or another key): 'refuse' (before any weight changes) or 'proceed' (those rows may be "
+            "learned again). Classes and prompts are always recognised."
+        },
+    )
     caption_column: str = field(default="text", metadata={"help": "Dataset column holding captions (text-to-image)."})
     resolution: Optional[int] = field(default=None, metadata={"help": "Image resolution for diffusion families."})
     eval_batch_size: int = field(default=256, metadata={"help": "Batch size of evaluation passes."})
@@ -325,6 +333,7 @@ class UnlearnConfig:
         _check_choice(self, "lr_schedule_steps", ("remain", "cycle"))
         _check_choice(self, "forget_weight_rule", ("inverse_power", "softmax"))
         _check_choice(self, "lora_save", ("adapter", "merged"))
+        _check_choice(self, "earlier_rows", ("refuse", "proceed"))
         _check_choice(self, "train_modules", ("all", "cross_attention", "non_cross_attention"))
         if self.divergence_guard is not None:
             _check_choice(self, "divergence_guard", ("copy", "check", "off"))

@@ -246,6 +246,11 @@ def diffusion_demo(
         for k, x in (("before", before), ("after", after))
     }
     labelled_grid(rows, [f"class {c}" for c in range(10)], grid)
+    # The judge's scores of the samples before and after, for the card's before/after table (the family's FA and
+    # remain_acc: one forgotten class, so its own accuracy is the share assigned to a forgotten class).
+    card = {k: {"FA": s["forget_acc"], "remain_acc": s["remain_acc"]} for k, s in scores.items()}
+    unlearner.metrics_before = card["before"]
+    unlearner.record_metrics(card["after"])
     unlearner.save_pretrained(os.path.join(output, "unlearned"), overwrite=True)
     report = {"method": method, "runtime_s": result.runtime_s, **scores, "moved": moved, "grid": grid}
     _print_diffusion(report, forget_class, output)

@@ -11,6 +11,7 @@ from typing import Optional
 
 from .lora import save_model, trainable_parameter_count
 from .modelcard import card_inputs_of, looks_like_repo, write_model_card
+from .requests import remeasure_earlier, request_row_digests, resolve_row_key
 from .training import partial_state
 from .utils import (
     RECORD_NAME,
@@ -51,6 +52,8 @@ def build_request(unlearner) -> dict:
             "forget_set": _forget_set(unlearner, split_info),
             "metrics_before": getattr(unlearner, "metrics_before", None),
             "metrics": None if result is None else result.metrics,
+            # The forget sets of earlier requests, measured again on this model (None: nothing earlier).
+            "earlier_requests": getattr(unlearner, "earlier_metrics", None),
             "runtime_s": None if result is None else result.runtime_s,
             "steps": None if result is None else result.steps,
             "work": None if result is None else result.work,
@@ -65,6 +68,13 @@ def _forget_set(unlearner, split_info: dict) -> dict:
     keys = ("fingerprint", "scenario", "num_forget", "forget_classes", "dataset_fingerprint", "forget_prompts")
     info = {k: split_info.get(k) for k in keys}
     info["anchor_prompts"] = split_info.get("anchor_prompts")
+    split = getattr(unlearner, "_request_split", None)
+    if info["forget_prompts"] is None and getattr(split, "concepts", None):  # captioned images: their captions
+        info["forget_prompts"], info["anchor_prompts"] = (list(v) for v in zip(*split.concepts))
+    if split is not None:  # keyed digests of forgotten rows, so that a later request can keep them out
+        info |= request_row_digests(split, resolve_row_key(getattr(unlearner, "row_key", None)))
+        if getattr(split, "num_excluded_earlier", None) is not None:
+            info["num_excluded_earlier"] = split.num_excluded_earlier
     id2label = getattr(getattr(unlearner.model, "config", None), "id2label", None) or {}
     if info["forget_classes"] and id2label:
         labels = {str(k): v for k, v in id2label.items()}
@@ -95,6 +105,48 @@ def read_previous_record(model_or_path) -> Optional[dict]:
         return None
 
 
+def base_model_of(model_or_path, base, previous: Optional[dict]) -> tuple[Optional[str], Optional[str]]:
+    """(the Hub id of the original model or `None`, the path or id the base weights load from).
+
+    The Hub id comes from an earlier record, else from the input itself when it is a repo id, else from what a local
+    copy says of its origin: its Hub-cache path, `_name_or_path` in its `config.json` / `model_index.json`, or its
+    card's `base_model`.
+    """
+    path = str(base) if isinstance(base, (str, os.PathLike)) else None
+    if previous:
+        hub_id = previous.get("base_model")
+        return (hub_id if looks_like_repo(hub_id) else None), path
+    if path is None:
+        return None, None
+    if looks_like_repo(path):
+        return path, path
+    return _hub_id_of_local(Path(path)), path
+
+
+def _hub_id_of_local(folder: Path) -> Optional[str]:
+    # A snapshot in the Hub cache (`.../models--owner--name/snapshots/<revision>`) names its repo in its path.
+    parts = folder.absolute().parts
+    if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
+        owner_name = parts[-3].removeprefix("models--").split("--", 1)
+        if len(owner_name) == 2:
+            return "/".join(owner_name)
+    for name in ("config.json", "model_index.json"):
+        try:
+            value = json.loads((folder / name).read_text()).get("_name_or_path")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if looks_like_repo(value):
+            return value
+    try:
+        from huggingface_hub import ModelCard  # noqa: PLC0415
+
+        value = ModelCard.load(folder / "README.md").data.to_dict().get("base_model")
+    except Exception:  # noqa: BLE001 (no card, or a card without metadata)
+        return None
+    value = value[0] if isinstance(value, list) and value else value
+    return value if looks_like_repo(value) else None
+
+
 def build_record(unlearner, *, dataset_name: Optional[str] = None, command: Optional[str] = None) -> dict:
     """The whole history: the earlier requests read at load time, plus this run's request if it ran."""
     requests = list(unlearner.records)
@@ -106,7 +158,7 @@ def build_record(unlearner, *, dataset_name: Optional[str] = None, command: Opti
         requests.append(request)
     return {
         "format": "hf_unlearn/record-v1",
-        "base_model": getattr(unlearner.family, "base_model", None) or unlearner.source,
+        "base_model": getattr(unlearner.family, "base_model", None),  # a Hub id, never a local path
         "parent_model": unlearner.source,
         "family": unlearner.family.name,
         "requests": requests,
@@ -156,10 +208,16 @@ def save_unlearned(
     state = partial_state()
     overwrite = unlearner.config.overwrite_output_dir if overwrite is None else overwrite
     check_output_dir(save_directory, overwrite)
+    split = getattr(unlearner, "_request_split", None)
+    if unlearner.result is not None and unlearner.records and split is not None:
+        # On every process (the passes are shared); the model as it is saved, unless `evaluate` measured it already.
+        if getattr(unlearner, "earlier_metrics", None) is None:
+            unlearner.earlier_metrics = remeasure_earlier(unlearner, split)
     if state.is_main_process:
         record = build_record(unlearner, dataset_name=dataset_name, command=command)
+        base_path = getattr(unlearner.family, "base_model_path", None) or unlearner.source
         with atomic_directory(save_directory) as tmp:
-            save_model(unlearner.family, unlearner.model, tmp, unlearner.config, base_model=record["base_model"])
+            save_model(unlearner.family, unlearner.model, tmp, unlearner.config, base_model=base_path)
             unlearner.config.save_pretrained(tmp)
             atomic_write_json(Path(tmp) / RECORD_NAME, record)
             for name, image in (images or {}).items():

@@ -26,10 +26,13 @@ import torch.utils.checkpoint
 from accelerate.logging import get_logger
 from torch import nn
 
+from .lora_stack import merge_adapter_folder, stack_saved_adapter
+
 logger = get_logger(__name__)
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
+DIFFUSERS_LORA_NAME = "pytorch_lora_weights.safetensors"
 _ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
@@ -113,8 +116,12 @@ def apply_lora(family, config) -> nn.Module:
     if has_lora(model):  # e.g. `PeftModel.from_pretrained(base, adapter)`, loaded for inference by default
         for name, param in model.named_parameters():
             param.requires_grad_("lora_" in name or "modules_to_save" in name)
+        freeze_batch_norm_statistics(model)  # a model passed with its adapters: its base is as frozen as any
         return model
     lora_config = lora_config_for(model, config, with_head=getattr(family, "lora_trains_head", False))
+    earlier = getattr(family, "earlier_adapter", None)
+    if earlier is not None and config.lora_target_modules is None:  # the same layers as the adapter it stacks onto
+        lora_config.target_modules = earlier.config["target_modules"]
     try:
         if _saves_own_lora(family):
             model.add_adapter(lora_config)
@@ -142,6 +149,10 @@ def _keep_eval(module: nn.Module, args) -> None:
     module.training = False
 
 
+def _keep_eval_hooked(module: nn.Module) -> bool:
+    return any(hook is _keep_eval for hook in module._forward_pre_hooks.values())
+
+
 def freeze_batch_norm_statistics(model: nn.Module) -> int:
     """Keeps the base's batch-norm layers in eval mode: their running statistics are base weights too.
 
@@ -151,9 +162,31 @@ def freeze_batch_norm_statistics(model: nn.Module) -> int:
     frozen = 0
     for name, module in model.named_modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and "modules_to_save" not in name:
-            module.register_forward_pre_hook(_keep_eval)
+            if not _keep_eval_hooked(module):  # a second request on the same model adds no second hook
+                module.register_forward_pre_hook(_keep_eval)
             frozen += 1
     return frozen
+
+
+def base_buffers(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Every buffer of the frozen base (not of a trained head copy), with a copy of its value: the adapter that is
+    saved does not hold them, so the model that reloads has these values."""
+    return [(b, b.detach().clone()) for name, b in model.named_buffers() if "modules_to_save" not in name]
+
+
+def restore_base_buffers(kept: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
+    """Puts back the base buffers that moved during a LoRA run (batch-norm layers are kept in eval mode, so none
+    should; any other buffer a forward pass updates would), so that metrics taken now are those of the saved
+    adapter on its base. Returns how many moved."""
+    moved = 0
+    with torch.no_grad():
+        for buffer, value in kept:
+            if not torch.equal(buffer, value.to(buffer.device)):
+                buffer.copy_(value)
+                moved += 1
+    if moved:
+        logger.warning(f"{moved} buffers of the frozen base moved during the LoRA run; they were put back.")
+    return moved
 
 
 def enable_gradient_checkpointing(model: nn.Module) -> None:
@@ -223,7 +256,8 @@ def save_model(family, model: nn.Module, directory: str | os.PathLike, config, b
     """Writes `model` into `directory`: natively without LoRA, else per `config.lora_save` (adapter or merged).
 
     Adapter outputs are peft's own (`PeftModel.save_pretrained`: `adapter_config.json` naming `base_model`, and
-    `adapter_model.safetensors`), loaded with `PeftModel.from_pretrained(base, dir)`; a family that saves its own
+    `adapter_model.safetensors`), loaded with `PeftModel.from_pretrained(base, dir)`; after an earlier request's
+    adapter, the saved adapter holds both (`hf_unlearn.lora_stack`); a family that saves its own
     LoRA format (Stable Diffusion: `pipe.load_lora_weights(dir)`) writes it itself.
     """
     if not has_lora(model) or _saves_own_lora(family):
@@ -239,6 +273,9 @@ def save_model(family, model: nn.Module, directory: str | os.PathLike, config, b
         )
     model.peft_config["default"].base_model_name_or_path = base_model
     model.save_pretrained(directory, safe_serialization=True)
+    earlier = getattr(family, "earlier_adapter", None)
+    if earlier is not None:  # trained on the merged earlier adapter: saved with it, on the base it names
+        stack_saved_adapter(directory, earlier)
     processor = getattr(family, "image_processor", None)
     if processor is not None:
         processor.save_pretrained(directory)
@@ -251,6 +288,26 @@ def is_adapter_folder(path: str | os.PathLike) -> bool:
         and Path(path, ADAPTER_CONFIG_NAME).is_file()
         and not Path(path, "config.json").is_file()
     )
+
+
+def is_diffusers_lora_folder(path) -> bool:
+    """Whether `path` is a local diffusers pipeline folder with a LoRA file beside it (a text-to-image LoRA output)."""
+    return (
+        isinstance(path, (str, os.PathLike))
+        and Path(path, "model_index.json").is_file()
+        and Path(path, DIFFUSERS_LORA_NAME).is_file()
+    )
+
+
+def fuse_lora_folder(family, path) -> None:
+    """Loads the LoRA file of a text-to-image output folder into its pipeline and fuses it into the UNet, so the
+    next request starts from the model the folder describes (base weights + adapter) and trains a new adapter on top;
+    saved again, the folder's base then holds every earlier adapter and its LoRA file the new one (docs/lora.md)."""
+    pipeline = family.pipeline
+    pipeline.load_lora_weights(str(path), adapter_name="earlier_requests")
+    pipeline.fuse_lora(components=["unet"], adapter_names=["earlier_requests"])
+    pipeline.unload_lora_weights()
+    family.model = pipeline.unet
 
 
 def adapter_base_model(path: str | os.PathLike) -> str:
@@ -266,9 +323,8 @@ def adapter_base_model(path: str | os.PathLike) -> str:
     return str(base)
 
 
-def load_adapter_folder(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """`PeftModel.from_pretrained(model, path, is_trainable=True)`: the base `model` with the adapter of `path`, whose
-    adapters train on (a further deletion request continues the same adapter)."""
-    from peft import PeftModel  # noqa: PLC0415
-
-    return PeftModel.from_pretrained(model, str(path), is_trainable=True)
+def load_adapter_folder(family, path: str | os.PathLike) -> None:
+    """Puts the adapter of `path` into `family.model`'s weights (merged) and keeps it as `family.earlier_adapter`: the
+    next request trains a fresh adapter on the model the folder describes, and saves both stacked as one adapter on
+    the folder's base (see `hf_unlearn.lora_stack` for why)."""
+    family.model, family.earlier_adapter = merge_adapter_folder(family.model, path)

@@ -208,6 +208,29 @@ def _history(record: dict) -> tuple[list[str], list[dict]]:
     return keys, rows
 
 
+def _earlier_rows(record: dict, family: str) -> list[dict]:
+    """The last request's measurements of every earlier forget set, beside their values when they were forgotten."""
+    requests = record.get("requests") or []
+    measured = (requests[-1].get("earlier_requests") if requests else None) or []
+    known = METRIC_HELP.get(family, {})
+    rows = []
+    for entry in measured:
+        index = entry.get("request")
+        then = entry.get("metrics_at_request") or {}
+        now = entry.get("metrics")
+        keys = [k for k in (now or {}) if k in known] if now else []
+        text = ", ".join(f"{k} {_fmt(now[k])}" for k in keys) or "none of its rows are in this request's data"
+        rows.append(
+            {
+                "index": index,
+                "forgotten": describe_forgotten(requests[index - 1]) if 0 < index <= len(requests) else "?",
+                "now": text if now is not None else entry.get("note") or "not measured",
+                "then": ", ".join(f"{k} {_fmt(then[k])}" for k in keys if k in then) or "–",
+            }
+        )
+    return rows
+
+
 def _dataset(request: dict) -> str:
     name = request.get("dataset")
     fingerprint = (request.get("forget_set") or {}).get("dataset_fingerprint")
@@ -256,7 +279,13 @@ def recovery_text(steps_to_recover, budget: int) -> str:
 
 
 def render_model_card(
-    record: dict, *, model_id: str, images=(), adapter: bool = False, pipeline_class: Optional[str] = None
+    record: dict,
+    *,
+    model_id: str,
+    images=(),
+    adapter: bool = False,
+    pipeline_class: Optional[str] = None,
+    load_base: Optional[str] = None,
 ):
     """The [`huggingface_hub.ModelCard`] of `record` (see [`write_model_card`])."""
     from huggingface_hub import ModelCard, ModelCardData  # noqa: PLC0415
@@ -264,6 +293,9 @@ def render_model_card(
     family, requests = record["family"], record["requests"]
     last = requests[-1] if requests else {}
     base = record.get("base_model") or "a local model"
+    parent = record.get("parent_model")
+    if parent and not looks_like_repo(parent):  # a local path says nothing to a reader and leaks the user's folders
+        parent = Path(str(parent)).name or None
     datasets = sorted({r["dataset"] for r in requests if looks_like_repo(r.get("dataset"))})
     library = "diffusers" if family != "image_classifier" else "peft" if adapter else "transformers"
     data = ModelCardData(
@@ -281,8 +313,9 @@ def render_model_card(
         template_path=str(TEMPLATE_PATH),
         title=f"{Path(str(model_id)).name or model_id}: {base} unlearned ({last.get('method', 'no request')})",
         base_model=base,
-        base_model_ref=f"[`{base}`](https://huggingface.co/{base})" if looks_like_repo(base) else f"`{base}`",
-        parent_model=record.get("parent_model"),
+        base_model_ref=f"[`{base}`](https://huggingface.co/{base})" if looks_like_repo(base) else base,
+        parent_model=parent,
+        earlier=_earlier_rows(record, family),
         num_requests=len(requests),
         forgotten=describe_forgotten(last) if last else "nothing",
         dataset=_dataset(last),
@@ -296,7 +329,9 @@ def render_model_card(
         method_parts=[(k, v) for k, v in (last.get("method_parts") or {}).items() if k != "name"],
         key_hyperparameters=[(k, hyper[k]) for k in KEY_HYPERPARAMETERS if hyper.get(k) is not None],
         config_yaml=yaml.safe_dump(hyper, sort_keys=False),
-        load_snippet=load_snippet(family, adapter, str(model_id), record.get("base_model"), pipeline_class),
+        load_snippet=load_snippet(
+            family, adapter, str(model_id), load_base or record.get("base_model"), pipeline_class
+        ),
         history=history,
         history_metrics=history_metrics,
         command=last.get("command"),
@@ -323,8 +358,17 @@ def write_model_card(
     # A diffusers folder names its pipeline class: an SDXL folder's card then loads it as such.
     index = Path(folder) / "model_index.json"
     pipeline_class = json.loads(index.read_text()).get("_class_name") if index.is_file() else None
+    adapter_config = Path(folder) / "adapter_config.json"  # what the adapter loads on (peft reads the same field)
+    load_base = None
+    if adapter_config.is_file():
+        load_base = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
     card = render_model_card(
-        record, model_id=model_id or str(folder), images=images, adapter=adapter, pipeline_class=pipeline_class
+        record,
+        model_id=model_id or str(folder),
+        images=images,
+        adapter=adapter,
+        pipeline_class=pipeline_class,
+        load_base=load_base,
     )
     atomic_write_text(Path(folder) / "README.md", str(card))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -17,13 +18,23 @@ from .checkpointing import EngineState, endless_at, resolve_checkpoint, run_iden
 from .config import UnlearnConfig
 from .evaluation import evaluate as evaluate_classifier
 from .families import detect_family, get_family_class, normalize_family
+from .hub import base_model_of, read_previous_record, save_unlearned
 from .hub import push_to_hub as push_unlearned
-from .hub import read_previous_record, save_unlearned
-from .lora import adapter_base_model, is_adapter_folder, load_adapter_folder, prepare_model
+from .lora import (
+    adapter_base_model,
+    base_buffers,
+    fuse_lora_folder,
+    is_adapter_folder,
+    is_diffusers_lora_folder,
+    load_adapter_folder,
+    prepare_model,
+    restore_base_buffers,
+)
 from .methods import get_method
 from .metrics.concept import concept_metrics
 from .parts import SaliencyInputs, Step, StepContext, load_mask, mask_fraction, pass_statistic, save_mask
 from .passes import PassCounter, step_rows
+from .requests import accumulate, keep_start, measure_after_run
 from .tracking import check_log_with, start_tracking, stop_tracking
 from .training import alpha_at, build_optimizer, check_sharding, lr_schedule, make_accelerator, seed_sampler
 from .utils import apply_umask
@@ -31,6 +42,7 @@ from .validation import all_finite, check_finite_weights, check_run_output_dir
 
 logger = get_logger(__name__)
 REMAIN_SEED_OFFSET = 1_000_003  # remain shuffling seed: seed + this (torch seeds its CPU generator with 32 bits)
+_log = logging.getLogger(__name__)  # for code that runs before any accelerate state exists (`from_pretrained`)
 
 
 class DivergenceError(RuntimeError):
@@ -91,18 +103,24 @@ class Unlearner:
         image_processor=None,
         transform=None,
         trust_remote_code: bool = False,
+        row_key: Optional[str | bytes] = None,
         **kwargs,
     ) -> Unlearner:
         """Loads a model object, a local folder or a Hub repo id and detects its family (or takes `family`).
 
         An adapter folder (a LoRA output: `adapter_config.json` without `config.json`) loads its base model from the
-        `base_model_name_or_path` it names, as `peft.AutoPeftModel` does, with the adapter on top and trainable
-        (`lora=True`): a further deletion request continues the adapter and extends the folder's record.
+        `base_model_name_or_path` it names, as `peft.AutoPeftModel` does, with the adapter merged into it
+        (`lora=True`): a further deletion request trains a new adapter, saved stacked with the earlier one, and extends
+        the folder's record. A Stable Diffusion LoRA output has its adapter fused into the UNet likewise (see
+        docs/lora.md).
+
+        `row_key` is the data owner's key for recognising forgotten rows across requests (else the
+        `HF_UNLEARN_ROW_KEY` environment variable; see [`hf_unlearn.requests`]). It is never saved.
         """
         config = config or UnlearnConfig()
         base = adapter_base_model(model_or_path) if is_adapter_folder(model_or_path) else model_or_path
-        if base is not model_or_path and not config.lora:
-            logger.info(f"{model_or_path} is a LoRA adapter folder: its adapter trains on (lora=True).")
+        if (base is not model_or_path or is_diffusers_lora_folder(model_or_path)) and not config.lora:
+            _log.info(f"{model_or_path} is a LoRA output folder: the next request trains LoRA too (lora=True).")
             config = replace(config, lora=True)
         family = normalize_family(family or config.family or detect_family(base))
         config = replace(config, family=family)
@@ -116,13 +134,17 @@ class Unlearner:
             **kwargs,
         )
         if base is not model_or_path:
-            family_obj.model = load_adapter_folder(family_obj.model, model_or_path)
+            load_adapter_folder(family_obj, model_or_path)  # merged; the new adapter stacks onto it when saved
             family_obj.source = str(model_or_path)
+        elif is_diffusers_lora_folder(model_or_path):
+            fuse_lora_folder(family_obj, model_or_path)
         previous = read_previous_record(model_or_path)  # an earlier hf_unlearn output: its history carries on
         if previous:
             family_obj.previous_records = previous.get("requests", [])
-            family_obj.base_model = previous.get("base_model")
-        return cls(family_obj, config)
+        family_obj.base_model, family_obj.base_model_path = base_model_of(model_or_path, base, previous)
+        unlearner = cls(family_obj, config)
+        unlearner.row_key = row_key
+        return unlearner
 
     @property
     def model(self) -> torch.nn.Module:
@@ -133,7 +155,7 @@ class Unlearner:
         """Runs the method on `split` (a [`ForgetRemainSplit`] or a concept split) and returns an [`UnlearnResult`]."""
         cfg, method = self.config, self.method
         self.metrics_before = self.result.metrics if self.result is not None else self.metrics_before
-        split = self.validate(split)
+        self._request_split = split = self.validate(split)  # the record's digests of forgotten rows come from it
         cfg = self.config  # validate fixed the budget in cycles for this split
         check_log_with(cfg.log_with)  # before the Accelerator: accelerate drops a missing tracker silently
         accelerator = make_accelerator(cfg)
@@ -158,6 +180,9 @@ class Unlearner:
         if cfg.lora or cfg.gradient_checkpointing:  # before the optimizer: it must see only the adapters
             self.family.model = prepare_model(self.family, cfg)
         ctx, named, optimizer, forget_loader, remain_loader = self._prepare(split, accelerator)
+        # Unmeasured "before": kept to measure it after the run. Base buffers under LoRA: kept to put them back.
+        self._start_state, self.earlier_metrics = keep_start(self, method, [p for _, p in named]), None
+        frozen = base_buffers(self.family.model) if cfg.lora else None
         params = [p for _, p in named]
         identity = run_identity(cfg, method.name, split.fingerprint, [n for n, _ in named])
         resume = self._load_resume(identity, accelerator)
@@ -205,6 +230,8 @@ class Unlearner:
         stop_tracking(accelerator)
         self.family.model = accelerator.unwrap_model(ctx.model)
         self.family.model.eval()
+        if frozen is not None:  # the saved adapter does not hold the base: the model must be what reloads
+            restore_base_buffers(frozen)
         runtime = time.perf_counter() - start
         self.result = UnlearnResult(
             method=method.name,
@@ -225,6 +252,7 @@ class Unlearner:
         """Prepares `split` for this model (text-to-image: generates or loads the concept images) and runs every check
         `unlearn` runs before any weight changes: columns, labels, channels, resolution, finite weights, the output
         folder. Returns the prepared split; raises `ValueError` naming the argument at fault."""
+        split = accumulate(self, split)  # the earlier requests' forget sets stay out of its remain set
         needs_remain = self.method.remain_loss is not None or self.method.saliency is not None
         split = self.family.prepare_split(split, self.config, needs_remain=needs_remain)
         self.family.validate_split(split)
@@ -520,8 +548,17 @@ class Unlearner:
             if reference is not None:
                 raise ValueError("`reference` (a retrained model for KL/JS/Avg.D) is for classifiers; leave it unset.")
             split = self.validate(split)
-            return self.record_metrics(concept_metrics(self.family, split, **kwargs))
-        return self.record_metrics(evaluate_classifier(self, split, reference=reference, **kwargs))
+
+            def measure():
+                return concept_metrics(self.family, split, **kwargs)
+        else:
+            split = accumulate(self, split, refuse=False)  # scores only: what cannot be recognised stays in
+
+            def measure():
+                return evaluate_classifier(self, split, reference=reference, **kwargs)
+
+        measure_after_run(self, split, measure)  # the start model's metrics, earlier forget sets measured again
+        return self.record_metrics(measure())
 
     def record_metrics(self, metrics: dict) -> dict:
         """Keeps `metrics` for the record and the model card's before/after table, and returns them.

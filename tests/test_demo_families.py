@@ -58,6 +58,10 @@ def test_diffusion_demo_erases_the_forget_class_more_than_the_others(tmp_path, c
     shown = min(QUICK["class_conditional_diffusion"].samples_per_class, 4)
     assert Image.open(tmp_path / GRID_NAME).size == grid_size(10, shown, "class 0")
     assert (tmp_path / "unlearned" / "model_index.json").exists()
+    # The saved card's before/after table holds the judge's scores, both columns.
+    card = (tmp_path / "unlearned" / "README.md").read_text()
+    before, after = report["before"]["forget_acc"], report["after"]["forget_acc"]
+    assert f"| FA (judge's forget-class accuracy) | {before:.3f} | {after:.3f} |" in card, card
     printed = capsys.readouterr().out
     assert re.search(r"\| class 3 \(forgotten\) \| \d+% \| \d+% \|", printed), printed
     assert re.search(r"\| other classes \(mean\) \| \d+% \| \d+% \|", printed), printed

@@ -117,7 +117,8 @@ def test_second_deletion_request_appends_to_the_history(saved, digits_small):
     assert record["requests"][0]["forget_set"]["fingerprint"] == saved["split"].fingerprint
     assert record["requests"][1]["forget_set"]["fingerprint"] == split.fingerprint != saved["split"].fingerprint
     assert record["requests"][1]["forget_set"]["forget_classes"] == [5]
-    assert record["base_model"] == str(saved["original"]) and record["parent_model"] == str(saved["first"])
+    # `base_model` is a Hub id or nothing (a local original has none); never a local path.
+    assert record["base_model"] is None and record["parent_model"] == str(saved["first"])
     assert (saved["first"] / RECORD_NAME).read_text() == first_record  # the earlier output is untouched
     card = (second / "README.md").read_text()
     assert "| 1 |" in card and "| 2 |" in card and "random_label" in card

@@ -36,6 +36,8 @@ LAYERS = {
     "hf_unlearn.training": 5,
     "hf_unlearn.checkpointing": 5,
     "hf_unlearn.lora": 5,
+    "hf_unlearn.lora_stack": 5,
+    "hf_unlearn.requests": 5,
     "hf_unlearn.hub": 5,
     "hf_unlearn.evaluation": 5,
     "hf_unlearn.unlearner": 6,

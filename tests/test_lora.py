@@ -268,28 +268,30 @@ def test_class_conditional_unet_merged_output_is_a_plain_model(unet_run):
     assert torch.allclose(_unet_outputs(merged.eval()), _unet_outputs(unlearner.model), atol=1e-4)
 
 
-def test_a_second_lora_request_on_the_adapter_folder_extends_the_same_record(unet_run):
+def test_a_second_lora_request_on_the_adapter_folder_stacks_onto_it_and_extends_the_record(unet_run):
     from diffusers import UNet2DModel
 
     tmp, first = unet_run["tmp"], unet_run["tmp"] / "unet_adapter"
     second = Unlearner.from_pretrained(str(first), unet_run["config"])  # base resolved from adapter_config.json
-    assert isinstance(second.model, PeftModel)
-    before = {n: p.detach().clone() for n, p in second.model.named_parameters() if "lora_" in n}
-    assert all(
-        torch.equal(before[n], p.detach()) for n, p in unet_run["unlearner"].model.named_parameters() if n in before
-    )
-    assert all(p.requires_grad == ("lora_" in n) for n, p in second.model.named_parameters())
+    # The first adapter is merged into the weights: the model the folder describes, with no adapter of its own yet.
+    assert not isinstance(second.model, PeftModel)
+    assert torch.allclose(_unet_outputs(second.model.eval()), _unet_outputs(unet_run["unlearner"].model), atol=1e-5)
     second.unlearn(unet_run["split"])
-    moved = [n for n, p in second.model.named_parameters() if n in before and not torch.equal(before[n], p.detach())]
-    assert moved  # the same adapter trained on
+    assert isinstance(second.model, PeftModel)
+    assert all(p.requires_grad == ("lora_" in n) for n, p in second.model.named_parameters())
     second.save_pretrained(tmp / "unet_adapter_2")
     record = json.loads((tmp / "unet_adapter_2" / "unlearning_record.json").read_text())
-    assert len(record["requests"]) == 2 and record["base_model"] == str(unet_run["folder"])
+    assert len(record["requests"]) == 2 and record["base_model"] is None  # a local base: no Hub id, no path
     assert record["parent_model"] == str(first)
     config = json.loads((tmp / "unet_adapter_2" / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str(unet_run["folder"])
+    first_rank = json.loads((first / "adapter_config.json").read_text())["r"]
+    assert config["r"] == 2 * first_rank  # both adapters, side by side
+    # Plain peft on the original base gives the model of the second request: both requests' changes.
     reloaded = PeftModel.from_pretrained(UNet2DModel.from_pretrained(unet_run["folder"]), tmp / "unet_adapter_2")
     assert torch.allclose(_unet_outputs(reloaded.eval()), _unet_outputs(second.model), atol=1e-5)
+    only_first = PeftModel.from_pretrained(UNet2DModel.from_pretrained(unet_run["folder"]), first).eval()
+    assert not torch.allclose(_unet_outputs(only_first), _unet_outputs(second.model), atol=1e-5)
 
 
 def test_stable_diffusion_unet_adapter_saves_in_diffusers_format_and_reloads(tmp_path):

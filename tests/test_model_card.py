@@ -33,7 +33,9 @@ def test_classifier_card(untrained_resnet_dir, digits_folder, tmp_path):
     card = ModelCard.load(out / "README.md")
     text = card.text
     assert card.data.library_name == "transformers" and "machine-unlearning" in card.data.tags
-    assert f"Base model: `{untrained_resnet_dir}`" in text
+    # A local original with no Hub id: said so, and no local path (it means nothing on the Hub and leaks folders).
+    assert f"Base model: a local model (this request started from `{untrained_resnet_dir.name}`)" in text
+    assert str(untrained_resnet_dir) not in text.split("## Metrics")[0]
     assert f'AutoModelForImageClassification.from_pretrained("{out}")' in text and '"PATH"' not in text
     assert "Forgotten: class 3 (" in text and f"Dataset: {digits_folder} (fingerprint `" in text
     table = _table(text)
@@ -69,7 +71,8 @@ def test_text_to_image_card(untrained_sd_dir, tmp_path):
     card = ModelCard.load(out / "README.md")
     text = card.text
     assert card.data.library_name == "diffusers"
-    assert f"Base model: `{untrained_sd_dir}`" in text
+    assert f"Base model: a local model (this request started from `{untrained_sd_dir.name}`)" in text
+    assert str(untrained_sd_dir) not in text.split("## Metrics")[0]
     assert f'StableDiffusionPipeline.from_pretrained("{out}")' in text
     assert f'Forgotten: the concept of the prompts "{FORGET}" (remapped to' in text and repr(ANCHOR) in text
     table = _table(text)
