@@ -5,7 +5,7 @@ class 3's forget accuracy after each request (the second request's value is the 
 and the remain / test accuracy. For LoRA it also runs the alternative that docs/lora.md weighs: the second request
 training the first adapter itself (loaded trainable with plain peft) instead of a fresh adapter on the merged one.
 
-    python scripts/sequential_requests.py --output sequential_requests   # results.json, results.md
+    python scripts/sequential_requests.py --output benchmark_results/sequential_requests   # results.json, results.md
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def continued_adapter(original: Path, first: Path, split, seed: int, setting: st
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", default="sequential_requests")
+    parser.add_argument("--output", default="benchmark_results/sequential_requests")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--models", default=None, help="Where the models go (default: a temporary folder).")
     args = parser.parse_args()
