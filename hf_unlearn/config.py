@@ -92,7 +92,7 @@ class UnlearnConfig:
         metadata={
             "help": "Budget as passes over the forget set: ceil(num_forget_epochs × forget batches per pass at the "
             "global batch size) cycles. Set alone, it replaces `max_steps`; set with it, the run takes the larger "
-            "budget. Both unset: the method's and family's default (classifiers: 20 cycles and at least one pass "
+            "budget. Both unset: the method's and family's default (classifiers: 12 cycles and at least one pass "
             "over the forget set; see docs/budget.md)."
         },
     )
