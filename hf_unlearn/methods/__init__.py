@@ -28,7 +28,7 @@ _SFR_DEFAULTS = {
     # Chosen on the digits benchmark's validation seeds: the grid point of `sfr_on_bound` with the lowest mean
     # validation Avg.D over the four settings (benchmark_results/validation/default_choice_sfr_on_bound.md,
     # docs/benchmarks.md). Clipping per step kind as the authors: the forget step only for classifiers, both steps for
-    # the DDPM, none for Stable Diffusion (`max_grad_norm` clips forget steps, `remain_max_grad_norm` the remain steps).
+    # the DDPM, none for Stable Diffusion (`max_grad_norm` clips forget steps, `remain_max_grad_norm` remain steps).
     _CLASSIFIER: {
         "learning_rate": 3e-3,
         "max_steps": 12,
