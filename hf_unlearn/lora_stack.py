@@ -2,7 +2,7 @@
 saved adapter is the earlier one and the new one side by side (one peft adapter of rank r₁ + r₂).
 
 Why: at the default settings on the demo's ResNet, a second request that trains the first adapter on keeps less than a
-fresh stacked adapter (TA 99.16 against 99.72, both forgetting fully; in a short large-step setting the two trade
+fresh stacked adapter (TA 99.16 against 99.44, both forgetting fully; in a short large-step setting the two trade
 forgetting against remain accuracy; docs/lora.md, `scripts/sequential_requests.py`). Merging gives the next request
 the model the folder describes and a fresh adapter to train. A peft adapter folder does not hold its base, so the two
 adapters are saved as one: for each layer, ΔW = s₁B₁A₁ + s₂B₂A₂ = [s₁B₁, s₂B₂]·[A₁; A₂], which is again a LoRA
