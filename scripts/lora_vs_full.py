@@ -1,6 +1,6 @@
 """Full fine-tuning vs LoRA-only unlearning on the digits ViT: trainable parameters, peak memory, forgetting quality.
 
-    python scripts/lora_vs_full.py --seeds 0 1 2 --output lora_vs_full
+    python scripts/lora_vs_full.py --seeds 0 1 2 --output benchmark_results/lora_vs_full
 
 Trains the tiny digits ViT (the benchmark recipe) once per seed, then runs SFR-on class-wise forgetting of one digit
 twice, full and LoRA (`--lora-lr` for the adapters), each in its own process so the peak resident memory of one does
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     parser.add_argument("--lora-r", type=int, default=8)
     parser.add_argument("--lora-lr", type=float, default=1e-2, help="Learning rate of the LoRA runs.")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--output", default="lora_vs_full")
+    parser.add_argument("--output", default="benchmark_results/lora_vs_full")
     parser.add_argument("--run", choices=["full", "lora"], help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)

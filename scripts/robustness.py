@@ -1,7 +1,7 @@
 """Robustness evidence for docs/robustness.md: the prompt attack on the tiny text-to-image model (original and erased)
 and the relearning attack on the digits classifiers (the committed benchmark reference models).
 
-    OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python scripts/robustness.py --output robustness_results
+    OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python scripts/robustness.py --output benchmark_results/robustness
 
 Writes `results.json` (every number), `results.md` (the tables of docs/robustness.md) and `prompt_attack_grid.png`
 (target | plain | attacked, per prompt and model) into `--output`. The tiny model and the erased models are cached in
@@ -65,9 +65,9 @@ RELEARN_T2I = {"num_rows": 4, "steps": 10, "learning_rate": 1e-3}
 MODELS = ROOT / "benchmark_results" / "models"
 ADV = " + adversarial"
 PARTS = ("prompt", "relearn_t2i", "relearn", "relearn_ddpm")
-# The class-conditional DDPM: the diffusion benchmark's reference models (bench_results_diffusion, `--models unet`),
+# The class-conditional DDPM: the diffusion benchmark's reference models (benchmark_results/diffusion, `--models unet`),
 # erased at the DDPM target's budget of 50 cycles with each method's defaults, as that benchmark runs them.
-DDPM_MODELS = ROOT / "bench_results_diffusion" / "models"
+DDPM_MODELS = ROOT / "benchmark_results/diffusion" / "models"
 DDPM_METHODS = ("sfr_on", "sfr_on_remap", "salun", "esd", "random_label", "selective_amnesia")
 RELEARN_DDPM = {"num_rows": 5, "steps": 10, "learning_rate": 1e-3}
 DDPM_MEASURE = {"samples": 30, "num_inference_steps": 10, "guidance_scale": 2.0}
@@ -75,7 +75,7 @@ DDPM_MEASURE = {"samples": 30, "num_inference_steps": 10, "guidance_scale": 2.0}
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--output", default="robustness_results", help="Folder for results.json, results.md, the grid.")
+    p.add_argument("--output", default="benchmark_results/robustness", help="Folder for results.json, results.md, the grid.")
     p.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "hf_unlearn_robustness"))
     p.add_argument("--parts", default=",".join(PARTS), help=f"Comma-separated, from: {', '.join(PARTS)}.")
     p.add_argument("--attack-seeds", default="0,1", help="Prompt attack seeds (prompt i uses seed 10·seed + i).")

@@ -21,11 +21,11 @@ PASTED = {
         "benchmark_results/results.md",
         *sorted(f"benchmark_results/validation/{p.name}" for p in (RESULTS / "validation").glob("*.md")),
     ],
-    "docs/benchmarks_diffusion.md": ["bench_results_diffusion/report.md"],
+    "docs/benchmarks_diffusion.md": ["benchmark_results/diffusion/report.md"],
     "docs/budget.md": ["benchmark_results/budget_unit/results.md"],
-    "docs/lora.md": ["lora_vs_full/results.md"],
+    "docs/lora.md": ["benchmark_results/lora_vs_full/results.md"],
     "docs/performance.md": ["benchmark_results/performance/pass_ratio.md"],
-    "docs/robustness.md": ["robustness_results/results.md"],
+    "docs/robustness.md": ["benchmark_results/robustness/results.md"],
     "docs/stable_diffusion.md": ["benchmark_results/text_to_image/report.md"],
 }
 

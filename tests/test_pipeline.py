@@ -44,7 +44,7 @@ def test_fid_with_judge_features_separates_real_from_noise(trained_resnet, digit
     assert Image.open(tmp_path / "grid.png").size == ((4 * 9 + 1) * 4, (3 * 9 + 1) * 4)
 
 
-@pytest.mark.slow  # the whole diffusion benchmark in small; its real run is committed (bench_results_diffusion/)
+@pytest.mark.slow  # the whole diffusion benchmark in small; its real run is committed (benchmark_results/diffusion/)
 def test_benchmark_quick_runs_and_resumes(tmp_path):
     from hf_unlearn.cli import main
 
