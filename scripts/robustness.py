@@ -65,8 +65,8 @@ RELEARN_T2I = {"num_rows": 4, "steps": 10, "learning_rate": 1e-3}
 MODELS = ROOT / "benchmark_results" / "models"
 ADV = " + adversarial"
 PARTS = ("prompt", "relearn_t2i", "relearn", "relearn_ddpm")
-# The class-conditional DDPM: the diffusion benchmark's reference models (benchmark_results/diffusion, `--models unet`),
-# erased at the DDPM target's budget of 50 cycles with each method's defaults, as that benchmark runs them.
+# The class-conditional DDPM: the diffusion benchmark's reference models (benchmark_results/diffusion,
+# `--models unet`), erased at the DDPM target's budget of 50 cycles with each method's defaults, as that benchmark runs them.
 DDPM_MODELS = ROOT / "benchmark_results/diffusion" / "models"
 DDPM_METHODS = ("sfr_on", "sfr_on_remap", "salun", "esd", "random_label", "selective_amnesia")
 RELEARN_DDPM = {"num_rows": 5, "steps": 10, "learning_rate": 1e-3}
@@ -75,7 +75,9 @@ DDPM_MEASURE = {"samples": 30, "num_inference_steps": 10, "guidance_scale": 2.0}
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--output", default="benchmark_results/robustness", help="Folder for results.json, results.md, the grid.")
+    p.add_argument(
+        "--output", default="benchmark_results/robustness", help="Folder for results.json, results.md, the grid."
+    )
     p.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "hf_unlearn_robustness"))
     p.add_argument("--parts", default=",".join(PARTS), help=f"Comma-separated, from: {', '.join(PARTS)}.")
     p.add_argument("--attack-seeds", default="0,1", help="Prompt attack seeds (prompt i uses seed 10·seed + i).")
