@@ -66,7 +66,8 @@ MODELS = ROOT / "benchmark_results" / "models"
 ADV = " + adversarial"
 PARTS = ("prompt", "relearn_t2i", "relearn", "relearn_ddpm")
 # The class-conditional DDPM: the diffusion benchmark's reference models (benchmark_results/diffusion,
-# `--models unet`), erased at the DDPM target's budget of 50 cycles with each method's defaults, as that benchmark runs them.
+# `--models unet`), erased at the DDPM target's budget of 50 cycles with each method's defaults, as that benchmark
+# runs them.
 DDPM_MODELS = ROOT / "benchmark_results/diffusion" / "models"
 DDPM_METHODS = ("sfr_on", "sfr_on_remap", "salun", "esd", "random_label", "selective_amnesia")
 RELEARN_DDPM = {"num_rows": 5, "steps": 10, "learning_rate": 1e-3}
