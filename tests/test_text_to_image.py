@@ -167,6 +167,7 @@ def test_concept_images_are_generated_seeded_and_cached(sd_path, tmp_path):
             forget_prompts=[FORGET], num_images=3, num_inference_steps=2, seed=7, cache_dir=str(tmp_path / "other")
         ),
         UnlearnConfig(method="esd"),
+        needs_remain=False,  # ESD reads no remain set (the engine tells the family; a family knows no method)
     )
     assert np.array_equal(np.asarray(third.forget[2]["image"]), np.asarray(first.forget[2]["image"]))
     assert third.remain.num_rows == 0 and third.forget["anchor"] == [""] * 3
