@@ -178,7 +178,16 @@ def _prepare(args: DataArguments, config: UnlearnConfig):
     """Everything checked before any work: the output folder, the data, the model, and the data against the model."""
     from .hub import check_output_dir  # noqa: PLC0415
     from .unlearner import Unlearner  # noqa: PLC0415
+    from .validation import check_not_source, input_folders  # noqa: PLC0415
 
+    from .run_lock import claim_output_dir, restore_moved_aside  # noqa: PLC0415
+    from .training import partial_state  # noqa: PLC0415
+
+    # The inputs are never written, whatever --overwrite_output_dir says: checked first, before any other message.
+    check_not_source(config.output_dir, input_folders(args.model, args.reference), argument="--output_dir")
+    main_process = partial_state().is_main_process
+    if main_process:
+        restore_moved_aside(config.output_dir)  # a final save killed between its two renames left it aside
     check_output_dir(config.output_dir, config.overwrite_output_dir, argument="--output_dir", refuse_finished=True)
     _quiet_other_processes()
     split = _load_data(args, config)
@@ -186,7 +195,10 @@ def _prepare(args: DataArguments, config: UnlearnConfig):
     family = unlearner.family.name
     if args.sample_prompts and family != "text_to_image":
         raise ValueError(f"`--sample_prompts` needs a text-to-image model; {args.model} is a {family} model.")
-    return unlearner, unlearner.validate(split)
+    split = unlearner.validate(split)
+    if main_process:  # every check passed: this run is now the folder's one writer, until it exits
+        claim_output_dir(config.output_dir, argument="--output_dir")
+    return unlearner, split
 
 
 @cli_command

@@ -9,9 +9,12 @@ import platform
 from pathlib import Path
 from typing import Optional
 
+from .guard import check_savable
 from .lora import save_model, trainable_parameter_count
+from .run_lock import claim_output_dir, restore_moved_aside, unlock_output_dir
 from .modelcard import card_inputs_of, looks_like_repo, write_model_card
 from .training import partial_state
+from .validation import check_not_source
 from .utils import (
     RECORD_NAME,
     RUN_ARTIFACTS,
@@ -155,24 +158,38 @@ def save_unlearned(
     """
     state = partial_state()
     overwrite = unlearner.config.overwrite_output_dir if overwrite is None else overwrite
+    check_savable(unlearner)  # nothing non-finite, and no unfinished (diverged) run, is ever saved
+    check_not_source(save_directory, unlearner.input_paths(), argument="save_directory")
+    if state.is_main_process:
+        restore_moved_aside(save_directory)  # a save killed between its two renames: the previous output is put back
     check_output_dir(save_directory, overwrite)
     if state.is_main_process:
-        record = build_record(unlearner, dataset_name=dataset_name, command=command)
-        with atomic_directory(save_directory) as tmp:
-            save_model(unlearner.family, unlearner.model, tmp, unlearner.config, base_model=record["base_model"])
-            unlearner.config.save_pretrained(tmp)
-            atomic_write_json(Path(tmp) / RECORD_NAME, record)
-            for name, image in (images or {}).items():
-                image.save(Path(tmp) / f"{name}.png")
-            write_model_card(
-                record,
-                tmp,
-                model_id=repo_id or str(save_directory),
-                images=sorted(images or {}),
-                adapter=_is_adapter(unlearner),
-            )
-            _carry_run_artifacts(Path(save_directory), Path(tmp))
+        held = claim_output_dir(save_directory, argument="save_directory")
+        try:
+            _write_output(unlearner, save_directory, dataset_name, command, images, repo_id)
+        finally:
+            if not held:  # taken for this save only (not by a run or the CLI of this process): released now
+                unlock_output_dir(save_directory)
     state.wait_for_everyone()
+
+
+def _write_output(unlearner, save_directory, dataset_name, command, images, repo_id) -> None:
+    """Model, config, record, card and images into a temporary folder that replaces `save_directory` at once."""
+    record = build_record(unlearner, dataset_name=dataset_name, command=command)
+    with atomic_directory(save_directory) as tmp:
+        save_model(unlearner.family, unlearner.model, tmp, unlearner.config, base_model=record["base_model"])
+        unlearner.config.save_pretrained(tmp)
+        atomic_write_json(Path(tmp) / RECORD_NAME, record)
+        for name, image in (images or {}).items():
+            image.save(Path(tmp) / f"{name}.png")
+        write_model_card(
+            record,
+            tmp,
+            model_id=repo_id or str(save_directory),
+            images=sorted(images or {}),
+            adapter=_is_adapter(unlearner),
+        )
+        _carry_run_artifacts(Path(save_directory), Path(tmp))
 
 
 def _is_adapter(unlearner) -> bool:

@@ -13,10 +13,11 @@ from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from .checkpointing import EngineState, endless_at, resolve_checkpoint, run_identity, save_checkpoint
+from .checkpointing import EngineState, continue_run, endless_at, resolve_checkpoint, run_identity, save_checkpoint
 from .config import UnlearnConfig
 from .evaluation import evaluate as evaluate_classifier
 from .families import detect_family, get_family_class, normalize_family
+from .guard import DivergenceError, check_finite_model, watched_tensors
 from .hub import push_to_hub as push_unlearned
 from .hub import read_previous_record, save_unlearned
 from .lora import adapter_base_model, is_adapter_folder, load_adapter_folder, prepare_model
@@ -24,16 +25,13 @@ from .methods import get_method
 from .metrics.concept import concept_metrics
 from .parts import SaliencyInputs, Step, StepContext, load_mask, mask_fraction, pass_statistic, save_mask
 from .passes import PassCounter, step_rows
+from .run_lock import claim_output_dir
 from .tracking import check_log_with, start_tracking, stop_tracking
 from .training import alpha_at, build_optimizer, check_sharding, lr_schedule, make_accelerator
 from .utils import apply_umask
-from .validation import all_finite, check_finite_weights, check_run_output_dir
+from .validation import all_finite, check_finite_weights, check_not_source, check_run_output_dir
 
 logger = get_logger(__name__)
-
-
-class DivergenceError(RuntimeError):
-    """A loss, gradient or weight became NaN/Inf; the weights were left at the last good step."""
 
 
 @dataclass
@@ -115,11 +113,16 @@ class Unlearner:
         if base is not model_or_path:
             family_obj.model = load_adapter_folder(family_obj.model, model_or_path)
             family_obj.source = str(model_or_path)
+            family_obj.input_paths = [base]
         previous = read_previous_record(model_or_path)  # an earlier hf_unlearn output: its history carries on
         if previous:
             family_obj.previous_records = previous.get("requests", [])
             family_obj.base_model = previous.get("base_model")
         return cls(family_obj, config)
+
+    def input_paths(self) -> list:
+        """The folders this model was read from (the model, an adapter's base): never written."""
+        return [self.source, *getattr(self.family, "input_paths", [])]
 
     @property
     def model(self) -> torch.nn.Module:
@@ -135,6 +138,8 @@ class Unlearner:
         check_log_with(cfg.log_with)  # before the Accelerator: accelerate drops a missing tracker silently
         accelerator = make_accelerator(cfg)
         check_sharding(accelerator.distributed_type, method, cfg)
+        if accelerator.is_main_process and self._writes_output_dir():  # one writer per folder, held until exit/save
+            claim_output_dir(cfg.output_dir)
         start_tracking(accelerator, cfg, method.name)
         set_seed(cfg.seed)
         self.family.num_workers = cfg.dataloader_num_workers
@@ -153,8 +158,10 @@ class Unlearner:
             self.family.model = prepare_model(self.family, cfg)
         ctx, named, optimizer, forget_loader, remain_loader = self._prepare(split, accelerator)
         params = [p for _, p in named]
+        self._watch = watched_tensors(accelerator.unwrap_model(ctx.model), params)  # the guard's: buffers too
         identity = run_identity(cfg, method.name, split.fingerprint, [n for n, _ in named])
         resume = self._load_resume(identity, accelerator)
+        run_id, before = continue_run(resume, self._work)  # a resumed run keeps its id and counts the whole run
         counter.watch(accelerator.unwrap_model(ctx.model), ctx.original, ctx.teacher)
         if resume is None:
             saliency_s, geometry_state = self._at_theta0(ctx, named, split, accelerator)
@@ -171,6 +178,7 @@ class Unlearner:
             desc=f"unlearn[{method.name}]",
             disable=not accelerator.is_local_main_process,
         )
+        self._diverged = None
         try:
             for step in bar:
                 logs = self._cycle(
@@ -189,17 +197,26 @@ class Unlearner:
                         mask=self.mask,
                         ewc=geometry_state,
                         generator_state=ctx.generator.get_state(),
+                        run_id=run_id,
+                        work=self._work,
+                        runtime_s=before["runtime_s"] + time.perf_counter() - start,
+                        saliency_runtime_s=before["saliency_runtime_s"] + saliency_s,
                     )
                     save_checkpoint(accelerator, cfg.output_dir, state, cfg.checkpoints_total_limit)
+        except DivergenceError as err:  # the buffers a forward of the failed step moved go back too
+            self._diverged = " ".join(str(err).split())[:200]
+            self._restore_last_good()
+            raise
         finally:  # the divergence guard's copy is only needed inside the loop, also when it ends in an error
-            self._guarded = self._last_good = None
+            self._guarded = self._last_good = self._watch = None
             counter.close()
         counter.agree(accelerator)
         accelerator.wait_for_everyone()
         stop_tracking(accelerator)
         self.family.model = accelerator.unwrap_model(ctx.model)
         self.family.model.eval()
-        runtime = time.perf_counter() - start
+        runtime = before["runtime_s"] + time.perf_counter() - start
+        saliency_s += before["saliency_runtime_s"]
         self.result = UnlearnResult(
             method=method.name,
             history=history,
@@ -240,6 +257,12 @@ class Unlearner:
         self._budget_fixed = (cfg.max_steps, cfg.num_forget_epochs)
         return cfg
 
+    def _writes_output_dir(self) -> bool:
+        """Whether the run writes into `output_dir`: a computed saliency mask, checkpoints, a resume."""
+        cfg = self.config
+        mask = self.method.saliency is not None and not cfg.mask_path
+        return bool(cfg.output_dir) and bool(mask or cfg.checkpointing_steps or cfg.resume_from_checkpoint)
+
     def _validate_run(self) -> None:
         """Checks that need the model and config together; run before any weight changes."""
         check_finite_weights(self.model)
@@ -250,6 +273,7 @@ class Unlearner:
                 "`saliency_guidance_scale` is set, but the image_classifier family has no guided prediction; leave it "
                 "unset (it is for diffusion Fisher passes)."
             )
+        check_not_source(self.config.output_dir, self.input_paths())
         if self.config.checkpointing_steps or self.config.resume_from_checkpoint:
             check_run_output_dir(self.config)
 
@@ -362,6 +386,8 @@ class Unlearner:
         clipping at `plan.clip`, the divergence guard."""
         cfg, logs, work = self.config, {}, self._work
         clip = plan.clip
+        if cfg.divergence_guard == "copy":  # before the forward passes, which move the BatchNorm buffers
+            self._keep_last_good(self._watch)
         accum = cfg.gradient_accumulation_steps
         optimizer.zero_grad(set_to_none=True)
         if forget_it is not None:
@@ -411,12 +437,10 @@ class Unlearner:
             grads = [p.grad.detach() for p in params if p.grad is not None]
             if not all_finite(grads):  # the largest |g| names the offending value in the message
                 _check_finite(torch.stack([g.abs().max() for g in grads]).max(), "gradient", ctx.step, cfg)
-        if guard == "copy":
-            self._keep_last_good(params)
         optimizer.step()
         work["optimizer_steps"] += 1
         if guard != "off":
-            self._check_weights(params, ctx.step, restore=guard == "copy")
+            self._check_weights(self._watch, ctx.step, restore=guard == "copy")
         return logs
 
     def _count_step(self, kind: str, iterator, batch, row_valid) -> None:
@@ -432,6 +456,11 @@ class Unlearner:
             else:  # one fused copy over all tensors rather than a call per parameter (this runs every step)
                 torch._foreach_copy_(self._last_good, params)
 
+    def _restore_last_good(self) -> None:
+        if getattr(self, "_last_good", None) is not None and self.config.divergence_guard == "copy":
+            with torch.no_grad():
+                torch._foreach_copy_(self._guarded, self._last_good)
+
     def _check_weights(self, params, step: int, restore: bool) -> None:
         with torch.no_grad():
             if all_finite(params):
@@ -441,12 +470,12 @@ class Unlearner:
                     p.copy_(saved)
         cfg = self.config
         what = (
-            "the weights of the last good step were restored"
+            "the weights and buffers of the last good step were restored"
             if restore
             else "the weights were NOT restored (divergence_guard='check' keeps no copy; use the last checkpoint)"
         )
         raise DivergenceError(
-            f"A weight became NaN/Inf in the optimizer step of cycle {step}; {what}. Likely cause: a too large "
+            f"A weight or buffer became NaN/Inf in the step of cycle {step}; {what}. Likely cause: a too large "
             f"`learning_rate` ({cfg.learning_rate}) or `forget_alpha` ({cfg.forget_alpha}), or no `max_grad_norm` "
             f"({cfg.max_grad_norm}); lower them and rerun."
         )
@@ -503,6 +532,7 @@ class Unlearner:
         Classifiers: FA, RA, TA, MIA, ... (see [`hf_unlearn.evaluate`]); text-to-image: `concept_gap` and
         `remain_noise_loss` (see [`~metrics.concept.concept_metrics`]). They are kept by [`record_metrics`].
         """
+        check_finite_model(self, "evaluate")  # a diverged model would fail deep inside a metric, or score garbage
         if self.family.name == "text_to_image":
             if reference is not None:
                 raise ValueError("`reference` (a retrained model for KL/JS/Avg.D) is for classifiers; leave it unset.")

@@ -5,6 +5,7 @@ Each raises `ValueError` naming the argument at fault and saying how to fix it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Optional
@@ -65,13 +66,63 @@ def check_finite_weights(model: torch.nn.Module, argument: str = "model_or_path"
                 )
 
 
-def check_run_output_dir(config) -> None:
-    """Checks that `output_dir` (where the run writes its mask and checkpoints) is ours or may be overwritten."""
+def local_folder(path) -> Optional[Path]:
+    """`path` as an absolute, symlink-free folder path when it names a local folder (or a file in one), else `None`."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path) or not os.path.exists(path):
+        return None
+    real = Path(os.path.realpath(path))
+    return real if real.is_dir() else real.parent
+
+
+def check_not_source(output, sources, argument: str = "output_dir") -> None:
+    """Refuses an output folder that is, lies inside, or contains a source folder (a model, its adapter's base, the
+    reference): writing or replacing it would destroy an input. `overwrite_output_dir` does not lift this."""
+    if not isinstance(output, (str, os.PathLike)) or not str(output):
+        return
+    out = Path(os.path.realpath(output))
+    for source in sources:
+        folder = local_folder(source)
+        if folder is None:
+            continue
+        if out == folder or folder in out.parents or out in folder.parents:
+            where = "is" if out == folder else "lies inside" if folder in out.parents else "contains"
+            raise ValueError(
+                f"`{argument}` {output} {where} the input folder {source}, which hf_unlearn never writes (not even "
+                "with overwrite_output_dir); choose an output folder outside it."
+            )
+
+
+def input_folders(*paths) -> list:
+    """`paths` (models, references) and, for a LoRA adapter folder among them, the base model it names."""
+    from .lora import adapter_base_model, is_adapter_folder  # noqa: PLC0415 (peft is heavy; only for adapters)
+
+    found = []
+    for path in paths:
+        if path is None:
+            continue
+        found.append(path)
+        if is_adapter_folder(path):
+            with contextlib.suppress(ValueError, OSError):
+                found.append(adapter_base_model(path))
+    return found
+
+
+def check_run_output_dir(config, sources=()) -> None:
+    """Checks that `output_dir` (where the run writes its mask and checkpoints) is ours or may be overwritten, and
+    is not an input folder."""
+    check_not_source(config.output_dir, sources)
     if config.output_dir:
         check_output_dir(config.output_dir, config.overwrite_output_dir, argument="output_dir")
 
 
-__all__ = ["check_finite_weights", "check_run_output_dir", "check_safetensors_file", "check_weights_files"]
+__all__ = [
+    "check_finite_weights",
+    "check_not_source",
+    "input_folders",
+    "check_run_output_dir",
+    "check_safetensors_file",
+    "check_weights_files",
+]
 
 
 def all_finite(tensors: list[torch.Tensor]) -> bool:
