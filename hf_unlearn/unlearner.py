@@ -29,7 +29,15 @@ from .run_lock import claim_output_dir
 from .tracking import check_log_with, start_tracking, stop_tracking
 from .training import alpha_at, build_optimizer, check_sharding, lr_schedule, make_accelerator
 from .utils import apply_umask
-from .validation import all_finite, check_finite_weights, check_not_source, check_run_output_dir
+from .validation import (
+    all_finite,
+    check_finite_weights,
+    check_not_source,
+    check_run_inputs,
+    check_run_output_dir,
+    check_split_kind,
+    check_weights_files,
+)
 
 logger = get_logger(__name__)
 
@@ -97,6 +105,8 @@ class Unlearner:
         """
         config = config or UnlearnConfig()
         base = adapter_base_model(model_or_path) if is_adapter_folder(model_or_path) else model_or_path
+        if base is not model_or_path:
+            check_weights_files(model_or_path, "model_or_path")  # a pickle-only adapter is never loaded
         if base is not model_or_path and not config.lora:
             logger.info(f"{model_or_path} is a LoRA adapter folder: its adapter trains on (lora=True).")
             config = replace(config, lora=True)
@@ -236,6 +246,7 @@ class Unlearner:
         """Prepares `split` for this model (text-to-image: generates or loads the concept images) and runs every check
         `unlearn` runs before any weight changes: columns, labels, channels, resolution, finite weights, the output
         folder. Returns the prepared split; raises `ValueError` naming the argument at fault."""
+        check_split_kind(self.family.name, split)
         split = self.family.prepare_split(split, self.config)
         self.family.validate_split(split)
         self.config = self._budget_for(split)
@@ -274,6 +285,7 @@ class Unlearner:
                 "unset (it is for diffusion Fisher passes)."
             )
         check_not_source(self.config.output_dir, self.input_paths())
+        check_run_inputs(self.config, self.method, self.model)  # checkpoint, mask, retrain start, LoRA targets
         if self.config.checkpointing_steps or self.config.resume_from_checkpoint:
             check_run_output_dir(self.config)
 

@@ -6,6 +6,7 @@ Each raises `ValueError` naming the argument at fault and saying how to fix it.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from pathlib import Path
 from typing import Optional
@@ -66,6 +67,25 @@ def check_finite_weights(model: torch.nn.Module, argument: str = "model_or_path"
                 )
 
 
+def check_labels(dataset, label_column: str, num_classes: int, name: str = "dataset") -> None:
+    """Refuses labels that are not integer class ids in `0..num_classes-1` (strings, floats, -1): the loss would fail
+    mid-run on the first batch holding one, or an unlucky short run would never meet it and exit 0."""
+    import numpy as np  # noqa: PLC0415
+
+    labels = np.asarray(dataset.select_columns([label_column]).with_format("numpy")[:][label_column])
+    if labels.dtype.kind not in "iu":
+        raise ValueError(
+            f"`label_column` '{label_column}' of `{name}` holds {labels.dtype} values (e.g. {labels[:3].tolist()}), "
+            "not integer class ids; map them to 0..num_labels-1 first (e.g. with datasets' `class_encode_column`)."
+        )
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        bad = labels[(labels < 0) | (labels >= num_classes)]
+        raise ValueError(
+            f"`label_column` '{label_column}' of `{name}` holds labels {sorted(set(bad.tolist()))[:3]} outside "
+            f"0..{num_classes - 1} (the model's num_labels={num_classes}); drop or relabel those rows."
+        )
+
+
 def local_folder(path) -> Optional[Path]:
     """`path` as an absolute, symlink-free folder path when it names a local folder (or a file in one), else `None`."""
     if not isinstance(path, (str, os.PathLike)) or not str(path) or not os.path.exists(path):
@@ -89,6 +109,55 @@ def check_not_source(output, sources, argument: str = "output_dir") -> None:
             raise ValueError(
                 f"`{argument}` {output} {where} the input folder {source}, which hf_unlearn never writes (not even "
                 "with overwrite_output_dir); choose an output folder outside it."
+            )
+
+
+def check_split_kind(family_name: str, split) -> None:
+    """A concept split (prompts) is for text-to-image models; rows of a labelled dataset for the others."""
+    if hasattr(split, "forget_prompts") and not hasattr(split, "dataset") and family_name != "text_to_image":
+        raise ValueError(
+            f"`forget_prompts` (a ConceptSplit) is for text-to-image models; this is a {family_name} model: select "
+            "the rows to forget with ForgetRemainSplit.from_dataset (forget_classes, forget_ids, forget_fraction)."
+        )
+
+
+def check_run_inputs(config, method, model) -> None:
+    """The run's own files, checked before any weight changes: the checkpoint to resume, the mask to load, the
+    retraining start, the LoRA targets (these used to fail only after the saliency pass, or after a whole retrain)."""
+    from .checkpointing import list_checkpoints, resolve_checkpoint, verify_manifest  # noqa: PLC0415 (imports us)
+    from .lora import has_lora, is_adapter_folder  # noqa: PLC0415
+
+    if config.resume_from_checkpoint:
+        folder = resolve_checkpoint(config.resume_from_checkpoint, config.output_dir)
+        if folder is not None:
+            state = Path(folder) / "engine_state.json"
+            run_id = json.loads(state.read_text()).get("run_id") if state.is_file() else None
+            verify_manifest(Path(folder), run_id)
+        elif config.resume_from_checkpoint == "latest":
+            list_checkpoints(config.output_dir)
+    if config.mask_path:
+        if not os.path.isfile(config.mask_path):
+            raise ValueError(f"`mask_path` {config.mask_path} is not a file; pass a mask saved by an earlier run.")
+        check_safetensors_file(config.mask_path, "mask_path")
+    init = config.retrain_init
+    if getattr(method, "reinit", False) and init and init != "config":
+        if is_adapter_folder(init):
+            raise ValueError(
+                f"`retrain_init` {init} is a LoRA adapter folder; retraining starts from a full model: pass the "
+                "base model's folder, a merged model (lora_save='merged'), or 'config' (a fresh initialisation)."
+            )
+        if os.path.isdir(init):
+            check_weights_files(init, "retrain_init")
+        elif os.path.sep in init or os.path.exists(init):
+            raise ValueError(f"`retrain_init` {init} is not a model folder; pass a model folder, a repo id or 'config'.")
+    targets = config.lora_target_modules
+    if config.lora and targets and targets != ["all-linear"] and not has_lora(model):
+        names = [n for n, _ in model.named_modules()]
+        if not any(n == t or n.endswith("." + t) for t in targets for n in names):
+            leaves = sorted({n.rsplit(".", 1)[-1] for n in names if n})[:8]
+            raise ValueError(
+                f"`lora_target_modules` is {targets!r}, which matches no layer of {type(model).__name__}. Name layers "
+                f"that exist (their last name part, e.g. {leaves}) or use ['all-linear']."
             )
 
 
@@ -117,6 +186,7 @@ def check_run_output_dir(config, sources=()) -> None:
 
 __all__ = [
     "check_finite_weights",
+    "check_labels",
     "check_not_source",
     "input_folders",
     "check_run_output_dir",
