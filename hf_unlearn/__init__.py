@@ -3,6 +3,9 @@
 __version__ = "0.1.0"
 
 from . import _quiet  # noqa: F401 (installs its filters on import, before any transformers processor is touched)
+from .network import install_log_scrubbing
+
+install_log_scrubbing()  # no log line of the process carries a token (an endpoint may echo request headers)
 from .concept import ConceptSplit
 from .config import UnlearnConfig
 from .data import ForgetRemainSplit, TrainingSet, load_digits_dataset

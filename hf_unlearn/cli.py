@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .cli_args import DataArguments, debug_requested, parse_with_config
 from .config import UnlearnConfig
+from .network import scrub
 
 __all__ = ["DataArguments", "evaluate_main", "main", "parse_with_config", "unlearn_main"]
 
@@ -56,7 +57,7 @@ def _echo(*lines: str) -> None:
     from .training import partial_state  # noqa: PLC0415
 
     if partial_state().is_main_process:
-        print(*lines, sep="\n", flush=True)
+        print(*(scrub(line) for line in lines), sep="\n", flush=True)
 
 
 def _quiet_other_processes() -> None:
@@ -104,7 +105,7 @@ def _echo_error(err: BaseException) -> None:
     from .training import partial_state  # noqa: PLC0415
 
     if partial_state().is_main_process:
-        print("error: " + " ".join(str(err).split()), file=sys.stderr, flush=True)
+        print("error: " + scrub(" ".join(str(err).split())), file=sys.stderr, flush=True)
 
 
 def _load_data(args: DataArguments, config: UnlearnConfig):

@@ -12,6 +12,7 @@ from typing import Optional
 from .guard import check_savable
 from .lora import save_model, trainable_parameter_count
 from .run_lock import claim_output_dir, restore_moved_aside, unlock_output_dir
+from .network import scrub, with_retries
 from .modelcard import card_inputs_of, looks_like_repo, write_model_card
 from .training import partial_state
 from .validation import check_not_source
@@ -246,21 +247,22 @@ def upload_to_hub(
     from huggingface_hub import HfApi  # noqa: PLC0415
 
     api = HfApi(token=token)
-    try:
-        full_id = getattr(api.create_repo(repo_id, private=private, exist_ok=True), "repo_id", None) or repo_id
+    try:  # every request bounded by HF_UNLEARN_HUB_TIMEOUT, retried HF_UNLEARN_HUB_RETRIES times (network.py)
+        created = with_retries(lambda: api.create_repo(repo_id, private=private, exist_ok=True))
+        full_id = getattr(created, "repo_id", None) or repo_id
         record = read_record(folder)
         if record is not None:  # the uploaded card loads from the repo, not from the local folder
             write_model_card(record, folder, model_id=full_id, **card_inputs_of(folder))
-        info = api.upload_folder(
-            repo_id=full_id,
-            folder_path=str(folder),
-            commit_message=commit_message or "Upload unlearned model",
-            ignore_patterns=UPLOAD_IGNORE,
+        info = with_retries(
+            lambda: api.upload_folder(
+                repo_id=full_id,
+                folder_path=str(folder),
+                commit_message=commit_message or "Upload unlearned model",
+                ignore_patterns=UPLOAD_IGNORE,
+            )
         )
     except Exception as err:  # noqa: BLE001 (network errors come in many types)
-        reason = " ".join(f"{type(err).__name__}: {err}".split())
-        if token:
-            reason = reason.replace(token, "***")
+        reason = scrub(" ".join(f"{type(err).__name__}: {err}".split()), token)  # the endpoint may echo headers
         raise RuntimeError(
             f"Could not push to the Hub repo '{repo_id}' ({reason}); the model is saved completely in {folder}. Check "
             "the network and your token (`hf auth login`), then retry push_to_hub or upload that folder."

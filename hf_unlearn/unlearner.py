@@ -22,6 +22,7 @@ from .hub import push_to_hub as push_unlearned
 from .hub import read_previous_record, save_unlearned
 from .lora import adapter_base_model, is_adapter_folder, load_adapter_folder, prepare_model
 from .methods import get_method
+from .network import check_hub_reachable
 from .metrics.concept import concept_metrics
 from .parts import SaliencyInputs, Step, StepContext, load_mask, mask_fraction, pass_statistic, save_mask
 from .passes import PassCounter, step_rows
@@ -104,6 +105,7 @@ class Unlearner:
         (`lora=True`): a further deletion request continues the adapter and extends the folder's record.
         """
         config = config or UnlearnConfig()
+        check_hub_reachable(model_or_path)  # a Hub id: fail fast with the HF_HUB_OFFLINE hint, not minutes of silence
         base = adapter_base_model(model_or_path) if is_adapter_folder(model_or_path) else model_or_path
         if base is not model_or_path:
             check_weights_files(model_or_path, "model_or_path")  # a pickle-only adapter is never loaded
