@@ -339,6 +339,7 @@ def demo_main(argv=None) -> int:
     from .data import ForgetRemainSplit, load_digits_dataset  # noqa: PLC0415
     from .models import RECIPES, digits_image_processor, tiny_classifier, train_classifier  # noqa: PLC0415
     from .unlearner import Unlearner  # noqa: PLC0415
+    from .utils import apply_umask  # noqa: PLC0415
 
     ds = load_digits_dataset()
     split = ForgetRemainSplit.from_dataset(ds["train"], forget_classes=[args.forget_class], test_dataset=ds["test"])
@@ -350,6 +351,7 @@ def demo_main(argv=None) -> int:
     # Saved as a plain transformers model, as a user's own checkpoint would be (training is not a deletion request).
     original.model.save_pretrained(original_dir)
     original.family.image_processor.save_pretrained(original_dir)
+    apply_umask(original_dir, recursive=True)  # transformers writes model.safetensors 0600 (a temporary file)
     before = original.evaluate(split)
     config = UnlearnConfig(method=args.method, seed=args.seed, output_dir=os.path.join(args.output, "run"))
     unlearner = Unlearner.from_pretrained(original_dir, config, image_processor=digits_image_processor())
