@@ -371,3 +371,27 @@ def test_retrain_init_adapter_folder_is_refused_before_the_run(work, source, row
     unlearner = Unlearner.from_pretrained(str(source), cfg)
     with pytest.raises(ValueError, match="`retrain_init`"):
         unlearner.validate(ForgetRemainSplit.from_dataset(rows, forget_classes=[3]))
+
+
+def test_record_text_from_an_input_folder_is_escaped_in_the_card_body(source, rows, tmp_path):
+    first = Unlearner.from_pretrained(str(source), UnlearnConfig(output_dir="", max_steps=1, saliency_max_batches=1))
+    first.unlearn(ForgetRemainSplit.from_dataset(rows, forget_classes=[3]))
+    first.save_pretrained(tmp_path / "a")
+    record_file = tmp_path / "a" / "unlearning_record.json"
+    record = json.loads(record_file.read_text())
+    planted = "three`\n# Injected heading\n<script>alert(1)</script> [link](javascript:x) | cell"
+    record["requests"][0]["forget_set"]["forget_class_names"] = {"3": planted}
+    record["requests"][0]["method"] = "sfr_on\n## Fake section"
+    record_file.write_text(json.dumps(record))
+    second = Unlearner.from_pretrained(str(tmp_path / "a"), UnlearnConfig(output_dir="", max_steps=1))
+    second.unlearn(ForgetRemainSplit.from_dataset(rows, forget_classes=[4]))
+    second.save_pretrained(tmp_path / "b")
+    card = (tmp_path / "b" / "README.md").read_text()
+    body = card.split("---", 2)[2]
+    assert "Injected heading" in body and "three'" in body  # the text is there, as text
+    assert "<script>" not in body and "](javascript" not in body
+    assert not any(line.lstrip().startswith(("# Injected", "## Fake")) for line in body.splitlines())
+    history = [line for line in body.splitlines() if line.startswith("| 1 |")]
+    assert len(history) == 1 and history[0].count("|") == body.splitlines()[
+        body.splitlines().index(history[0]) - 1
+    ].count("|")  # the planted "|" did not add a table cell
