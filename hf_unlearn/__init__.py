@@ -3,9 +3,6 @@
 __version__ = "0.1.0"
 
 from . import _quiet  # noqa: F401 (installs its filters on import, before any transformers processor is touched)
-from .network import install_log_scrubbing
-
-install_log_scrubbing()  # no log line of the process carries a token (an endpoint may echo request headers)
 from .concept import ConceptSplit
 from .config import UnlearnConfig
 from .data import ForgetRemainSplit, TrainingSet, load_digits_dataset
@@ -47,3 +44,8 @@ def __getattr__(name):
 
         return getattr(quality, name)
     raise AttributeError(f"module 'hf_unlearn' has no attribute '{name}'")
+
+
+from .network import install_log_scrubbing  # noqa: E402
+
+install_log_scrubbing()  # no log line of the process carries a token (an endpoint may echo request headers)

@@ -69,7 +69,7 @@ class EngineState:
         mask (`dict[str, torch.Tensor]`, *optional*): the saliency mask.
         ewc (`list[tuple[torch.Tensor, torch.Tensor]]`, *optional*): EWC (Fisher, anchor) pairs, in parameter order.
         generator_state (`torch.Tensor`, *optional*): this process's `StepContext.generator` state.
-        run_id (`str`, *optional*): the run that wrote it (a fresh run draws one; a resumed run keeps its checkpoint's).
+        run_id (`str`, *optional*): the run that wrote it (a fresh run draws one, a resumed one keeps its checkpoint's).
         work (`dict`, *optional*): the passes and steps counted so far, and `runtime_s` / `saliency_runtime_s` the
             seconds spent so far, so the record of a resumed run counts the whole run.
     """
@@ -319,7 +319,9 @@ def _file_hashes(folder: Path) -> dict[str, str]:
 
 def write_manifest(folder: Path, run_id: Optional[str]) -> None:
     """Names every file of a finished checkpoint with its sha256 and the run that wrote it."""
-    atomic_write_json(folder / MANIFEST_NAME, {"format": STATE_FORMAT, "run_id": run_id, "files": _file_hashes(folder)})
+    atomic_write_json(
+        folder / MANIFEST_NAME, {"format": STATE_FORMAT, "run_id": run_id, "files": _file_hashes(folder)}
+    )
 
 
 def verify_manifest(folder: Path, run_id: Optional[str]) -> None:
@@ -331,7 +333,8 @@ def verify_manifest(folder: Path, run_id: Optional[str]) -> None:
     except (OSError, ValueError):
         raise ValueError(
             f"`resume_from_checkpoint` {folder} has no readable {MANIFEST_NAME}: it was not written completely by "
-            "this version of hf_unlearn (nor is a folder of pickle files from elsewhere ever loaded). Resume from another checkpoint or start a fresh run."
+            "this version of hf_unlearn (nor is a folder of pickle files from elsewhere ever loaded). Resume from "
+            "another checkpoint or start a fresh run."
         ) from None
     saved, found = manifest.get("files") or {}, _file_hashes(folder)
     changed = sorted(n for n in set(saved) | set(found) if saved.get(n) != found.get(n))

@@ -86,8 +86,17 @@ def check_finite_model(unlearner, what: str = "evaluate") -> None:
         guard = getattr(cfg, "divergence_guard", None)
         raise ValueError(
             f"`{what}`: the model holds NaN/Inf in {bad} (divergence_guard={guard!r}), so it is not "
-            f"{'evaluated' if what == 'evaluate' else 'saved'}; {settings_hint(cfg)}, and keep divergence_guard='copy'."
+            f"{'evaluated' if what == 'evaluate' else 'saved'}; {settings_hint(cfg)}, and keep "
+            "divergence_guard='copy'."
         )
 
 
-__all__ = ["DivergenceError", "check_checkpointable", "check_finite_model", "check_savable", "nonfinite_names", "settings_hint", "watched_tensors"]
+__all__ = [
+    "DivergenceError",
+    "check_checkpointable",
+    "check_finite_model",
+    "check_savable",
+    "nonfinite_names",
+    "settings_hint",
+    "watched_tensors",
+]

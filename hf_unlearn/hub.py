@@ -11,11 +11,10 @@ from typing import Optional
 
 from .guard import check_savable
 from .lora import save_model, trainable_parameter_count
-from .run_lock import claim_output_dir, restore_moved_aside, unlock_output_dir
-from .network import scrub, with_retries
 from .modelcard import card_inputs_of, looks_like_repo, write_model_card
+from .network import scrub, with_retries
+from .run_lock import claim_output_dir, restore_moved_aside, unlock_output_dir
 from .training import partial_state
-from .validation import check_not_source
 from .utils import (
     RECORD_NAME,
     RUN_ARTIFACTS,
@@ -25,6 +24,7 @@ from .utils import (
     read_record,
     to_jsonable,
 )
+from .validation import check_not_source
 
 LIBRARY_NAME = "hf_unlearn"
 _VERSIONED = ["hf_unlearn", "torch", "transformers", "diffusers", "accelerate", "datasets", "peft"]

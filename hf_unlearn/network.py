@@ -20,8 +20,8 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterator
-from typing import Callable, Optional, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Optional, TypeVar
 
 T = TypeVar("T")
 
@@ -163,9 +163,9 @@ def with_retries(call: Callable[[], T], retries: Optional[int] = None, base_wait
 def check_hub_reachable(model_or_path, argument: str = "model_or_path") -> None:
     """Fails fast, in one line with the `HF_HUB_OFFLINE` hint, when `model_or_path` is a Hub repo id and the Hub
     cannot be reached within the bounds (instead of minutes of silent retries inside the loaders)."""
-    from .modelcard import looks_like_repo  # noqa: PLC0415
-
     from huggingface_hub import HfApi, constants  # noqa: PLC0415
+
+    from .modelcard import looks_like_repo  # noqa: PLC0415
 
     if not looks_like_repo(model_or_path) or constants.is_offline_mode():
         return

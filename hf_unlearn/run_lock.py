@@ -18,6 +18,8 @@ import os
 import re
 import shutil
 import socket
+import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Optional
@@ -99,15 +101,14 @@ def lock_output_dir(folder, argument: str = "output_dir", run_id: Optional[str] 
     if previous:
         logger.warning(
             f"{folder}: the previous run into this folder (pid {previous.get('pid')} on {previous.get('host')}, "
-            f"started {previous.get('started')}) ended without releasing its lock (killed?); its leftovers are cleaned."
+            f"started {previous.get('started')}) ended without releasing its lock (killed?); its leftovers are "
+            "cleaned."
         )
     return previous or None
 
 
 def _refusal(argument: str, folder: Path, owner: dict) -> str:
-    holder = (
-        f" (pid {owner.get('pid')} on host {owner.get('host')}, started {owner.get('started')})" if owner else ""
-    )
+    holder = f" (pid {owner.get('pid')} on host {owner.get('host')}, started {owner.get('started')})" if owner else ""
     same_host = owner.get("host") == socket.gethostname()
     state = "" if not owner or not same_host or _alive(int(owner.get("pid", 0) or 0)) else " (that pid has ended)"
     return (
@@ -209,6 +210,29 @@ def claim_output_dir(folder, argument: str = "output_dir") -> bool:
     return False
 
 
+def exit_with_launcher(poll_s: float = 1.0) -> None:
+    """In a worker of `accelerate launch` / `torchrun` (`LOCAL_RANK` set): end this process when its launcher dies.
+
+    A launcher killed with SIGKILL cannot forward the signal, and its workers used to run on (holding the GPU and the
+    output folder). The worker's parent is the launcher (torch's elastic agent runs inside it); when the parent dies
+    the worker is re-parented, which a daemon thread sees within `poll_s` seconds and ends the worker (exit 143, as
+    SIGTERM would). The kernel's lock on the output folder dies with it.
+    """
+    if "LOCAL_RANK" not in os.environ:
+        return
+    parent = os.getppid()
+    if parent <= 1:
+        return
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_s)
+            if os.getppid() != parent:
+                os._exit(143)
+
+    threading.Thread(target=watch, name="hf_unlearn-launcher-watch", daemon=True).start()
+
+
 @atexit.register
 def _release_all() -> None:
     for key in list(_HELD):
@@ -219,6 +243,7 @@ __all__ = [
     "LOCK_NAME",
     "claim_output_dir",
     "clean_leftovers",
+    "exit_with_launcher",
     "held_run_id",
     "lock_output_dir",
     "restore_moved_aside",

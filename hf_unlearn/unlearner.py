@@ -22,8 +22,8 @@ from .hub import push_to_hub as push_unlearned
 from .hub import read_previous_record, save_unlearned
 from .lora import adapter_base_model, is_adapter_folder, load_adapter_folder, prepare_model
 from .methods import get_method
-from .network import check_hub_reachable
 from .metrics.concept import concept_metrics
+from .network import check_hub_reachable
 from .parts import SaliencyInputs, Step, StepContext, load_mask, mask_fraction, pass_statistic, save_mask
 from .passes import PassCounter, step_rows
 from .run_lock import claim_output_dir

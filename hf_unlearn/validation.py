@@ -149,7 +149,9 @@ def check_run_inputs(config, method, model) -> None:
         if os.path.isdir(init):
             check_weights_files(init, "retrain_init")
         elif os.path.sep in init or os.path.exists(init):
-            raise ValueError(f"`retrain_init` {init} is not a model folder; pass a model folder, a repo id or 'config'.")
+            raise ValueError(
+                f"`retrain_init` {init} is not a model folder; pass a model folder, a repo id or 'config'."
+            )
     targets = config.lora_target_modules
     if config.lora and targets and targets != ["all-linear"] and not has_lora(model):
         names = [n for n, _ in model.named_modules()]

@@ -71,29 +71,60 @@ def _adapter_folder(work, source) -> Path:
 
 def _case_args(name, work, source, rows):  # noqa: C901 (one branch per case)
     """The argv (after `unlearn --model ... --output_dir ...`) of case `name`, and the text the error must name."""
-    n = rows.num_rows
     if name == "empty dataset":  # `save_to_disk` cannot write an empty dataset; a header-only CSV loads as one
-        return ["--dataset_name", str(_write(work / "empty" / "train.csv", "image,label\n").parent), "--test_split",
-                "", "--forget_classes", "3"], "--dataset_name"
+        return [
+            "--dataset_name",
+            str(_write(work / "empty" / "train.csv", "image,label\n").parent),
+            "--test_split",
+            "",
+            "--forget_classes",
+            "3",
+        ], "--dataset_name"
     if name == "label -1":
         labels = [-1] + rows["label"][1:]
         data = _relabelled(rows, labels, Value("int64"))
-        return ["--dataset_name", str(_saved(work, "minus1", train=data)), "--test_split", "",
-                "--forget_ids", "5"], "`label_column`"
+        return [
+            "--dataset_name",
+            str(_saved(work, "minus1", train=data)),
+            "--test_split",
+            "",
+            "--forget_ids",
+            "5",
+        ], "`label_column`"
     if name == "string labels":
         data = _relabelled(rows, [str(v) for v in rows["label"]], Value("string"))
-        return ["--dataset_name", str(_saved(work, "strings", train=data)), "--test_split", "",
-                "--forget_ids", "5"], "`label_column`"
+        return [
+            "--dataset_name",
+            str(_saved(work, "strings", train=data)),
+            "--test_split",
+            "",
+            "--forget_ids",
+            "5",
+        ], "`label_column`"
     if name == "missing --split (digits)":
         return ["--split", "validation", "--forget_classes", "3"], "--split"
     if name == "missing --test_split (digits)":
         return ["--test_split", "validation", "--forget_classes", "3"], "--test_split"
     if name == "missing --split (folder)":
-        return ["--dataset_name", str(_saved(work, "plain", train=rows)), "--split", "nope", "--test_split", "",
-                "--forget_classes", "3"], "--split"
+        return [
+            "--dataset_name",
+            str(_saved(work, "plain", train=rows)),
+            "--split",
+            "nope",
+            "--test_split",
+            "",
+            "--forget_classes",
+            "3",
+        ], "--split"
     if name == "missing --test_split (folder)":
-        return ["--dataset_name", str(_saved(work, "plain", train=rows)), "--test_split", "nope",
-                "--forget_classes", "3"], "--test_split"
+        return [
+            "--dataset_name",
+            str(_saved(work, "plain", train=rows)),
+            "--test_split",
+            "nope",
+            "--forget_classes",
+            "3",
+        ], "--test_split"
     if name == "dataset folder with a loading script":
         folder = work / "scripted"
         _write(folder / "scripted.py", "raise SystemExit('planted code ran')\n")
@@ -173,9 +204,14 @@ def _case_args(name, work, source, rows):  # noqa: C901 (one branch per case)
             digits_image_processor().save_pretrained(folder)
         return ["--forget_classes", "3", "--do_eval", "true", "--reference", str(folder)], "--reference"
     if name == "retrain_init an adapter folder":
-        return ["--forget_classes", "3", "--method", "retrain", "--retrain_init", str(_adapter_folder(work, source))], (
-            "retrain_init"
-        )
+        return [
+            "--forget_classes",
+            "3",
+            "--method",
+            "retrain",
+            "--retrain_init",
+            str(_adapter_folder(work, source)),
+        ], ("retrain_init")
     if name == "lora targets that match nothing":
         return ["--forget_classes", "3", "--lora", "true", "--lora_target_modules", "nothing"], "lora_target_modules"
     raise KeyError(name)

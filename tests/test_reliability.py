@@ -70,7 +70,9 @@ def test_nan_weight_stops_the_run_and_restores_the_last_good_weights(model_dir, 
     with pytest.raises(DivergenceError) as info:
         unlearner.unlearn(_split(rows))
     message = str(info.value)
-    assert "A weight or buffer became NaN/Inf" in message and "`forget_alpha`" in message and "`learning_rate`" in message
+    assert (
+        "A weight or buffer became NaN/Inf" in message and "`forget_alpha`" in message and "`learning_rate`" in message
+    )
     cycle = int(message.split("cycle ")[1].split(";")[0])
     weights = {k: v.clone() for k, v in unlearner.model.state_dict().items()}
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())

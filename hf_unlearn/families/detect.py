@@ -27,7 +27,9 @@ def read_config_file(path_or_id: Any, filename: str, subfolder: Optional[str] = 
         with open(file, encoding="utf-8") as fh:
             return json.load(fh)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:  # one line naming the file, not a bare JSON error
-        raise ValueError(f"`model_or_path`: {file} is not a valid JSON file ({err}); restore it from the model.") from None
+        raise ValueError(
+            f"`model_or_path`: {file} is not a valid JSON file ({err}); restore it from the model."
+        ) from None
 
 
 def pipeline_components(model_or_path: Any) -> set[str]:
