@@ -69,7 +69,7 @@ class EngineState:
         mask (`dict[str, torch.Tensor]`, *optional*): the saliency mask.
         ewc (`list[tuple[torch.Tensor, torch.Tensor]]`, *optional*): EWC (Fisher, anchor) pairs, in parameter order.
         generator_state (`torch.Tensor`, *optional*): this process's `StepContext.generator` state.
-        run_id (`str`, *optional*): the run that wrote it (a fresh run draws one, a resumed one keeps its checkpoint's).
+        run_id (`str`, *optional*): the run that wrote it (a fresh run draws one; a resumed one keeps its own).
         work (`dict`, *optional*): the passes and steps counted so far, and `runtime_s` / `saliency_runtime_s` the
             seconds spent so far, so the record of a resumed run counts the whole run.
     """
