@@ -26,7 +26,7 @@ from .metrics.concept import concept_metrics
 from .network import check_hub_reachable
 from .parts import SaliencyInputs, Step, StepContext, load_mask, mask_fraction, pass_statistic, save_mask
 from .passes import PassCounter, step_rows
-from .run_lock import claim_output_dir
+from .run_lock import claim_output_dir, unlock_output_dir
 from .tracking import check_log_with, start_tracking, stop_tracking
 from .training import alpha_at, build_optimizer, check_sharding, lr_schedule, make_accelerator
 from .utils import apply_umask
@@ -150,8 +150,9 @@ class Unlearner:
         check_log_with(cfg.log_with)  # before the Accelerator: accelerate drops a missing tracker silently
         accelerator = make_accelerator(cfg)
         check_sharding(accelerator.distributed_type, method, cfg)
-        if accelerator.is_main_process and self._writes_output_dir():  # one writer per folder, held until exit/save
-            claim_output_dir(cfg.output_dir)
+        held = True  # one writer per folder: taken here unless this process holds it already (the CLI, for its run)
+        if accelerator.is_main_process and self._writes_output_dir():
+            held = claim_output_dir(cfg.output_dir)
         start_tracking(accelerator, cfg, method.name)
         set_seed(cfg.seed)
         self.family.num_workers = cfg.dataloader_num_workers
@@ -221,6 +222,8 @@ class Unlearner:
             raise
         finally:  # the divergence guard's copy is only needed inside the loop, also when it ends in an error
             self._guarded = self._last_good = self._watch = None
+            if not held:  # save_pretrained takes it again for its own writes
+                unlock_output_dir(cfg.output_dir)
             counter.close()
         counter.agree(accelerator)
         accelerator.wait_for_everyone()
