@@ -233,10 +233,11 @@ def _samples(unlearner, args: DataArguments, desc: str):
 def _prepare(args: DataArguments, config: UnlearnConfig):
     """Everything checked before any work: the output folder, the data, the model, and the data against the model."""
     from .hub import check_output_dir  # noqa: PLC0415
+    from .run_checks import input_folders  # noqa: PLC0415
     from .run_lock import claim_output_dir, restore_moved_aside  # noqa: PLC0415
     from .training import partial_state  # noqa: PLC0415
     from .unlearner import Unlearner  # noqa: PLC0415
-    from .validation import check_not_source, input_folders  # noqa: PLC0415
+    from .validation import check_not_source  # noqa: PLC0415
 
     # The inputs are never written, whatever --overwrite_output_dir says: checked first, before any other message.
     check_not_source(config.output_dir, input_folders(args.model, args.reference), argument="--output_dir")

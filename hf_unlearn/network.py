@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Optional, TypeVar
 
+from .modelcard import looks_like_repo
+
 T = TypeVar("T")
 
 DEFAULT_TIMEOUT_S = 30.0
@@ -164,8 +166,6 @@ def check_hub_reachable(model_or_path, argument: str = "model_or_path") -> None:
     """Fails fast, in one line with the `HF_HUB_OFFLINE` hint, when `model_or_path` is a Hub repo id and the Hub
     cannot be reached within the bounds (instead of minutes of silent retries inside the loaders)."""
     from huggingface_hub import HfApi, constants  # noqa: PLC0415
-
-    from .modelcard import looks_like_repo  # noqa: PLC0415
 
     if not looks_like_repo(model_or_path) or constants.is_offline_mode():
         return

@@ -26,6 +26,7 @@ from .metrics.concept import concept_metrics
 from .network import check_hub_reachable
 from .parts import SaliencyInputs, Step, StepContext, load_mask, mask_fraction, pass_statistic, save_mask
 from .passes import PassCounter, step_rows
+from .run_checks import check_run_inputs
 from .run_lock import claim_output_dir, unlock_output_dir
 from .tracking import check_log_with, start_tracking, stop_tracking
 from .training import alpha_at, build_optimizer, check_sharding, lr_schedule, make_accelerator
@@ -34,7 +35,6 @@ from .validation import (
     all_finite,
     check_finite_weights,
     check_not_source,
-    check_run_inputs,
     check_run_output_dir,
     check_split_kind,
     check_weights_files,
