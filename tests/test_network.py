@@ -144,6 +144,7 @@ def test_hub_model_on_a_stalled_endpoint_fails_fast_with_the_offline_hint(stalle
     assert "`model_or_path` someone/some-model" in str(info.value) and TOKEN not in str(info.value)
 
 
+@pytest.mark.slow  # a subprocess CLI run (imports, a one-cycle run, the bounded push): ~15 s on two shared cores
 def test_cli_push_to_a_stalled_endpoint_fails_in_time_and_keeps_the_result(stalled, untrained_resnet_dir, tmp_path):
     out = tmp_path / "out"
     env = dict(
