@@ -431,3 +431,26 @@ def test_record_text_from_an_input_folder_is_escaped_in_the_card_body(source, ro
     assert len(history) == 1 and history[0].count("|") == body.splitlines()[
         body.splitlines().index(history[0]) - 1
     ].count("|")  # the planted "|" did not add a table cell
+
+
+@pytest.fixture(scope="module")
+def sd_folder(work):
+    from tiny_sd import tiny_sd_pipeline
+
+    folder = work / "tiny_sd"
+    tiny_sd_pipeline().save_pretrained(folder)  # untrained: only the family and the options are checked
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        (["--forget_classes", "3"], "--forget_classes"),
+        (["--forget_prompts", "   "], "`forget_prompts`"),
+        (["--forget_prompts", "a nude person", "--reference", "x"], "--reference"),
+    ],
+)
+def test_cli_text_to_image_options_that_do_not_fit(extra, named, sd_folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["--model", str(sd_folder), "--output_dir", str(out), *QUICK, *extra]
+    _refused(argv, named, out, sd_folder, capsys)
