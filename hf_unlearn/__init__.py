@@ -44,3 +44,8 @@ def __getattr__(name):
 
         return getattr(quality, name)
     raise AttributeError(f"module 'hf_unlearn' has no attribute '{name}'")
+
+
+from .network import install_log_scrubbing  # noqa: E402
+
+install_log_scrubbing()  # no log line of the process carries a token (an endpoint may echo request headers)

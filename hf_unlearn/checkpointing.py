@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -27,8 +28,9 @@ from accelerate import skip_first_batches
 from accelerate.logging import get_logger
 from safetensors.torch import load_file, save_file
 
+from .guard import check_checkpointable
 from .training import Endless
-from .utils import apply_umask, atomic_write_json, sha256_of, to_jsonable
+from .utils import apply_umask, atomic_write_json, file_sha256, sha256_of, to_jsonable
 
 logger = get_logger(__name__)
 
@@ -36,6 +38,7 @@ CHECKPOINT_PREFIX = "checkpoint-"
 ENGINE_STATE_NAME = "engine_state.json"
 ENGINE_TENSORS_NAME = "engine_state.safetensors"
 ENGINE_RNG_NAME = "engine_rng_{rank}.safetensors"
+MANIFEST_NAME = "checkpoint_manifest.json"
 STATE_FORMAT = "hf_unlearn/engine-state-v1"
 # What must match between the interrupted run and the one resuming it, or the resumed result would be silently wrong.
 IDENTITY_KEYS = ("method", "seed", "max_steps", "fingerprint", "parameters", "hyperparameters")
@@ -66,6 +69,9 @@ class EngineState:
         mask (`dict[str, torch.Tensor]`, *optional*): the saliency mask.
         ewc (`list[tuple[torch.Tensor, torch.Tensor]]`, *optional*): EWC (Fisher, anchor) pairs, in parameter order.
         generator_state (`torch.Tensor`, *optional*): this process's `StepContext.generator` state.
+        run_id (`str`, *optional*): the run that wrote it (a fresh run draws one; a resumed one keeps its own).
+        work (`dict`, *optional*): the passes and steps counted so far, and `runtime_s` / `saliency_runtime_s` the
+            seconds spent so far, so the record of a resumed run counts the whole run.
     """
 
     step: int
@@ -76,6 +82,10 @@ class EngineState:
     ewc: Optional[list[tuple[torch.Tensor, torch.Tensor]]] = None
     generator_state: Optional[torch.Tensor] = None
     folder: Optional[Path] = None
+    run_id: Optional[str] = None
+    work: Optional[dict] = None
+    runtime_s: float = 0.0
+    saliency_runtime_s: float = 0.0
 
     def save(self, folder: str | os.PathLike, rank: int = 0, main: bool = True) -> None:
         """Writes the JSON and safetensors files into `folder` (the JSON and tensors from the main process only)."""
@@ -100,6 +110,10 @@ class EngineState:
             "history": to_jsonable(self.history),
             "has_mask": self.mask is not None,
             "num_ewc": len(self.ewc or []),
+            "run_id": self.run_id,
+            "work": to_jsonable(self.work),
+            "runtime_s": self.runtime_s,
+            "saliency_runtime_s": self.saliency_runtime_s,
         }
         atomic_write_json(folder / ENGINE_STATE_NAME, meta)
 
@@ -114,6 +128,7 @@ class EngineState:
             )
         with open(file) as fh:
             meta = json.load(fh)
+        verify_manifest(folder, meta.get("run_id"))
         if meta.get("format") != STATE_FORMAT:
             raise ValueError(
                 f"`resume_from_checkpoint`: {file} has format {meta.get('format')!r}; expected {STATE_FORMAT}"
@@ -139,6 +154,10 @@ class EngineState:
             ewc=ewc,
             generator_state=generator_state,
             folder=folder,
+            run_id=meta.get("run_id"),
+            work=meta.get("work"),
+            runtime_s=float(meta.get("runtime_s") or 0.0),
+            saliency_runtime_s=float(meta.get("saliency_runtime_s") or 0.0),
         )
 
     def check_identity(self, expected: dict[str, Any], folder) -> None:
@@ -169,6 +188,26 @@ def run_identity(config, method_name: str, fingerprint: str, param_names: list[s
         "parameters": list(param_names),
         "hyperparameters": sha256_of(values),
     }
+
+
+def continue_run(resume: Optional[EngineState], work: dict) -> tuple[str, dict]:
+    """The run id (a new one for a fresh run, the checkpoint's on resume) and the seconds spent before the resume; the
+    saved pass and step counts are added into `work` so the record counts the whole run, not the resumed part."""
+    if resume is None:
+        return uuid.uuid4().hex, {"runtime_s": 0.0, "saliency_runtime_s": 0.0}
+    _add_counts(work, resume.work or {})
+    return resume.run_id or uuid.uuid4().hex, {
+        "runtime_s": resume.runtime_s,
+        "saliency_runtime_s": resume.saliency_runtime_s,
+    }
+
+
+def _add_counts(into: dict, saved: dict) -> None:
+    for key, value in saved.items():
+        if isinstance(value, dict):
+            _add_counts(into.setdefault(key, {}), value)
+        elif isinstance(value, (int, float)):
+            into[key] = into.get(key, 0) + value
 
 
 def endless_at(loader, consumed: int = 0) -> Endless:
@@ -231,6 +270,7 @@ def save_checkpoint(
 
     Every process takes part (accelerate saves one RNG file per process); the main process renames and prunes.
     """
+    check_checkpointable(accelerator._models, state.step)
     output_dir = Path(output_dir).absolute()
     target = output_dir / f"{CHECKPOINT_PREFIX}{state.step}"
     tmp = output_dir / f".{target.name}.partial"
@@ -248,6 +288,7 @@ def save_checkpoint(
             shutil.rmtree(tmp, ignore_errors=True)
         raise
     if accelerator.is_main_process:
+        write_manifest(tmp, state.run_id)
         _fsync_tree(tmp)
         apply_umask(tmp, recursive=True)  # accelerate and torch may save through 0600 temporary files
         old = output_dir / f".{target.name}.old"
@@ -272,6 +313,39 @@ def prune_checkpoints(output_dir: str | os.PathLike, total_limit: Optional[int])
             shutil.rmtree(path, ignore_errors=True)
 
 
+def _file_hashes(folder: Path) -> dict[str, str]:
+    return {p.name: file_sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST_NAME}
+
+
+def write_manifest(folder: Path, run_id: Optional[str]) -> None:
+    """Names every file of a finished checkpoint with its sha256 and the run that wrote it."""
+    atomic_write_json(
+        folder / MANIFEST_NAME, {"format": STATE_FORMAT, "run_id": run_id, "files": _file_hashes(folder)}
+    )
+
+
+def verify_manifest(folder: Path, run_id: Optional[str]) -> None:
+    """Refuses a checkpoint whose files are not exactly those its run wrote: a file changed, missing or added since
+    (two runs writing one folder, a planted pickle), or whose engine state is another run's."""
+    file = folder / MANIFEST_NAME
+    try:
+        manifest = json.loads(file.read_text())
+    except (OSError, ValueError):
+        raise ValueError(
+            f"`resume_from_checkpoint` {folder} has no readable {MANIFEST_NAME}: it was not written completely by "
+            "this version of hf_unlearn (nor is a folder of pickle files from elsewhere ever loaded). Resume from "
+            "another checkpoint or start a fresh run."
+        ) from None
+    saved, found = manifest.get("files") or {}, _file_hashes(folder)
+    changed = sorted(n for n in set(saved) | set(found) if saved.get(n) != found.get(n))
+    if changed or manifest.get("run_id") != run_id:
+        what = f"the files {changed[:4]} differ from its manifest" if changed else "its engine state is another run's"
+        raise ValueError(
+            f"`resume_from_checkpoint` {folder} is not one run's checkpoint: {what} (two runs wrote into one folder, "
+            "or the folder was changed). Resume from another checkpoint or start a fresh run."
+        )
+
+
 def _fsync_tree(folder: Path) -> None:
     # The rename must not become visible before the files' contents are on disk (power loss, not only a kill).
     for path in folder.iterdir():
@@ -282,6 +356,7 @@ def _fsync_tree(folder: Path) -> None:
 
 __all__ = [
     "EngineState",
+    "continue_run",
     "endless_at",
     "list_checkpoints",
     "prune_checkpoints",

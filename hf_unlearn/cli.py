@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .cli_args import DataArguments, debug_requested, parse_with_config
 from .config import UnlearnConfig
+from .network import scrub
 
 __all__ = ["DataArguments", "evaluate_main", "main", "parse_with_config", "unlearn_main"]
 
@@ -56,7 +57,7 @@ def _echo(*lines: str) -> None:
     from .training import partial_state  # noqa: PLC0415
 
     if partial_state().is_main_process:
-        print(*lines, sep="\n", flush=True)
+        print(*(scrub(line) for line in lines), sep="\n", flush=True)
 
 
 def _quiet_other_processes() -> None:
@@ -83,7 +84,10 @@ def cli_command(func):
     @functools.wraps(func)
     def run(argv=None) -> int:
         argv = list(sys.argv[1:] if argv is None else argv)
+        from .run_lock import exit_with_launcher  # noqa: PLC0415
         from .unlearner import DivergenceError  # noqa: PLC0415
+
+        exit_with_launcher()  # a worker of `accelerate launch` ends when the launcher is killed
 
         try:
             return int(func(argv) or 0)
@@ -104,7 +108,7 @@ def _echo_error(err: BaseException) -> None:
     from .training import partial_state  # noqa: PLC0415
 
     if partial_state().is_main_process:
-        print("error: " + " ".join(str(err).split()), file=sys.stderr, flush=True)
+        print("error: " + scrub(" ".join(str(err).split())), file=sys.stderr, flush=True)
 
 
 def _load_data(args: DataArguments, config: UnlearnConfig):
@@ -121,12 +125,20 @@ def _load_data(args: DataArguments, config: UnlearnConfig):
             num_inference_steps=args.generation_steps,
             seed=args.forget_seed,
         )
+    if not args.dataset_name:
+        raise ValueError(
+            "`--dataset_name` is not set (the config file leaves it empty): give the training data as a "
+            "save_to_disk folder, a Hub dataset id, or 'digits'."
+        )
     if args.dataset_name == "digits":
         ds = load_digits_dataset()
+        for flag, name in (("--split", args.split), ("--test_split", args.test_split)):
+            if name and name not in ds:
+                raise ValueError(f"`{flag} {name}` is not a split of the bundled digits; it has {list(ds)}.")
         train, test = ds[args.split], (ds[args.test_split] if args.test_split else None)
     else:
         train = load_any_dataset(args.dataset_name, args.split)
-        test = load_any_dataset(args.dataset_name, args.test_split) if args.test_split else None
+        test = load_any_dataset(args.dataset_name, args.test_split, "--test_split") if args.test_split else None
     return ForgetRemainSplit.from_dataset(
         train,
         forget_classes=args.forget_classes,
@@ -136,6 +148,50 @@ def _load_data(args: DataArguments, config: UnlearnConfig):
         test_dataset=test,
         label_column=config.label_column,
     )
+
+
+def check_data_arguments(args: DataArguments, family: str) -> None:
+    """Options that do not fit the model's family, named before any work (not as a missing column later)."""
+    if args.forget_prompts and family != "text_to_image":
+        raise ValueError(
+            f"`--forget_prompts` is for text-to-image models; {args.model} is a {family} model: select the rows to "
+            "forget with --forget_classes, --forget_ids or --forget_fraction."
+        )
+    rows = [f for f in ("forget_classes", "forget_ids", "forget_fraction") if getattr(args, f) is not None]
+    if rows and family == "text_to_image" and args.dataset_name == "digits":
+        raise ValueError(
+            f"`--{rows[0]}` selects rows of a labelled dataset, but {args.model} is a text-to-image model: give the "
+            "concept with --forget_prompts (and --remain_prompts), or a captioned --dataset_name."
+        )
+    if args.reference is not None and family != "image_classifier":
+        raise ValueError(f"`--reference` (a retrained model for KL/JS/Avg.D) is for classifiers; {family} has none.")
+
+
+def _load_reference(args: DataArguments, config: UnlearnConfig, unlearner):
+    """The `--reference` model, loaded and checked against the model before any work (not after the whole run)."""
+    if args.reference is None or not args.do_eval:
+        return None
+    from .unlearner import Unlearner  # noqa: PLC0415
+    from .validation import check_finite_weights  # noqa: PLC0415
+
+    family = unlearner.family
+    try:
+        reference = Unlearner.from_pretrained(
+            args.reference,
+            config,
+            family=family.name,
+            image_processor=getattr(family, "image_processor", None),
+            trust_remote_code=args.trust_remote_code,
+        )
+    except (OSError, ValueError) as err:
+        raise ValueError(f"`--reference` {args.reference} cannot be loaded: {err}") from None
+    if reference.family.num_classes != family.num_classes:
+        raise ValueError(
+            f"`--reference` {args.reference} has num_labels={reference.family.num_classes}, the model "
+            f"{family.num_classes}; pass a model retrained on the same label set."
+        )
+    check_finite_weights(reference.model, argument="--reference")
+    return reference
 
 
 def _dataset_label(args: DataArguments) -> str:
@@ -177,8 +233,17 @@ def _samples(unlearner, args: DataArguments, desc: str):
 def _prepare(args: DataArguments, config: UnlearnConfig):
     """Everything checked before any work: the output folder, the data, the model, and the data against the model."""
     from .hub import check_output_dir  # noqa: PLC0415
+    from .run_checks import input_folders  # noqa: PLC0415
+    from .run_lock import claim_output_dir, restore_moved_aside  # noqa: PLC0415
+    from .training import partial_state  # noqa: PLC0415
     from .unlearner import Unlearner  # noqa: PLC0415
+    from .validation import check_not_source  # noqa: PLC0415
 
+    # The inputs are never written, whatever --overwrite_output_dir says: checked first, before any other message.
+    check_not_source(config.output_dir, input_folders(args.model, args.reference), argument="--output_dir")
+    main_process = partial_state().is_main_process
+    if main_process:
+        restore_moved_aside(config.output_dir)  # a final save killed between its two renames left it aside
     check_output_dir(config.output_dir, config.overwrite_output_dir, argument="--output_dir", refuse_finished=True)
     _quiet_other_processes()
     split = _load_data(args, config)
@@ -186,14 +251,19 @@ def _prepare(args: DataArguments, config: UnlearnConfig):
     family = unlearner.family.name
     if args.sample_prompts and family != "text_to_image":
         raise ValueError(f"`--sample_prompts` needs a text-to-image model; {args.model} is a {family} model.")
-    return unlearner, unlearner.validate(split)
+    check_data_arguments(args, family)
+    split = unlearner.validate(split)
+    reference = _load_reference(args, config, unlearner)
+    if main_process:  # every check passed: this run is now the folder's one writer, until it exits
+        claim_output_dir(config.output_dir, argument="--output_dir")
+    return unlearner, split, reference
 
 
 @cli_command
 def unlearn_main(argv=None) -> int:
     """`hf-unlearn unlearn`: check, evaluate, unlearn, evaluate, save into `--output_dir`, optionally push."""
     args, config = parse_with_config((DataArguments, UnlearnConfig), argv, "hf-unlearn unlearn")
-    unlearner, split = _prepare(args, config)
+    unlearner, split, reference = _prepare(args, config)
     evaluated = args.do_eval and unlearner.family.name in ("image_classifier", "text_to_image")
     before = unlearner.evaluate(split) if evaluated else None
     samples = {"before": _samples(unlearner, args, "samples before")} if args.sample_prompts else {}
@@ -205,7 +275,8 @@ def unlearn_main(argv=None) -> int:
         samples["after"] = _samples(unlearner, args, "samples after")
         images["samples_before_after"] = comparison_grid(samples, args.sample_prompts)
     if evaluated:
-        _print_metrics({"before": before, "after": unlearner.evaluate(split, reference=args.reference)})
+        after = unlearner.evaluate(split, reference=reference)
+        _print_metrics({"before": before, "after": after})
     summary = {k: getattr(result, k) for k in ("method", "fingerprint", "num_forget", "mask_fraction")}
     _echo(json.dumps({**summary, "runtime_s": round(result.runtime_s, 2)}))
     command = "hf-unlearn unlearn " + shlex.join(argv)
@@ -271,6 +342,7 @@ def demo_main(argv=None) -> int:
     from .data import ForgetRemainSplit, load_digits_dataset  # noqa: PLC0415
     from .models import RECIPES, digits_image_processor, tiny_classifier, train_classifier  # noqa: PLC0415
     from .unlearner import Unlearner  # noqa: PLC0415
+    from .utils import apply_umask  # noqa: PLC0415
 
     ds = load_digits_dataset()
     split = ForgetRemainSplit.from_dataset(ds["train"], forget_classes=[args.forget_class], test_dataset=ds["test"])
@@ -282,6 +354,7 @@ def demo_main(argv=None) -> int:
     # Saved as a plain transformers model, as a user's own checkpoint would be (training is not a deletion request).
     original.model.save_pretrained(original_dir)
     original.family.image_processor.save_pretrained(original_dir)
+    apply_umask(original_dir, recursive=True)  # transformers writes model.safetensors 0600 (a temporary file)
     before = original.evaluate(split)
     config = UnlearnConfig(method=args.method, seed=args.seed, output_dir=os.path.join(args.output, "run"))
     unlearner = Unlearner.from_pretrained(original_dir, config, image_processor=digits_image_processor())

@@ -178,10 +178,20 @@ def _check_legacy_pairs(argv: list[str], values: dict) -> None:
 
 
 def _read_config_file(path: str, dataclass_types) -> dict:
-    with open(path) as fh:
-        values = yaml.safe_load(fh) or {}
+    try:
+        with open(path, encoding="utf-8") as fh:
+            values = yaml.safe_load(fh) or {}
+    except OSError as err:
+        _usage_error(f"`--config` {path} cannot be read ({err.strerror or err}).")
+    except UnicodeDecodeError:
+        _usage_error(f"`--config` {path} is not a text file (it is not UTF-8); give a YAML file of option values.")
+    except yaml.YAMLError as err:  # malformed YAML, or a python tag that safe_load refuses (nothing runs)
+        where = getattr(err, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        problem = getattr(err, "problem", None) or type(err).__name__
+        _usage_error(f"`--config` {path} is not valid YAML{line} ({problem}); only plain YAML values are read.")
     if not isinstance(values, dict):
-        _usage_error(f"{path} must hold a mapping of option names to values.")
+        _usage_error(f"`--config` {path} must hold a mapping of option names to values.")
     valid = {f.name for t in dataclass_types for f in dataclasses.fields(t)}
     renamed = {old[2:]: name for old, name in LEGACY_ALIASES.items() if name in valid}
     unknown = sorted(set(values) - valid - set(renamed))

@@ -86,7 +86,9 @@ class ConceptSplit:
             value = list(value)
             if not value:
                 raise ValueError(f"`{name}` is empty; give at least one prompt (or leave it unset).")
-            if not all(isinstance(p, str) for p in value) or (name == "forget_prompts" and not all(value)):
+            if not all(isinstance(p, str) for p in value) or (
+                name == "forget_prompts" and not all(p.strip() for p in value)  # "  " is the empty prompt too
+            ):
                 raise ValueError(f"`{name}` must hold non-empty strings, got {value[:3]}.")
             setattr(self, name, value)
         for name in ("num_images", "num_inference_steps", "generation_batch_size"):

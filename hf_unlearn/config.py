@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 import yaml
 
+from .config_checks import check_field_types
 from .families import get_family_class
 from .methods import get_method
 from .utils import CONFIG_NAME, atomic_write_json, atomic_write_text
@@ -297,6 +298,7 @@ class UnlearnConfig:
 
     def validate(self) -> None:
         """Checks values that are wrong whatever the model; raises `ValueError` naming the field."""
+        check_field_types(self)  # types first (`ConfigTypeError`, a TypeError and a ValueError), then ranges
         positive = ["learning_rate", "max_steps", "num_forget_epochs", "per_device_train_batch_size"]
         positive += ["gradient_accumulation_steps"]
         positive += ["eval_batch_size", "logging_steps", "lora_r"]

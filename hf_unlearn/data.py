@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_dataset, load_from_disk
+from datasets.exceptions import DatasetsError
 
 from .utils import sha256_of
 
@@ -42,7 +43,7 @@ class ForgetRemainSplit:
 
     def __post_init__(self):
         n = len(self.dataset)
-        ids = [int(i) for i in self.forget_indices]
+        ids = integer_ids(self.forget_indices, "forget_ids")
         if not ids:
             raise ValueError(
                 "The forget set is empty: pass `forget_classes`, `forget_ids`, `forget_fraction` or "
@@ -98,10 +99,12 @@ class ForgetRemainSplit:
         chosen = [k for k, v in given.items() if v is not None]
         if len(chosen) != 1:
             raise ValueError(f"Pass exactly one of {', '.join(given)}; got {chosen or 'none'}.")
+        if len(dataset) == 0:
+            raise ValueError("`dataset` has no rows; pass the split the model was trained on (check --split).")
         classes = None
         if forget_classes is not None:
             labels = _labels(dataset, label_column)
-            classes = sorted({int(c) for c in forget_classes})
+            classes = sorted(set(integer_ids(forget_classes, "forget_classes")))
             known = sorted(set(labels.tolist()))
             unknown = [c for c in classes if c not in known]
             if unknown:
@@ -110,7 +113,7 @@ class ForgetRemainSplit:
                 )
             ids = np.flatnonzero(np.isin(labels, classes)).tolist()
         elif forget_ids is not None:
-            ids = [int(i) for i in forget_ids]
+            ids = integer_ids(forget_ids, "forget_ids")
         elif forget_fraction is not None:
             if not 0 < forget_fraction < 1:
                 raise ValueError(f"`forget_fraction` is {forget_fraction}; give a number strictly between 0 and 1.")
@@ -180,6 +183,18 @@ class ReplaySplit:
         return {**self._split.describe(), "remain_source": "generative replay", "num_replayed": len(self.remain)}
 
 
+def integer_ids(values, argument: str) -> list[int]:
+    """`values` as Python ints; a float (3.7 used to become class 3), a bool or a string is refused, naming
+    `argument`. NumPy integers are accepted."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise ValueError(f"`{argument}` is {values!r}; give a list of whole numbers.")
+    values = list(values)
+    bad = [v for v in values if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer))]
+    if bad:
+        raise ValueError(f"`{argument}` holds {bad[:3]}, which are not whole numbers; give integer ids.")
+    return [int(v) for v in values]
+
+
 def _labels(dataset: Dataset, label_column: str) -> np.ndarray:
     if label_column not in dataset.column_names:
         raise ValueError(
@@ -216,8 +231,11 @@ def load_digits_dataset(test_size: float = 0.25, seed: int = 0) -> DatasetDict:
     return ds.train_test_split(test_size=test_size, seed=seed, stratify_by_column="label")
 
 
-def load_any_dataset(path_or_id: str, split: Optional[str] = None) -> Dataset:
-    """A `save_to_disk` folder, or a Hub dataset id / builder name (`imagefolder`, ...) with `split`."""
+def load_any_dataset(path_or_id: str, split: Optional[str] = None, argument: str = "--split") -> Dataset:
+    """A `save_to_disk` folder, or a Hub dataset id / builder name (`imagefolder`, ...) with `split`.
+
+    A local folder holding a loading script (`*.py`) is refused: hf_unlearn never runs code shipped with data.
+    """
     import os  # noqa: PLC0415
 
     if os.path.isdir(path_or_id) and (
@@ -226,12 +244,23 @@ def load_any_dataset(path_or_id: str, split: Optional[str] = None) -> Dataset:
     ):
         ds = load_from_disk(path_or_id)
     else:
-        ds = load_dataset(path_or_id, split=split)
+        if os.path.isdir(path_or_id) and any(name.endswith(".py") for name in os.listdir(path_or_id)):
+            raise ValueError(
+                f"`--dataset_name` {path_or_id} holds a loading script (*.py), which hf_unlearn never runs; save the "
+                "data with `Dataset.save_to_disk` (or as image files / parquet) and pass that folder."
+            )
+        try:
+            ds = load_dataset(path_or_id, split=split)
+        except (ValueError, DatasetsError, FileNotFoundError) as err:  # one line naming the option, not a traceback
+            reason = " ".join(str(err).split())[:300]
+            if "split" in reason.lower():
+                raise ValueError(f"`{argument} {split}` is not a split of `{path_or_id}` ({reason}).") from None
+            raise ValueError(f"`--dataset_name` {path_or_id} (split {split}) cannot be loaded: {reason}") from None
     if isinstance(ds, DatasetDict):
         if split is None:
             raise ValueError(f"`{path_or_id}` holds splits {list(ds)}; choose one with --split.")
         if split not in ds:
-            raise ValueError(f"`--split {split}` not in `{path_or_id}`; it has {list(ds)}.")
+            raise ValueError(f"`{argument} {split}` not in `{path_or_id}`; it has {list(ds)}.")
         ds = ds[split]
     return ds
 

@@ -36,7 +36,7 @@ from .metrics.samples import comparison_grid, generate_samples, mean_colours, pi
 from .models import RECIPES as CLASSIFIER_RECIPES
 from .models import TrainingRecipe, tiny_classifier, train_classifier
 from .unlearner import Unlearner
-from .utils import atomic_save_image
+from .utils import apply_umask, atomic_save_image
 
 FAMILIES = ("image_classifier", "class_conditional_diffusion", "text_to_image")
 GRID_NAME = "samples_before_after.png"
@@ -200,6 +200,7 @@ def _train_digits_models(train, settings: DiffusionDemoSettings, seed: int, fold
     )
     # Saved as a plain diffusers pipeline, as a user's own checkpoint would be, and loaded from there.
     original.family.save_pretrained(original.model, folder)
+    apply_umask(folder, recursive=True)  # the libraries write weights 0600 (temporary files); a plain save is 0644
     return judge
 
 
@@ -328,6 +329,7 @@ def text_to_image_demo(
     folder = train_tiny_text_to_image(
         os.path.join(output, "original"), seed=seed, vae_steps=settings.vae_steps, unet_steps=settings.unet_steps
     )
+    apply_umask(folder, recursive=True)  # the libraries write weights 0600 (temporary files)
     config = UnlearnConfig(
         method=method,
         seed=seed,

@@ -9,9 +9,12 @@ import platform
 from pathlib import Path
 from typing import Optional
 
+from .guard import check_savable
 from .lora import save_model, trainable_parameter_count
 from .modelcard import card_inputs_of, looks_like_repo, write_model_card
+from .network import scrub, with_retries
 from .requests import remeasure_earlier, request_row_digests, resolve_row_key
+from .run_lock import claim_output_dir, restore_moved_aside, unlock_output_dir
 from .training import partial_state
 from .utils import (
     RECORD_NAME,
@@ -22,6 +25,7 @@ from .utils import (
     read_record,
     to_jsonable,
 )
+from .validation import check_not_source
 
 LIBRARY_NAME = "hf_unlearn"
 _VERSIONED = ["hf_unlearn", "torch", "transformers", "diffusers", "accelerate", "datasets", "peft"]
@@ -207,6 +211,10 @@ def save_unlearned(
     """
     state = partial_state()
     overwrite = unlearner.config.overwrite_output_dir if overwrite is None else overwrite
+    check_savable(unlearner)  # nothing non-finite, and no unfinished (diverged) run, is ever saved
+    check_not_source(save_directory, unlearner.input_paths(), argument="save_directory")
+    if state.is_main_process:
+        restore_moved_aside(save_directory)  # a save killed between its two renames: the previous output is put back
     check_output_dir(save_directory, overwrite)
     split = getattr(unlearner, "_request_split", None)
     if unlearner.result is not None and unlearner.records and split is not None:
@@ -214,23 +222,35 @@ def save_unlearned(
         if getattr(unlearner, "earlier_metrics", None) is None:
             unlearner.earlier_metrics = remeasure_earlier(unlearner, split)
     if state.is_main_process:
-        record = build_record(unlearner, dataset_name=dataset_name, command=command)
-        base_path = getattr(unlearner.family, "base_model_path", None) or unlearner.source
-        with atomic_directory(save_directory) as tmp:
-            save_model(unlearner.family, unlearner.model, tmp, unlearner.config, base_model=base_path)
-            unlearner.config.save_pretrained(tmp)
-            atomic_write_json(Path(tmp) / RECORD_NAME, record)
-            for name, image in (images or {}).items():
-                image.save(Path(tmp) / f"{name}.png")
-            write_model_card(
-                record,
-                tmp,
-                model_id=repo_id or str(save_directory),
-                images=sorted(images or {}),
-                adapter=_is_adapter(unlearner),
-            )
-            _carry_run_artifacts(Path(save_directory), Path(tmp))
+        held = claim_output_dir(save_directory, argument="save_directory")
+        try:
+            _write_output(unlearner, save_directory, dataset_name, command, images, repo_id)
+        finally:
+            if not held:  # taken for this save only (not by a run or the CLI of this process): released now
+                unlock_output_dir(save_directory)
     state.wait_for_everyone()
+
+
+def _write_output(unlearner, save_directory, dataset_name, command, images, repo_id) -> None:
+    """Model, config, record, card and images into a temporary folder that replaces `save_directory` at once."""
+    record = build_record(unlearner, dataset_name=dataset_name, command=command)
+    # What loads the base: the adapter's `base_model_name_or_path` (a local path is fine there); the card's
+    # `base_model` metadata is a Hub id only.
+    base_path = getattr(unlearner.family, "base_model_path", None) or unlearner.source
+    with atomic_directory(save_directory) as tmp:
+        save_model(unlearner.family, unlearner.model, tmp, unlearner.config, base_model=base_path)
+        unlearner.config.save_pretrained(tmp)
+        atomic_write_json(Path(tmp) / RECORD_NAME, record)
+        for name, image in (images or {}).items():
+            image.save(Path(tmp) / f"{name}.png")
+        write_model_card(
+            record,
+            tmp,
+            model_id=repo_id or str(save_directory),
+            images=sorted(images or {}),
+            adapter=_is_adapter(unlearner),
+        )
+        _carry_run_artifacts(Path(save_directory), Path(tmp))
 
 
 def _is_adapter(unlearner) -> bool:
@@ -287,21 +307,22 @@ def upload_to_hub(
     from huggingface_hub import HfApi  # noqa: PLC0415
 
     api = HfApi(token=token)
-    try:
-        full_id = getattr(api.create_repo(repo_id, private=private, exist_ok=True), "repo_id", None) or repo_id
+    try:  # every request bounded by HF_UNLEARN_HUB_TIMEOUT, retried HF_UNLEARN_HUB_RETRIES times (network.py)
+        created = with_retries(lambda: api.create_repo(repo_id, private=private, exist_ok=True))
+        full_id = getattr(created, "repo_id", None) or repo_id
         record = read_record(folder)
         if record is not None:  # the uploaded card loads from the repo, not from the local folder
             write_model_card(record, folder, model_id=full_id, **card_inputs_of(folder))
-        info = api.upload_folder(
-            repo_id=full_id,
-            folder_path=str(folder),
-            commit_message=commit_message or "Upload unlearned model",
-            ignore_patterns=UPLOAD_IGNORE,
+        info = with_retries(
+            lambda: api.upload_folder(
+                repo_id=full_id,
+                folder_path=str(folder),
+                commit_message=commit_message or "Upload unlearned model",
+                ignore_patterns=UPLOAD_IGNORE,
+            )
         )
     except Exception as err:  # noqa: BLE001 (network errors come in many types)
-        reason = " ".join(f"{type(err).__name__}: {err}".split())
-        if token:
-            reason = reason.replace(token, "***")
+        reason = scrub(" ".join(f"{type(err).__name__}: {err}".split()), token)  # the endpoint may echo headers
         raise RuntimeError(
             f"Could not push to the Hub repo '{repo_id}' ({reason}); the model is saved completely in {folder}. Check "
             "the network and your token (`hf auth login`), then retry push_to_hub or upload that folder."

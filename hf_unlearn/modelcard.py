@@ -278,6 +278,23 @@ def recovery_text(steps_to_recover, budget: int) -> str:
     return ", ".join(f"not within {budget} steps" if v is None else str(v) for v in values)
 
 
+_BODY_ESCAPES = str.maketrans({"<": "&lt;", ">": "&gt;", "|": "&#124;", "[": "&#91;", "]": "&#93;", "`": "'"})
+
+
+def escape_text(text: str) -> str:
+    """`text` safe to place in the card's Markdown body: one line, no HTML tags, table cells, links or code spans."""
+    return " ".join(str(text).split()).translate(_BODY_ESCAPES)
+
+
+def escape_record(value):
+    """A copy of `value` (a record, or any part of it) with every string passed through [`escape_text`]."""
+    if isinstance(value, dict):
+        return {k: escape_record(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [escape_record(v) for v in value]
+    return escape_text(value) if isinstance(value, str) else value
+
+
 def render_model_card(
     record: dict,
     *,
@@ -305,6 +322,11 @@ def render_model_card(
         tags=["machine-unlearning", "hf_unlearn", *sorted({str(r.get("method")) for r in requests})]
         + (["lora"] if adapter else []),
     )
+    # Text of the record (prompts, class names, paths, commands of earlier requests read from an input folder) goes
+    # into the body escaped: one line, no HTML, no code-span or link breakout. The front matter above is YAML-quoted.
+    record = escape_record(record)
+    requests, last = record["requests"], record["requests"][-1] if record["requests"] else {}
+    base = record.get("base_model") or "a local model"
     hyper = last.get("hyperparameters") or {}
     history_metrics, history = _history(record)
     runtime = last.get("runtime_s")

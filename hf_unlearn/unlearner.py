@@ -14,10 +14,11 @@ from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from .checkpointing import EngineState, endless_at, resolve_checkpoint, run_identity, save_checkpoint
+from .checkpointing import EngineState, continue_run, endless_at, resolve_checkpoint, run_identity, save_checkpoint
 from .config import UnlearnConfig
 from .evaluation import evaluate as evaluate_classifier
 from .families import detect_family, get_family_class, normalize_family
+from .guard import DivergenceError, check_finite_model, watched_tensors
 from .hub import base_model_of, read_previous_record, save_unlearned
 from .hub import push_to_hub as push_unlearned
 from .lora import (
@@ -32,21 +33,27 @@ from .lora import (
 )
 from .methods import get_method
 from .metrics.concept import concept_metrics
+from .network import check_hub_reachable
 from .parts import SaliencyInputs, Step, StepContext, load_mask, mask_fraction, pass_statistic, save_mask
 from .passes import PassCounter, step_rows
 from .requests import accumulate, keep_start, measure_after_run
+from .run_checks import check_run_inputs
+from .run_lock import claim_output_dir, unlock_output_dir
 from .tracking import check_log_with, start_tracking, stop_tracking
 from .training import alpha_at, build_optimizer, check_sharding, lr_schedule, make_accelerator, seed_sampler
 from .utils import apply_umask
-from .validation import all_finite, check_finite_weights, check_run_output_dir
+from .validation import (
+    all_finite,
+    check_finite_weights,
+    check_not_source,
+    check_run_output_dir,
+    check_split_kind,
+    check_weights_files,
+)
 
 logger = get_logger(__name__)
 REMAIN_SEED_OFFSET = 1_000_003  # remain shuffling seed: seed + this (torch seeds its CPU generator with 32 bits)
 _log = logging.getLogger(__name__)  # for code that runs before any accelerate state exists (`from_pretrained`)
-
-
-class DivergenceError(RuntimeError):
-    """A loss, gradient or weight became NaN/Inf; the weights were left at the last good step."""
 
 
 @dataclass
@@ -118,7 +125,10 @@ class Unlearner:
         `HF_UNLEARN_ROW_KEY` environment variable; see [`hf_unlearn.requests`]). It is never saved.
         """
         config = config or UnlearnConfig()
+        check_hub_reachable(model_or_path)  # a Hub id: fail fast with the HF_HUB_OFFLINE hint, not minutes of silence
         base = adapter_base_model(model_or_path) if is_adapter_folder(model_or_path) else model_or_path
+        if base is not model_or_path:
+            check_weights_files(model_or_path, "model_or_path")  # a pickle-only adapter is never loaded
         if (base is not model_or_path or is_diffusers_lora_folder(model_or_path)) and not config.lora:
             _log.info(f"{model_or_path} is a LoRA output folder: the next request trains LoRA too (lora=True).")
             config = replace(config, lora=True)
@@ -136,6 +146,7 @@ class Unlearner:
         if base is not model_or_path:
             load_adapter_folder(family_obj, model_or_path)  # merged; the new adapter stacks onto it when saved
             family_obj.source = str(model_or_path)
+            family_obj.input_paths = [base]
         elif is_diffusers_lora_folder(model_or_path):
             fuse_lora_folder(family_obj, model_or_path)
         previous = read_previous_record(model_or_path)  # an earlier hf_unlearn output: its history carries on
@@ -145,6 +156,10 @@ class Unlearner:
         unlearner = cls(family_obj, config)
         unlearner.row_key = row_key
         return unlearner
+
+    def input_paths(self) -> list:
+        """The folders this model was read from (the model, an adapter's base): never written."""
+        return [self.source, *getattr(self.family, "input_paths", [])]
 
     @property
     def model(self) -> torch.nn.Module:
@@ -160,6 +175,9 @@ class Unlearner:
         check_log_with(cfg.log_with)  # before the Accelerator: accelerate drops a missing tracker silently
         accelerator = make_accelerator(cfg)
         check_sharding(accelerator.distributed_type, method, cfg)
+        held = True  # one writer per folder: taken here unless this process holds it already (the CLI, for its run)
+        if accelerator.is_main_process and self._writes_output_dir():
+            held = claim_output_dir(cfg.output_dir)
         start_tracking(accelerator, cfg, method.name)
         set_seed(cfg.seed)
         self.family.num_workers = cfg.dataloader_num_workers
@@ -184,8 +202,10 @@ class Unlearner:
         self._start_state, self.earlier_metrics = keep_start(self, method, [p for _, p in named]), None
         frozen = base_buffers(self.family.model) if cfg.lora else None
         params = [p for _, p in named]
+        self._watch = watched_tensors(accelerator.unwrap_model(ctx.model), params)  # the guard's: buffers too
         identity = run_identity(cfg, method.name, split.fingerprint, [n for n, _ in named])
         resume = self._load_resume(identity, accelerator)
+        run_id, before = continue_run(resume, self._work)  # a resumed run keeps its id and counts the whole run
         counter.watch(accelerator.unwrap_model(ctx.model), ctx.original, ctx.teacher)
         if resume is None:
             saliency_s, geometry_state = self._at_theta0(ctx, named, split, accelerator)
@@ -202,6 +222,7 @@ class Unlearner:
             desc=f"unlearn[{method.name}]",
             disable=not accelerator.is_local_main_process,
         )
+        self._diverged = None
         try:
             for step in bar:
                 logs = self._cycle(
@@ -220,10 +241,20 @@ class Unlearner:
                         mask=self.mask,
                         ewc=geometry_state,
                         generator_state=ctx.generator.get_state(),
+                        run_id=run_id,
+                        work=self._work,
+                        runtime_s=before["runtime_s"] + time.perf_counter() - start,
+                        saliency_runtime_s=before["saliency_runtime_s"] + saliency_s,
                     )
                     save_checkpoint(accelerator, cfg.output_dir, state, cfg.checkpoints_total_limit)
+        except DivergenceError as err:  # the buffers a forward of the failed step moved go back too
+            self._diverged = " ".join(str(err).split())[:200]
+            self._restore_last_good()
+            raise
         finally:  # the divergence guard's copy is only needed inside the loop, also when it ends in an error
-            self._guarded = self._last_good = None
+            self._guarded = self._last_good = self._watch = None
+            if not held:  # save_pretrained takes it again for its own writes
+                unlock_output_dir(cfg.output_dir)
             counter.close()
         counter.agree(accelerator)
         accelerator.wait_for_everyone()
@@ -232,7 +263,8 @@ class Unlearner:
         self.family.model.eval()
         if frozen is not None:  # the saved adapter does not hold the base: the model must be what reloads
             restore_base_buffers(frozen)
-        runtime = time.perf_counter() - start
+        runtime = before["runtime_s"] + time.perf_counter() - start
+        saliency_s += before["saliency_runtime_s"]
         self.result = UnlearnResult(
             method=method.name,
             history=history,
@@ -252,6 +284,7 @@ class Unlearner:
         """Prepares `split` for this model (text-to-image: generates or loads the concept images) and runs every check
         `unlearn` runs before any weight changes: columns, labels, channels, resolution, finite weights, the output
         folder. Returns the prepared split; raises `ValueError` naming the argument at fault."""
+        check_split_kind(self.family.name, split)
         split = accumulate(self, split)  # the earlier requests' forget sets stay out of its remain set
         needs_remain = self.method.remain_loss is not None or self.method.saliency is not None
         split = self.family.prepare_split(split, self.config, needs_remain=needs_remain)
@@ -275,6 +308,12 @@ class Unlearner:
         self._budget_fixed = (cfg.max_steps, cfg.num_forget_epochs)
         return cfg
 
+    def _writes_output_dir(self) -> bool:
+        """Whether the run writes into `output_dir`: a computed saliency mask, checkpoints, a resume."""
+        cfg = self.config
+        mask = self.method.saliency is not None and not cfg.mask_path
+        return bool(cfg.output_dir) and bool(mask or cfg.checkpointing_steps or cfg.resume_from_checkpoint)
+
     def _validate_run(self) -> None:
         """Checks that need the model and config together; run before any weight changes."""
         check_finite_weights(self.model)
@@ -285,6 +324,8 @@ class Unlearner:
                 "`saliency_guidance_scale` is set, but the image_classifier family has no guided prediction; leave it "
                 "unset (it is for diffusion Fisher passes)."
             )
+        check_not_source(self.config.output_dir, self.input_paths())
+        check_run_inputs(self.config, self.method, self.model)  # checkpoint, mask, retrain start, LoRA targets
         if self.config.checkpointing_steps or self.config.resume_from_checkpoint:
             check_run_output_dir(self.config)
 
@@ -403,6 +444,8 @@ class Unlearner:
         clipping at `plan.clip`, the divergence guard."""
         cfg, logs, work = self.config, {}, self._work
         clip = plan.clip
+        if cfg.divergence_guard == "copy":  # before the forward passes, which move the BatchNorm buffers
+            self._keep_last_good(self._watch)
         accum = cfg.gradient_accumulation_steps
         optimizer.zero_grad(set_to_none=True)
         if forget_it is not None:
@@ -452,12 +495,10 @@ class Unlearner:
             grads = [p.grad.detach() for p in params if p.grad is not None]
             if not all_finite(grads):  # the largest |g| names the offending value in the message
                 _check_finite(torch.stack([g.abs().max() for g in grads]).max(), "gradient", ctx.step, cfg)
-        if guard == "copy":
-            self._keep_last_good(params)
         optimizer.step()
         work["optimizer_steps"] += 1
         if guard != "off":
-            self._check_weights(params, ctx.step, restore=guard == "copy")
+            self._check_weights(self._watch, ctx.step, restore=guard == "copy")
         return logs
 
     def _count_step(self, kind: str, iterator, batch, row_valid) -> None:
@@ -473,6 +514,11 @@ class Unlearner:
             else:  # one fused copy over all tensors rather than a call per parameter (this runs every step)
                 torch._foreach_copy_(self._last_good, params)
 
+    def _restore_last_good(self) -> None:
+        if getattr(self, "_last_good", None) is not None and self.config.divergence_guard == "copy":
+            with torch.no_grad():
+                torch._foreach_copy_(self._guarded, self._last_good)
+
     def _check_weights(self, params, step: int, restore: bool) -> None:
         with torch.no_grad():
             if all_finite(params):
@@ -482,12 +528,12 @@ class Unlearner:
                     p.copy_(saved)
         cfg = self.config
         what = (
-            "the weights of the last good step were restored"
+            "the weights and buffers of the last good step were restored"
             if restore
             else "the weights were NOT restored (divergence_guard='check' keeps no copy; use the last checkpoint)"
         )
         raise DivergenceError(
-            f"A weight became NaN/Inf in the optimizer step of cycle {step}; {what}. Likely cause: a too large "
+            f"A weight or buffer became NaN/Inf in the step of cycle {step}; {what}. Likely cause: a too large "
             f"`learning_rate` ({cfg.learning_rate}) or `forget_alpha` ({cfg.forget_alpha}), or no `max_grad_norm` "
             f"({cfg.max_grad_norm}); lower them and rerun."
         )
@@ -544,6 +590,7 @@ class Unlearner:
         Classifiers: FA, RA, TA, MIA, ... (see [`hf_unlearn.evaluate`]); text-to-image: `concept_gap` and
         `remain_noise_loss` (see [`~metrics.concept.concept_metrics`]). They are kept by [`record_metrics`].
         """
+        check_finite_model(self, "evaluate")  # a diverged model would fail deep inside a metric, or score garbage
         if self.family.name == "text_to_image":
             if reference is not None:
                 raise ValueError("`reference` (a retrained model for KL/JS/Avg.D) is for classifiers; leave it unset.")

@@ -148,11 +148,12 @@ def to_jsonable(value: Any) -> Any:
 
 
 # What a run writes into its `output_dir`: mask, checkpoints, partial folders of a killed save, tracker logs
-# (`hf_unlearn-{method}`, see tracking.py), generated concept images. They are kept when a model is saved into that
-# folder and never uploaded.
+# (`hf_unlearn-{method}`, see tracking.py), generated concept images, the run's lock and the temporary files of a
+# killed atomic write. They are kept when a model is saved into that folder and never uploaded.
 RUN_ARTIFACTS = re.compile(
     r"^(\.?checkpoint-\d+(\.partial|\.old)?|saliency_mask\.safetensors|hf_unlearn-[\w.-]+|concept_cache"
-    r"|unlearn_config\.(yaml|json))$"
+    r"|unlearn_config\.(yaml|json)"
+    r"|\.hf_unlearn\.lock|\..+\.tmp)$"
 )
 
 

@@ -21,6 +21,7 @@ from hf_unlearn.demos import (
     diffusion_demo,
     text_to_image_demo,
 )
+from hf_unlearn.utils import umask_mode
 
 TILE, LABEL_BAND = 64, 14  # comparison_grid enlarges 8×8 samples to 64 px tiles under a 14 px band of names
 
@@ -48,6 +49,14 @@ def test_bad_demo_arguments_are_one_line_before_any_work(argv, argument, tmp_pat
     assert not out.exists()  # refused before anything trained or was written
 
 
+def _assert_umask_modes(folder):
+    """Every file the demo saved has the mode a plain write gives under the umask (not 0600 of a temporary file)."""
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    assert files and all(p.stat().st_mode & 0o777 == umask_mode(p) for p in files), [
+        (p.name, oct(p.stat().st_mode & 0o777)) for p in files if p.stat().st_mode & 0o777 != umask_mode(p)
+    ]
+
+
 def test_diffusion_demo_erases_the_forget_class_more_than_the_others(tmp_path, capsys):
     report = diffusion_demo(str(tmp_path), settings=QUICK["class_conditional_diffusion"])
     for when in ("before", "after"):
@@ -62,6 +71,7 @@ def test_diffusion_demo_erases_the_forget_class_more_than_the_others(tmp_path, c
     card = (tmp_path / "unlearned" / "README.md").read_text()
     before, after = report["before"]["forget_acc"], report["after"]["forget_acc"]
     assert f"| FA (judge's forget-class accuracy) | {before:.3f} | {after:.3f} |" in card, card
+    _assert_umask_modes(tmp_path / "original")
     printed = capsys.readouterr().out
     assert re.search(r"\| class 3 \(forgotten\) \| \d+% \| \d+% \|", printed), printed
     assert re.search(r"\| other classes \(mean\) \| \d+% \| \d+% \|", printed), printed
@@ -73,6 +83,7 @@ def test_text_to_image_demo_moves_the_concept_toward_the_anchor(tmp_path, capsys
     assert gap["after"] < gap["before"], gap  # the concept's samples came closer to the anchor's
     assert report["ratio"] < 1, report["moved"]  # and moved more than the unrelated prompts' samples
     assert report["method"] == "sfr_on_remap"
+    _assert_umask_modes(tmp_path / "original")
     per_prompt = QUICK["text_to_image"].samples_per_prompt
     assert Image.open(tmp_path / GRID_NAME).size == grid_size(len(CAPTIONS), per_prompt, max(CAPTIONS, key=len))
     printed = capsys.readouterr().out

@@ -25,6 +25,11 @@ LAYERS = {
     "hf_unlearn.validation": 0,
     "hf_unlearn.modelcard": 0,
     "hf_unlearn.tracking": 0,
+    # Reliability helpers: config types, the divergence guard's checks, the output lock, bounded Hub calls.
+    "hf_unlearn.config_checks": 0,
+    "hf_unlearn.guard": 0,
+    "hf_unlearn.run_lock": 0,
+    "hf_unlearn.network": 0,
     # The four parts, and the metrics: they read models and data, never the loop.
     "hf_unlearn.parts": 1,
     "hf_unlearn.metrics": 1,
@@ -40,6 +45,7 @@ LAYERS = {
     "hf_unlearn.requests": 5,
     "hf_unlearn.hub": 5,
     "hf_unlearn.evaluation": 5,
+    "hf_unlearn.run_checks": 5,
     "hf_unlearn.unlearner": 6,
     "hf_unlearn": 7,  # the package's public API (hf_unlearn/__init__.py)
     # Users of the API: command line, benchmarks, attacks, demo models.

@@ -1,6 +1,7 @@
 """Checkpoints and resume: a run killed with SIGKILL and resumed ends with the weights of an uninterrupted run."""
 
 import importlib.util
+import json
 import os
 import random
 import signal
@@ -13,8 +14,9 @@ import pytest
 import torch
 
 from hf_unlearn import UnlearnConfig
-from hf_unlearn.checkpointing import ENGINE_STATE_NAME, endless_at, list_checkpoints
+from hf_unlearn.checkpointing import ENGINE_STATE_NAME, endless_at, list_checkpoints, write_manifest
 from hf_unlearn.models import digits_image_processor, tiny_classifier
+from hf_unlearn.run_lock import LOCK_NAME
 from hf_unlearn.training import Endless, make_accelerator
 
 WORKER = Path(__file__).with_name("resume_worker.py")
@@ -81,14 +83,18 @@ def test_sigkill_then_resume_is_bitwise_identical(model_dir, reference, tmp_path
     assert saved and not (out / f"checkpoint-{worker.TOTAL_CYCLES}").exists(), "the kill must land mid-run"
     resumed_from = int(saved[-1].name.split("-")[1])
     assert resumed_from >= kill_after
+    saved_state = json.loads((saved[-1] / ENGINE_STATE_NAME).read_text())
 
     threads = torch.get_num_threads()
     try:
         resumed = worker.run(str(model_dir), str(out), resume=True)
     finally:
         torch.set_num_threads(threads)
-    # The saved mask was loaded (no saliency pass) and the history covers the whole run.
-    assert resumed.result.saliency_runtime_s == 0.0
+    # The saved mask was loaded (no saliency pass: the saliency time is the killed run's), and the history and the
+    # record's counts cover the whole run, not only the resumed part.
+    assert resumed.result.saliency_runtime_s == saved_state["saliency_runtime_s"] > 0
+    assert resumed.result.work == reference.result.work
+    assert resumed.result.runtime_s > saved_state["runtime_s"] > 0
     assert [h["step"] for h in resumed.result.history] == list(range(worker.TOTAL_CYCLES))
     assert torch.equal(
         torch.tensor([h["remain_loss"] for h in resumed.result.history[resumed_from:]]),
@@ -96,17 +102,19 @@ def test_sigkill_then_resume_is_bitwise_identical(model_dir, reference, tmp_path
     )
     _assert_bitwise_equal(_state(resumed.model), _state(reference.model))
     assert all(torch.equal(resumed.mask[k], reference.mask[k]) for k in reference.mask)
-    assert not [p.name for p in out.iterdir() if p.name.startswith(".")], "a partial checkpoint was left behind"
+    left = [p.name for p in out.iterdir() if p.name.startswith(".") and p.name != LOCK_NAME]
+    assert not left, "a partial checkpoint was left behind"
 
 
 def test_checkpoint_limit_and_no_partial_folders(reference):
     out = Path(reference.config.output_dir)
-    names = sorted(p.name for p in out.iterdir())
+    names = sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME)
     assert names == ["checkpoint-15", "checkpoint-16", "saliency_mask.safetensors"]
     assert (out / "checkpoint-16" / ENGINE_STATE_NAME).is_file()
     files = sorted(p.name for p in (out / "checkpoint-16").iterdir())
     # accelerate's part (its optimizer/RNG files are reloaded with weights_only=True) and the engine's own state.
     assert files == [
+        "checkpoint_manifest.json",
         "engine_rng_0.safetensors",
         "engine_state.json",
         "engine_state.safetensors",
@@ -170,7 +178,8 @@ def test_engine_state_round_trips_without_pickle(tmp_path):
     history = [{"step": 0, "forget_loss": 0.1 + 0.2, "lr": 1e-3}]
     state = EngineState(7, {"forget": 9, "remain": 40}, {"seed": 1}, history, mask, ewc, generator.get_state())
     state.save(tmp_path)
-    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".safetensors", ".safetensors"]
+    write_manifest(tmp_path, state.run_id)
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".json", ".safetensors", ".safetensors"]
     loaded = EngineState.load(tmp_path)
     assert (loaded.step, loaded.consumed, loaded.identity, loaded.history) == (7, state.consumed, {"seed": 1}, history)
     assert all(torch.equal(loaded.mask[k], mask[k]) for k in mask) and loaded.mask.keys() == mask.keys()

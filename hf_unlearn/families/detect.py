@@ -23,8 +23,13 @@ def read_config_file(path_or_id: Any, filename: str, subfolder: Optional[str] = 
             file = hf_hub_download(path, filename, subfolder=subfolder)
         except Exception:  # noqa: BLE001 (a missing file is a normal answer here)
             return None
-    with open(file) as fh:
-        return json.load(fh)
+    try:
+        with open(file, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:  # one line naming the file, not a bare JSON error
+        raise ValueError(
+            f"`model_or_path`: {file} is not a valid JSON file ({err}); restore it from the model."
+        ) from None
 
 
 def pipeline_components(model_or_path: Any) -> set[str]:

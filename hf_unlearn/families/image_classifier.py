@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers import AutoImageProcessor, AutoModelForImageClassification, PreTrainedModel
 
-from ..validation import check_weights_files
+from ..validation import check_labels, check_weights_files
 from .base import LabelledImageBatches, ModelFamily
 from .detect import read_config_file
 
@@ -176,12 +176,15 @@ class ImageClassifierFamily(LabelledImageBatches, ModelFamily):
             data_classes = feature.num_classes
         else:
             labels = split.dataset.select_columns([self.label_column]).with_format("numpy")[:][self.label_column]
-            data_classes = int(np.max(labels)) + 1
+            data_classes = int(np.max(labels)) + 1 if labels.dtype.kind in "iu" and labels.size else self.num_classes
         if data_classes != self.num_classes:
             raise ValueError(
                 f"The model has num_labels={self.num_classes}, but the dataset has {data_classes} classes (labels "
                 f"0..{data_classes - 1}); use a model trained on this label set."
             )
+        for name, ds in [("dataset", split.dataset), ("test_dataset", split.test_dataset)]:
+            if ds is not None:  # integer ids in 0..num_labels-1 (-1, strings, floats refused)
+                check_labels(ds, self.label_column, self.num_classes, name)
         self._check_images(split.dataset)
 
     def _check_images(self, dataset) -> None:
