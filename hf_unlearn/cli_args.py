@@ -91,8 +91,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "caption_column", "resolution",
     ),
     "saliency (the mask M)": (
-        "mask_threshold", "mask_eps", "mask_zero_fisher", "saliency_max_batches", "saliency_guidance_scale",
-        "saliency_clip_norm", "mask_path", "salun_sparsity",
+        "mask_threshold", "mask_eps", "mask_zero_fisher", "mask_noise_floor", "saliency_max_batches",
+        "saliency_guidance_scale", "saliency_clip_norm", "mask_path", "salun_sparsity",
     ),
     "forgetting (L_forget)": (
         "forget_alpha", "forget_alpha_schedule", "temperature", "forget_weight_rule", "forget_bound",

@@ -162,6 +162,15 @@ class UnlearnConfig:
     mask_eps: float = field(
         default=1e-15, metadata={"help": "ε added to both Fisher estimates in the ratio (the authors' 1e-15)."}
     )
+    mask_noise_floor: float = field(
+        default=1e-16,
+        metadata={
+            "help": "Fisher values below this fraction of the largest one (over both sets) count as exactly 0: their "
+            "gradients are below float32 resolution (e.g. a ViT's attention key biases, to which softmax is "
+            "invariant), and their ratio would be noise over noise, decided differently by another process count. "
+            "0 keeps every value as computed (the authors)."
+        },
+    )
     mask_zero_fisher: str = field(
         default="select",
         metadata={
@@ -304,8 +313,9 @@ class UnlearnConfig:
         positive += ["eval_batch_size", "logging_steps", "lora_r"]
         for name in positive:
             _check_number(self, name, minimum=0, strict=True)
-        for name in ["forget_alpha", "mask_threshold", "mask_eps", "max_grad_norm", "weight_decay"]:
+        for name in ["forget_alpha", "mask_threshold", "mask_eps", "mask_noise_floor", "max_grad_norm"]:
             _check_number(self, name, minimum=0)
+        _check_number(self, "weight_decay", minimum=0)
         for name in ["remain_max_grad_norm", "saliency_clip_norm", "saliency_guidance_scale"]:
             _check_number(self, name, minimum=0)
         _check_number(self, "temperature")  # negative reverses the weighting (documented), so any finite value

@@ -109,3 +109,18 @@ def test_mask_round_trips_and_rejects_other_models(tmp_path):
     path.write_bytes(path.read_bytes()[:20])
     with pytest.raises(ValueError, match="mask_path"):
         load_mask(path, named)
+
+
+def test_fisher_noise_below_the_floor_counts_as_zero():
+    # Two entries whose Fishers are float noise (1e-21 against a largest Fisher of 1): their ratios 3 and 1/3 would
+    # decide them either way; under the floor both count as 0 on both sets, so both are selected, as exact zeros are.
+    f_f = {"w": torch.tensor([1.0, 3e-21, 1e-21, 2e-12])}
+    f_r = {"w": torch.tensor([0.5, 1e-21, 3e-21, 1e-12])}
+    raw = fisher_ratio_mask(f_f, f_r, threshold=1.0)["w"].tolist()
+    assert raw == [True, True, False, True]
+    floored = fisher_ratio_mask(f_f, f_r, threshold=1.0, noise_floor=1e-16)["w"].tolist()
+    assert floored == [True, True, True, True]  # 2e-12 vs 1e-12 is above the floor: decided by its ratio
+    assert (
+        fisher_ratio_mask(f_f, {"w": torch.tensor([0.5, 1e-21, 3e-21, 4e-12])}, noise_floor=1e-16)["w"][3].item()
+        is False
+    )

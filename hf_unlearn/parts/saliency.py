@@ -175,7 +175,9 @@ class FisherRatio(Saliency):
             rows = lambda batch: family.guided_per_sample_loss(module, batch, cfg.saliency_guidance_scale)  # noqa: E731
         f_forget = inputs.statistic(inputs.split.forget, rows, cfg.saliency_clip_norm)
         f_remain = inputs.statistic(inputs.split.remain, rows, cfg.saliency_clip_norm)
-        return fisher_ratio_mask(f_forget, f_remain, cfg.mask_threshold, cfg.mask_eps, cfg.mask_zero_fisher)
+        return fisher_ratio_mask(
+            f_forget, f_remain, cfg.mask_threshold, cfg.mask_eps, cfg.mask_zero_fisher, cfg.mask_noise_floor
+        )
 
 
 class TopK(Saliency):
@@ -218,7 +220,12 @@ register_saliency(TopK())
 
 
 def fisher_ratio_mask(
-    fisher_forget: dict, fisher_remain: dict, threshold: float = 1.0, eps: float = 1e-15, zero_fisher: str = "select"
+    fisher_forget: dict,
+    fisher_remain: dict,
+    threshold: float = 1.0,
+    eps: float = 1e-15,
+    zero_fisher: str = "select",
+    noise_floor: float = 0.0,
 ) -> Mask:
     r"""M_k = 1 where (F_f[k] + ε) / (F_r[k] + ε) ≥ γ.
 
@@ -230,11 +237,20 @@ def fisher_ratio_mask(
         zero_fisher (`str`, *optional*, defaults to `"select"`): entries whose two Fishers are both exactly 0 have
             ratio 1; `"select"` keeps the rule as it is (selected for γ ≤ 1, as the authors), `"skip"` never selects
             them. Such entries are common in BatchNorm nets (units dead in the eval-mode passes), and the train-mode
-            steps do give them a forget gradient (tests/test_saliency_exact.py).
+            steps do give them a forget gradient (tests/test_authors_update.py).
+        noise_floor (`float`, *optional*, defaults to `0.0`): Fisher values below this fraction of the largest one
+            over both sets are set to exactly 0 first, so that entries whose gradient is float noise (below float32
+            resolution) get the same decision whatever the summation order or the number of processes.
     """
+    floor = 0.0
+    if noise_floor:
+        floor = noise_floor * max(float(f.max()) for f in (*fisher_forget.values(), *fisher_remain.values()))
     mask = {}
     for name, f_forget in fisher_forget.items():
         f_remain = fisher_remain[name]
+        if floor:
+            f_forget = torch.where(f_forget < floor, torch.zeros_like(f_forget), f_forget)
+            f_remain = torch.where(f_remain < floor, torch.zeros_like(f_remain), f_remain)
         mask[name] = (f_forget + eps) / (f_remain + eps) >= threshold
         if zero_fisher == "skip":
             mask[name] &= (f_forget != 0) | (f_remain != 0)
