@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -42,7 +43,12 @@ WORLD = Path(__file__).resolve().parents[2] / "benchmark_results" / "world"
 UCE = "uce"
 GRID = {"train_modules": ("all", "cross_attention"), "cycles": (40, 120)}
 VALIDATION_SEEDS, REPORT_SEEDS = (100, 101), (0, 1, 2, 3, 4)
-VARIANTS = {"sfr_on_remap_nomask": ("sfr_on_remap", {"mask_threshold": 0.0})}
+# Settings of the default method run as extra rows, to find what its mask does here: off (γ 0: every weight moves, as
+# the hand loop), and the Fisher of the guided prediction (the authors' SD option; s = the sampling guidance).
+VARIANTS = {
+    "sfr_on_remap_nomask": ("sfr_on_remap", {"mask_threshold": 0.0}),
+    "sfr_on_remap_guided_fisher": ("sfr_on_remap", {"saliency_guidance_scale": 5.0}),
+}
 ERASED = 0.1  # a concept counts as erased on a seed when at most this share of its explicit samples shows it
 
 
@@ -223,7 +229,25 @@ class Benchmark:
             kept = list(dict.fromkeys(anchors().values()))
             split = replace(split, remain_dataset=None, remain_prompts=kept, num_inference_steps=s.inference_steps)
         result = unlearner.unlearn(split)
-        return self.samples(unlearner.family.pipeline, seed), result.work
+        work = dict(result.work)
+        if unlearner.mask is not None:
+            work.update(mask_fraction=result.mask_fraction, mask_by_module=mask_by_module(unlearner.mask))
+        return self.samples(unlearner.family.pipeline, seed), work
+
+
+MODULE_GROUPS = {"cross-attention k/v": (".attn2.to_k", ".attn2.to_v"), "cross-attention q/out": (".attn2.",)}
+MODULE_GROUPS.update({"self-attention": (".attn1.",), "resnets": (".resnets.",)})
+
+
+def mask_by_module(mask: dict) -> dict[str, float]:
+    """The share of each module group's weights that a saliency mask lets the forget step move."""
+    kept: dict[str, list[float]] = {}
+    for name, m in mask.items():
+        group = next((g for g, keys in MODULE_GROUPS.items() if any(k in name for k in keys)), "other")
+        kept.setdefault(group, [0.0, 0.0])
+        kept[group][0] += float(m.float().sum())
+        kept[group][1] += m.numel()
+    return {g: k / max(n, 1) for g, (k, n) in kept.items()}
 
 
 def _mean_std(rows: list[dict], key) -> tuple[float, float]:
@@ -279,6 +303,29 @@ def report_markdown(rows: list[dict], selection: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def chart(rows: list[dict], path: Path) -> None:
+    """Erasure (concept rate, explicit and paraphrase + implicit) against collateral per row, mean of report seeds."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharex=True)
+    for method in dict.fromkeys(r["method"] for r in rows):
+        runs = [r for r in rows if r["method"] == method]
+        x = _mean_std(runs, collateral)[0] / 3
+        for ax, key in zip(axes, ("explicit_rate", "implicit_rate")):
+            ax.scatter(x, _mean_std(runs, lambda r, k=key: r[k])[0], s=18)
+            ax.annotate(method, (x, _mean_std(runs, lambda r, k=key: r[k])[0]), fontsize=7)
+    for ax, title in zip(axes, ("explicit prompts", "paraphrases + implicit prompts")):
+        ax.set(xlabel="collateral: guarded samples drawn wrong", ylabel="concept rate (lower: erased)", title=title)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m hf_unlearn.benchmarks.world_t2i", description=__doc__.split("\n")[0]
@@ -321,6 +368,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 rows.append(bench.run("report", method, seed, chosen["train_modules"], chosen["cycles"]))
         atomic_write_json(Path(args.output) / "results.json", {"rows": rows, "selection": selection})
         atomic_write_text(Path(args.output) / "report.md", report_markdown(rows, selection))
+        chart(rows, Path(args.output) / "results.png")
         print(report_markdown(rows, selection))
     shutil.rmtree(Path(args.output) / "tmp", ignore_errors=True)
     return 0
