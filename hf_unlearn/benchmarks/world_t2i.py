@@ -42,7 +42,8 @@ from .world_uce import uce_edit
 WORLD = Path(__file__).resolve().parents[2] / "benchmark_results" / "world"
 UCE = "uce"
 GRID = {"train_modules": ("all", "cross_attention"), "cycles": (40, 120)}
-VALIDATION_SEEDS, REPORT_SEEDS = (100, 101), (0, 1, 2, 3, 4)
+# One validation seed: the CPU time of a second went to the report seeds (see docs/world.md).
+VALIDATION_SEEDS, REPORT_SEEDS = (100,), (0, 1, 2, 3, 4)
 # Settings of the default method run as extra rows, to find what its mask does here: off (γ 0: every weight moves, as
 # the hand loop), and the Fisher of the guided prediction (the authors' SD option; s = the sampling guidance).
 VARIANTS = {
@@ -57,8 +58,8 @@ class Settings:
     """Sizes of the benchmark: data of the split, sampling, optimiser."""
 
     images_per_prompt: int = 8
-    samples_per_prompt: int = 8
-    inference_steps: int = 15
+    samples_per_prompt: int = 6
+    inference_steps: int = 10
     guidance_scale: float = 5.0
     learning_rate: float = 1e-3
     batch_size: int = 4
