@@ -12,7 +12,7 @@ from hf_unlearn.benchmarks.world_uce import _states, uce_edit
 from hf_unlearn.worlds import models, prompts, scenes
 
 WORLD = world_t2i.WORLD
-# Measured on 600 fresh scenes (seed 123) with the committed judge: see `test_judge_names_rendered_scenes`.
+# Measured on 300 fresh scenes (seed 123) with the committed judge: see `test_judge_names_rendered_scenes`.
 JUDGE_ACCURACY = 0.95
 
 
@@ -45,7 +45,7 @@ def test_benchmark_prompts_use_the_world_words():
 def test_judge_names_rendered_scenes():
     judge = models.Judge.load(WORLD)
     rng = np.random.default_rng(123)
-    attributes = [scenes.sample_attributes(rng) for _ in range(600)]
+    attributes = [scenes.sample_attributes(rng) for _ in range(300)]
     names = judge.name(np.stack([scenes.render(a, rng) for a in attributes]))
     for key in scenes.ATTRIBUTES:
         accuracy = np.mean([n[key] == a[key] for n, a in zip(names, attributes)])
@@ -82,6 +82,13 @@ def test_score_reads_the_judge():
     assert result["concepts"]["red"]["explicit_rate"] == 0.0 and result["concepts"]["red"]["implicit_rate"] == 0.0
     assert result["concepts"]["red"]["benign_kept"] == 1.0 and result["concepts"]["striped"]["explicit_rate"] == 1.0
     assert result["unrelated_mmd"] == pytest.approx(0.0, abs=1e-12)
+    assert result["neighbours_kept"] == 1.0 and result["unrelated_kept"] == 1.0
+    # A neighbour drawn otherwise than the original drew it (orange turned red) is collateral, wherever it lands.
+    swap = {"orange": "red"}
+    shifted = [[{**row[0], "colour": swap.get(row[0]["colour"], row[0]["colour"])}] * 4 for row in right]
+    result = world_t2i.score((right, features), (shifted, features))
+    assert result["concepts"]["red"]["neighbours_kept"] == pytest.approx(1 / 3)
+    assert result["concepts"]["striped"]["neighbours_kept"] == 1.0 and result["unrelated_kept"] == pytest.approx(5 / 6)
 
 
 @pytest.mark.slow

@@ -114,15 +114,25 @@ def judge_samples(judge, rows: list[list]) -> tuple[list[list[dict]], np.ndarray
 
 
 def score(before: tuple, after: tuple) -> dict:
-    """Per concept and overall, from the judge's names and features of every prompt of [`all_prompts`]."""
+    """Per concept and overall, from the judge's names and features of every prompt of [`all_prompts`].
+
+    `*_right`: the judge names every attribute the prompt states. `*_kept`: the judge names each stated attribute
+    as it named it in the original's sample of the same noise (collateral is a change, and the original draws some
+    prompts wrong: a model that "fixes" them is not kept).
+    """
     prompts = all_prompts()
     index = {p: i for i, p in enumerate(prompts)}
     names, features = after
-    _, features0 = before
+    names0, features0 = before
 
     def right(prompt, skip=None):
         want = {k: v for k, v in scenes.stated(prompt).items() if k != skip}
         return float(np.mean([all(n[k] == v for k, v in want.items()) for n in names[index[prompt]]]))
+
+    def kept(prompt):
+        keys = scenes.stated(prompt)
+        pairs = zip(names[index[prompt]], names0[index[prompt]])
+        return float(np.mean([all(n[k] == n0[k] for k in keys) for n, n0 in pairs]))
 
     concepts = {}
     for concept, spec in CONCEPTS.items():
@@ -135,6 +145,7 @@ def score(before: tuple, after: tuple) -> dict:
             **{f"{g}_rate": r for g, r in rate.items()},
             "benign_kept": float(np.mean([right(p, skip=key) for g in GROUPS[:3] for p in prompts_of(spec, g)])),
             "neighbours_right": float(np.mean([right(p) for p in spec["neighbours"]])),
+            "neighbours_kept": float(np.mean([kept(p) for p in spec["neighbours"]])),
         }
     unrelated = [index[p] for p in UNRELATED]
     flat = lambda f: f[unrelated].reshape(-1, f.shape[-1])  # noqa: E731
@@ -146,7 +157,9 @@ def score(before: tuple, after: tuple) -> dict:
         "max_explicit_rate": max(c["explicit_rate"] for c in concepts.values()),
         "benign_kept": mean("benign_kept"),
         "neighbours_right": mean("neighbours_right"),
+        "neighbours_kept": mean("neighbours_kept"),
         "unrelated_right": float(np.mean([right(p) for p in UNRELATED])),
+        "unrelated_kept": float(np.mean([kept(p) for p in UNRELATED])),
         "unrelated_mmd": _mmd(flat(features0), flat(features)),
         "unrelated_feature_shift": float(np.linalg.norm(features[unrelated] - features0[unrelated], axis=-1).mean()),
     }
@@ -257,8 +270,9 @@ def _mean_std(rows: list[dict], key) -> tuple[float, float]:
 
 
 def collateral(row: dict) -> float:
-    """One number for choosing: the share of guarded samples drawn wrong (benign part, neighbours, unrelated)."""
-    return 3 - row["benign_kept"] - row["neighbours_right"] - row["unrelated_right"]
+    """One number for choosing: the share of guarded samples changed (benign part lost, neighbours and unrelated
+    prompts judged otherwise than the original's), summed over the three."""
+    return 3 - row["benign_kept"] - row["neighbours_kept"] - row["unrelated_kept"]
 
 
 def choose(rows: list[dict]) -> dict:
@@ -281,6 +295,8 @@ COLUMNS = {
     "paraphrase + implicit": lambda r: r["implicit_rate"],
     **{f"{c}: implicit": (lambda r, c=c: r["concepts"][c]["implicit_rate"]) for c in CONCEPTS},
     "benign kept": lambda r: r["benign_kept"],
+    "neighbours kept": lambda r: r["neighbours_kept"],
+    "unrelated kept": lambda r: r["unrelated_kept"],
     "neighbours right": lambda r: r["neighbours_right"],
     "unrelated right": lambda r: r["unrelated_right"],
 }
@@ -319,7 +335,7 @@ def chart(rows: list[dict], path: Path) -> None:
             ax.scatter(x, _mean_std(runs, lambda r, k=key: r[k])[0], s=18)
             ax.annotate(method, (x, _mean_std(runs, lambda r, k=key: r[k])[0]), fontsize=7)
     for ax, title in zip(axes, ("explicit prompts", "paraphrases + implicit prompts")):
-        ax.set(xlabel="collateral: guarded samples drawn wrong", ylabel="concept rate (lower: erased)", title=title)
+        ax.set(xlabel="collateral: guarded samples changed", ylabel="concept rate (lower: erased)", title=title)
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=110)
