@@ -89,6 +89,11 @@ def test_score_reads_the_judge():
     result = world_t2i.score((right, features), (shifted, features))
     assert result["concepts"]["red"]["neighbours_kept"] == pytest.approx(1 / 3)
     assert result["concepts"]["striped"]["neighbours_kept"] == 1.0 and result["unrelated_kept"] == pytest.approx(5 / 6)
+    # The original drew a purple neighbour red; drawing it so again is kept (not right).
+    wrong = [[{**row[0], "colour": "red" if row[0]["colour"] == "purple" else row[0]["colour"]}] * 4 for row in right]
+    result = world_t2i.score((wrong, features), (wrong, features))
+    assert result["concepts"]["red"]["neighbours_kept"] == 1.0
+    assert result["concepts"]["red"]["neighbours_right"] == pytest.approx(2 / 3)
 
 
 @pytest.mark.slow
