@@ -56,6 +56,7 @@ LAYERS = {
     "hf_unlearn.evaluate_concept": 8,
     "hf_unlearn.benchmarks": 8,
     "hf_unlearn.attacks": 8,
+    "hf_unlearn.worlds": 8,  # the shape world: its models, trainer and prompts (benchmarks use them)
 }
 
 # Modules that need an optional dependency (the `nudity` extra: nudenet, onnxruntime, opencv): the only hf_unlearn
