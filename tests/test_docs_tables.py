@@ -27,6 +27,7 @@ PASTED = {
     "docs/performance.md": ["benchmark_results/performance/pass_ratio.md"],
     "docs/robustness.md": ["benchmark_results/robustness/results.md"],
     "docs/stable_diffusion.md": ["benchmark_results/text_to_image/report.md"],
+    "docs/world.md": ["benchmark_results/world_t2i/report.md"],
 }
 
 
