@@ -93,6 +93,19 @@ def sd_path(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def one_batch_split(digits):
+    """20 rows of digit 3 (forget) and 30 rows of other digits (remain): each set fits one batch of 64, so the
+    update-rule tests know exactly which rows every step sees."""
+    from hf_unlearn import ForgetRemainSplit
+
+    train = digits["train"]
+    labels = train["label"]
+    forget_ids = [i for i, y in enumerate(labels) if y == 3][:20]
+    remain_ids = [i for i, y in enumerate(labels) if y != 3][:30]
+    return ForgetRemainSplit.from_dataset(train.select(forget_ids + remain_ids), forget_ids=list(range(20)))
+
+
+@pytest.fixture(scope="session")
 def untrained_resnet_dir(tmp_path_factory):
     """A tiny ResNet built from its config (untrained) and its digits processor, saved: for checks of the plumbing."""
     from hf_unlearn.models import digits_image_processor, tiny_classifier

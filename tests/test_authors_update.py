@@ -29,12 +29,8 @@ ITERATIONS, K = 12, 3  # the authors' counting: 12 remain iterations, a forget s
 
 
 @pytest.fixture(scope="module")
-def setting(digits, processor):
-    train = digits["train"]
-    labels = train["label"]
-    forget_ids = [i for i, y in enumerate(labels) if y == 3][:20]
-    remain_ids = [i for i, y in enumerate(labels) if y != 3][:30]
-    split = ForgetRemainSplit.from_dataset(train.select(forget_ids + remain_ids), forget_ids=list(range(20)))
+def setting(digits, processor, one_batch_split):
+    train, split = digits["train"], one_batch_split
     trained = train_classifier(
         tiny_classifier("resnet", seed=0), train, TrainingRecipe(max_steps=40, batch_size=32), seed=0
     )

@@ -34,13 +34,8 @@ def _launch(*args, **kwargs) -> subprocess.Popen:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from hf_unlearn.models import digits_image_processor, tiny_classifier
-
-    folder = tmp_path_factory.mktemp("mp_resume_model")
-    tiny_classifier("resnet", seed=0).save_pretrained(folder)
-    digits_image_processor().save_pretrained(folder)
-    return folder
+def model_dir(untrained_resnet_dir):
+    return untrained_resnet_dir  # conftest's saved tiny ResNet, only read
 
 
 def _final(out: Path) -> dict:

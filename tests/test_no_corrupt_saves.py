@@ -12,7 +12,6 @@ import torch
 from hf_unlearn import DivergenceError, ForgetRemainSplit, UnlearnConfig, Unlearner
 from hf_unlearn.checkpointing import list_checkpoints
 from hf_unlearn.cli import main
-from hf_unlearn.models import digits_image_processor, tiny_classifier
 
 # One forget and two remain steps (the probe's setting): the huge step overflows the BatchNorm buffers, no loss is NaN.
 HUGE = {"method": "sfr_on", "optim": "sgd", "learning_rate": 1e6, "max_grad_norm": 0.0, "max_steps": 1}
@@ -20,11 +19,8 @@ HUGE["remain_steps_per_forget"] = 2
 
 
 @pytest.fixture(scope="module")
-def source(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("bn_source")
-    tiny_classifier("resnet", seed=0).save_pretrained(folder)
-    digits_image_processor().save_pretrained(folder)
-    return folder
+def source(untrained_resnet_dir):
+    return untrained_resnet_dir  # a BatchNorm ResNet folder (conftest), only read
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,6 @@ from safetensors.torch import load_file
 from hf_unlearn import ForgetRemainSplit, UnlearnConfig, Unlearner
 from hf_unlearn.checkpointing import list_checkpoints
 from hf_unlearn.cli import main
-from hf_unlearn.models import digits_image_processor, tiny_classifier
 from hf_unlearn.run_lock import LOCK_NAME, claim_output_dir, unlock_output_dir
 
 WORKER = Path(__file__).with_name("kill_worker.py")
@@ -32,11 +31,8 @@ QUICK = ["--forget_classes", "3", "--max_steps", "2", "--saliency_max_batches", 
 
 
 @pytest.fixture(scope="module")
-def source(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("writer_source")
-    tiny_classifier("resnet", seed=0).save_pretrained(folder)
-    digits_image_processor().save_pretrained(folder)
-    return folder
+def source(untrained_resnet_dir):
+    return untrained_resnet_dir  # conftest's saved tiny ResNet, only read
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_unlearn import ForgetRemainSplit, UnlearnConfig, Unlearner
+from hf_unlearn import UnlearnConfig, Unlearner
 from hf_unlearn.methods import Remap, TaskLoss, UnlearnMethod, register_method
 from hf_unlearn.methods import base as method_registry
 from hf_unlearn.models import TrainingRecipe, tiny_classifier, train_classifier
@@ -29,14 +29,9 @@ REMAP_TARGET = 0
 
 
 @pytest.fixture(scope="module")
-def setting(digits, processor):
+def setting(digits, processor, one_batch_split):
     """A tiny ViT trained briefly (so per-row losses differ by orders of magnitude) and a 20 + 30 row split."""
-    train = digits["train"]
-    labels = train["label"]
-    forget_ids = [i for i, y in enumerate(labels) if y == 3][:20]
-    remain_ids = [i for i, y in enumerate(labels) if y != 3][:30]
-    data = train.select(forget_ids + remain_ids)
-    split = ForgetRemainSplit.from_dataset(data, forget_ids=list(range(20)))
+    train, split = digits["train"], one_batch_split
     trained = train_classifier(
         tiny_classifier("vit", seed=0), train, TrainingRecipe(max_steps=150, learning_rate=5e-3), seed=0
     )
