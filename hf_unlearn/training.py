@@ -54,12 +54,10 @@ def seed_sampler(loader, seed: int):
     itself each epoch with `epoch + torch.initial_seed()`, ignoring the loader's generator: without this the forget
     and remain loaders would shuffle identically and their `seed`s would be dead.
     """
-    sampler = loader
-    for attr in ("batch_sampler", "batch_sampler", "sampler"):  # DataLoaderShard → [BatchSamplerShard →] BatchSampler
-        if isinstance(sampler, SeedableRandomSampler):
-            break
-        sampler = getattr(sampler, attr, None) or getattr(sampler, "sampler", None)
-    if isinstance(sampler, SeedableRandomSampler):
+    sampler = loader  # DataLoaderShard → [BatchSamplerShard →] BatchSampler → the sampler (None: not shuffled)
+    while sampler is not None and not isinstance(sampler, SeedableRandomSampler):
+        sampler = getattr(sampler, "batch_sampler", None) or getattr(sampler, "sampler", None)
+    if sampler is not None:
         sampler.initial_seed = seed
     return loader
 
