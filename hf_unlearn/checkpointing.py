@@ -25,12 +25,11 @@ from typing import Any, Optional
 
 import torch
 from accelerate import skip_first_batches
-from accelerate.logging import get_logger
 from safetensors.torch import load_file, save_file
 
 from .guard import check_checkpointable
 from .training import Endless
-from .utils import apply_umask, atomic_write_json, file_sha256, sha256_of, to_jsonable
+from .utils import apply_umask, atomic_write_json, file_sha256, get_logger, sha256_of, to_jsonable
 
 logger = get_logger(__name__)
 

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Optional
 
 import torch
-from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
@@ -41,7 +39,7 @@ from .run_checks import check_run_inputs
 from .run_lock import claim_output_dir, unlock_output_dir
 from .tracking import check_log_with, start_tracking, stop_tracking
 from .training import alpha_at, build_optimizer, check_sharding, lr_schedule, make_accelerator, seed_sampler
-from .utils import apply_umask
+from .utils import apply_umask, get_logger
 from .validation import (
     all_finite,
     check_finite_weights,
@@ -53,7 +51,6 @@ from .validation import (
 
 logger = get_logger(__name__)
 REMAIN_SEED_OFFSET = 1_000_003  # remain shuffling seed: seed + this (torch seeds its CPU generator with 32 bits)
-_log = logging.getLogger(__name__)  # for code that runs before any accelerate state exists (`from_pretrained`)
 
 
 @dataclass
@@ -130,7 +127,7 @@ class Unlearner:
         if base is not model_or_path:
             check_weights_files(model_or_path, "model_or_path")  # a pickle-only adapter is never loaded
         if (base is not model_or_path or is_diffusers_lora_folder(model_or_path)) and not config.lora:
-            _log.info(f"{model_or_path} is a LoRA output folder: the next request trains LoRA too (lora=True).")
+            logger.info(f"{model_or_path} is a LoRA output folder: the next request trains LoRA too (lora=True).")
             config = replace(config, lora=True)
         family = normalize_family(family or config.family or detect_family(base))
         config = replace(config, family=family)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -191,3 +192,29 @@ def check_output_dir(
             "not an earlier hf_unlearn output; choose another folder or pass overwrite=True (overwrite_output_dir) "
             "to replace it."
         )
+
+
+class _StateSafeLogger(logging.LoggerAdapter):
+    """accelerate's logger (main process only) once a process state exists, the plain logger before it: checks that
+    run before the `Accelerator` is built (`from_pretrained`, `validate`) must be able to log, and accelerate's
+    logger raises there."""
+
+    def __init__(self, name: str):
+        from accelerate.logging import get_logger as accelerate_logger  # noqa: PLC0415
+
+        super().__init__(logging.getLogger(name), {})
+        self._accelerate = accelerate_logger(name)
+
+    def log(self, level, msg, *args, **kwargs):
+        from accelerate.state import PartialState  # noqa: PLC0415
+
+        if PartialState._shared_state:
+            self._accelerate.log(level, msg, *args, **kwargs)
+        else:
+            kwargs = {k: v for k, v in kwargs.items() if k not in ("main_process_only", "in_order")}
+            self.logger.log(level, msg, *args, **kwargs)
+
+
+def get_logger(name: str) -> logging.LoggerAdapter:
+    """A logger for library code that may run before or after accelerate's process state exists."""
+    return _StateSafeLogger(name)

@@ -187,3 +187,28 @@ def test_engine_state_round_trips_without_pickle(tmp_path):
     resumed = torch.Generator()
     resumed.set_state(loaded.generator_state)
     assert torch.equal(torch.rand(5, generator=resumed), torch.rand(5, generator=generator))
+
+
+def test_latest_without_a_checkpoint_is_checked_before_any_accelerate_state(untrained_resnet_dir, tmp_path):
+    """`validate` runs before the Accelerator exists; its checkpoint lookup logs "starting a fresh run", which must not
+    need accelerate's process state (a fresh process, as a user's script)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from hf_unlearn import ForgetRemainSplit, UnlearnConfig, Unlearner, load_digits_dataset\n"
+        "rows = load_digits_dataset()['train'].select(range(60))\n"
+        "split = ForgetRemainSplit.from_dataset(rows, forget_classes=[3])\n"
+        "cfg = UnlearnConfig(resume_from_checkpoint='latest', checkpointing_steps=1, output_dir=sys.argv[2])\n"
+        "Unlearner.from_pretrained(sys.argv[1], cfg).validate(split)\n"
+        "print('validated')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(untrained_resnet_dir), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert proc.returncode == 0 and "validated" in proc.stdout, proc.stderr[-2000:]
