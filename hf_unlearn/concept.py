@@ -264,6 +264,14 @@ class ConceptSplit:
         state = PartialState()
         # One process generates, the others wait and read; generating before `accelerate launch` avoids the wait.
         if state.is_main_process and not _is_cached(path):
+            # The published SD recipe generates 1000 images per set at 512 px: say what this costs, and how to shrink
+            # it, before the minutes (or hours) start.
+            logger.warning(
+                f"Generating {self.num_images} concept images for {len(prompts)} prompt(s) at "
+                f"{settings['resolution']} px, {self.num_inference_steps} denoising steps each "
+                "(`--num_concept_images`, `--generation_steps` and `--resolution` shrink this; a smoke run needs 2 "
+                "images of 2 steps)."
+            )
             rows = [(prompts[i % len(prompts)], first_seed + i) for i in range(self.num_images)]
             images = self._generate(pipeline, rows, settings["resolution"], state)
             data = {

@@ -107,3 +107,34 @@ def test_benchmark_quick_mode_runs(tmp_path):
     assert rows["original"]["unrelated_mmd"] == 0.0 and rows["resampled"]["unrelated_mmd"] > 0
     assert rows["hand_remap"]["work"]["optimizer_steps"] == 8 and rows["uce"]["work"]["edited_projections"] > 0
     assert "| sfr_on_remap |" in (out / "report.md").read_text()
+
+
+def test_rt_data_shows_none_of_the_erased_concepts():
+    from hf_unlearn.worlds.train import without
+
+    _, attributes, _ = scenes.dataset(600, 0)
+    excluded = {"colour": ("red",), "pattern": ("striped",), "shape": ("triangle",)}
+    kept = without(attributes, excluded)
+    shows = lambda a: a["colour"] == "red" or a["pattern"] == "striped" or a["shape"] == "triangle"  # noqa: E731
+    assert kept and not any(shows(attributes[i]) for i in kept)
+    # Every scene without them is kept: RT loses only the concepts' scenes.
+    dropped = set(range(len(attributes))) - set(kept)
+    assert dropped and all(shows(attributes[i]) for i in dropped)
+
+
+@pytest.mark.slow
+def test_rt_retrains_only_the_unet(tmp_path):
+    from safetensors.torch import load_file
+
+    from hf_unlearn.worlds.train import main
+
+    out = tmp_path / "rt"
+    assert main(["--quick", "--retrain_without", "red,triangle", "--world", str(WORLD), "--output", str(out)]) == 0
+    for part, same in (("vae", True), ("text_encoder", True), ("unet", False)):
+        ours = load_file(next((out / "pipeline" / part).glob("*.safetensors")))
+        world = load_file(next((WORLD / "pipeline" / part).glob("*.safetensors")))
+        assert all(torch.equal(ours[k], world[k]) for k in world) is same, part
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert log[0]["excluded"] == {"colour": ["red"], "shape": ["triangle"]} and log[-1]["stage"] == "done"
+    with pytest.raises(SystemExit):  # a concept the world does not have: one line, exit 2
+        main(["--retrain_without", "blue", "--output", str(tmp_path / "x")])

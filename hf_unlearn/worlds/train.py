@@ -214,14 +214,75 @@ def train_world(output: str | os.PathLike, settings: WorldSettings = WorldSettin
     return output
 
 
+def without(attributes: list[dict], excluded: dict[str, tuple[str, ...]]) -> list[int]:
+    """Indices of the scenes that show none of the `excluded` attribute values (`{"colour": ("red",), ...}`)."""
+    return [i for i, a in enumerate(attributes) if not any(a[k] in values for k, values in excluded.items())]
+
+
+def retrain_without(
+    world: str | os.PathLike, output: str | os.PathLike, excluded: dict[str, tuple[str, ...]], settings: WorldSettings
+) -> Path:
+    """RT for concept erasure: the world's UNet trained from a fresh init, with the world's recipe, on scenes that
+    show none of the `excluded` attributes (their captions cannot name them). VAE, text encoder, tokenizer, scheduler
+    and judge are the world's own, so only what the generative model learned differs."""
+    from diffusers import StableDiffusionPipeline  # noqa: PLC0415
+
+    output, world = Path(output), Path(world)
+    tmp = output.with_name(output.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    log = Log(tmp / "train_log.jsonl")
+    log("settings", **asdict(settings), excluded={k: list(v) for k, v in excluded.items()}, world=str(world))
+    torch.manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    pipe = StableDiffusionPipeline.from_pretrained(str(world / "pipeline"))
+    pipe.unet = models.unet()
+    images, attributes = np.zeros((0, scenes.SIZE, scenes.SIZE, 3), np.uint8), []
+    batch_seed = settings.seed
+    while len(attributes) < settings.scenes:  # as many scenes as the world's, all free of the concepts
+        more_images, more_attributes, _ = scenes.dataset(settings.scenes, batch_seed)
+        kept = without(more_attributes, excluded)[: settings.scenes - len(attributes)]
+        images = np.concatenate([images, more_images[kept]])
+        attributes += [more_attributes[i] for i in kept]
+        batch_seed += 1
+    log("data", scenes=len(attributes))
+    train_unet(pipe, images, attributes, settings, rng, log)
+    pipe.save_pretrained(tmp / "pipeline")
+    log("done")
+    shutil.rmtree(output, ignore_errors=True)
+    os.replace(tmp, output)
+    return output
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hf_unlearn.worlds.train", description=__doc__.split("\n")[0])
     parser.add_argument("--output", default="benchmark_results/world", help="Folder for the trained world.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the scenes, captions and inits.")
     parser.add_argument("--quick", action="store_true", help="Seconds-long check of the pipeline (useless models).")
+    parser.add_argument(
+        "--retrain_without",
+        default=None,
+        help="RT: retrain only the UNet of `--world` on scenes without these concepts of `worlds.prompts.CONCEPTS` "
+        "(comma-separated, e.g. 'red,striped,triangle').",
+    )
+    parser.add_argument("--world", default="benchmark_results/world", help="The world whose UNet RT retrains.")
     args = parser.parse_args(argv)
     base = QUICK_WORLD if args.quick else WorldSettings()
-    train_world(args.output, WorldSettings(**{**asdict(base), "seed": args.seed}))
+    settings = WorldSettings(**{**asdict(base), "seed": args.seed})
+    if args.retrain_without is None:
+        train_world(args.output, settings)
+        return 0
+    from .prompts import CONCEPTS  # noqa: PLC0415
+
+    names = [c for c in args.retrain_without.split(",") if c]
+    unknown = [c for c in names if c not in CONCEPTS]
+    if unknown or not names:
+        parser.error(f"--retrain_without: {unknown or names} are not the world's concepts; use {list(CONCEPTS)}")
+    excluded: dict[str, tuple[str, ...]] = {}
+    for name in names:
+        key, value = CONCEPTS[name]["attribute"]
+        excluded[key] = (*excluded.get(key, ()), value)
+    retrain_without(args.world, args.output, excluded, settings)
     return 0
 
 
