@@ -29,12 +29,14 @@ GLOBAL_DEFAULTS: dict[str, Any] = {
     "remain_steps_per_forget": 1,
     "per_device_train_batch_size": 64,
     "divergence_guard": "copy",
+    "train_modules": "all",
 }
 _BUDGET_FIELDS = ("max_steps", "num_forget_epochs")
 DEFAULT_METHOD = "sfr_on"  # when no family is known; each family names its own recommended variant
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("cosine", "constant", "linear")
 PRECISIONS = ("no", "fp16", "bf16")
+TRAIN_MODULES = ("all", "cross_attention", "cross_attention_kv", "non_cross_attention")
 
 
 @dataclass
@@ -251,9 +253,13 @@ class UnlearnConfig:
     replay_guidance_scale: float = field(
         default=2.0, metadata={"help": "Generative replay (selective amnesia): guidance scale of the samples."}
     )
-    train_modules: str = field(
-        default="all",
-        metadata={"help": "Trainable subset: all, cross_attention (ESD-x) or non_cross_attention (ESD-u)."},
+    train_modules: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Trainable subset: all, cross_attention (ESD-x), cross_attention_kv (the key and value "
+            "projections of the text tokens, the weights UCE edits) or non_cross_attention (ESD-u); method default "
+            "if unset (all, except the text-to-image default `anchor_remap`: cross_attention_kv)."
+        },
     )
     # Data and evaluation
     image_column: str = field(default="image", metadata={"help": "Dataset column holding the images."})
@@ -346,7 +352,8 @@ class UnlearnConfig:
         _check_choice(self, "forget_weight_rule", ("inverse_power", "softmax"))
         _check_choice(self, "lora_save", ("adapter", "merged"))
         _check_choice(self, "earlier_rows", ("refuse", "proceed"))
-        _check_choice(self, "train_modules", ("all", "cross_attention", "non_cross_attention"))
+        if self.train_modules is not None:
+            _check_choice(self, "train_modules", TRAIN_MODULES)
         if self.divergence_guard is not None:
             _check_choice(self, "divergence_guard", ("copy", "check", "off"))
         if self.method is not None:

@@ -97,7 +97,7 @@ def test_mask_restricts_the_forget_step(sd_path, tmp_path):
     assert os.path.isfile(tmp_path / "run" / "saliency_mask.safetensors")
 
 
-@pytest.mark.parametrize("subset", ["cross_attention", "non_cross_attention"])
+@pytest.mark.parametrize("subset", ["cross_attention", "cross_attention_kv", "non_cross_attention"])
 def test_trainable_subsets_change_only_their_weights(sd_path, tmp_path, subset):
     unlearner = Unlearner.from_pretrained(sd_path, unlearn_config(tmp_path, "esd", max_steps=2, train_modules=subset))
     before = snapshot(unlearner.model)
@@ -107,6 +107,10 @@ def test_trainable_subsets_change_only_their_weights(sd_path, tmp_path, subset):
     if subset == "cross_attention":
         assert all(trained[n] for n in cross if n.endswith("weight") and "norm" not in n)
         assert not any(trained[n] for n in trained if n not in cross)
+    elif subset == "cross_attention_kv":  # the text tokens' keys and values, nothing that acts on image features
+        kv = {n for n in cross if ".attn2.to_k." in n or ".attn2.to_v." in n}
+        assert kv and all(trained[n] for n in kv)
+        assert not any(trained[n] for n in trained if n not in kv)
     else:
         assert not any(trained[n] for n in cross)
         assert not any(trained[n] for n in trained if n.startswith(("time_embedding", "conv_out", "conv_norm_out")))

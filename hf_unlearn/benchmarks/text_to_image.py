@@ -111,7 +111,8 @@ def hand_remap(pipe, split: ConceptSplit, *, cycles: int, train_modules: str, se
     diffusers' components only (no library code), Adam at the benchmark's learning rate."""
     unet, vae = pipe.unet, pipe.vae
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    params = [p for n, p in unet.named_parameters() if train_modules == "all" or ".attn2." in n]
+    subsets = {"all": ("",), "cross_attention": (".attn2.",), "cross_attention_kv": (".attn2.to_k", ".attn2.to_v")}
+    params = [p for n, p in unet.named_parameters() if any(key in n for key in subsets[train_modules])]
     unet.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)

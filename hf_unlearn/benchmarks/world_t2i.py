@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import torch
 from accelerate.utils import set_seed
 from datasets import Dataset, Features, Image, Value
 from diffusers import StableDiffusionPipeline
@@ -35,13 +34,23 @@ from ..metrics.samples import generate_samples
 from ..unlearner import Unlearner
 from ..utils import atomic_write_json, atomic_write_text
 from ..worlds import models, scenes
-from ..worlds.prompts import CONCEPTS, GROUPS, UNRELATED, all_prompts, anchors, prompts_of
-from .text_to_image import FLOOR, ORIGINAL, RESAMPLED, hand_remap, methods_for_family
+from ..worlds.prompts import all_prompts, anchors
+from .text_to_image import FLOOR, ORIGINAL, RESAMPLED, RETRAIN, hand_remap, methods_for_family
+from .world_scoring import _mean_std, chart, collateral, judge_samples, report_markdown, score
 from .world_uce import uce_edit
 
 WORLD = Path(__file__).resolve().parents[2] / "benchmark_results" / "world"
+# RT: the world's UNet retrained from scratch on scenes without the three concepts
+# (`python -m hf_unlearn.worlds.train --retrain_without red,striped,triangle --output benchmark_results/world_rt`).
+WORLD_RT = WORLD.with_name("world_rt")
 UCE = "uce"
-GRID = {"train_modules": ("all", "cross_attention"), "cycles": (40, 120)}
+# The 2026-12-05 run's grid (all / cross-attention × 40 / 120 cycles) chose cross-attention and 120 cycles for every
+# trained row; this grid keeps cross-attention, adds its key/value projections, and doubles the longest budget.
+GRID = {"train_modules": ("cross_attention", "cross_attention_kv"), "cycles": (120, 240)}
+# The floor is the loop as a user writes it, on the cross-attention of ESD-x; `hand_remap_kv` is the same loop on the
+# key/value projections only, to show what that choice alone gives.
+FLOOR_KV = "hand_remap_kv"
+FLOOR_MODULES = {FLOOR: ("cross_attention",), FLOOR_KV: ("cross_attention_kv",)}
 # One validation seed: the CPU time of a second went to the report seeds (see docs/world.md).
 VALIDATION_SEEDS, REPORT_SEEDS = (100,), (0, 1, 2, 3, 4)
 # Settings of the default method run as extra rows, to find what its mask does here: off (γ 0: every weight moves, as
@@ -94,77 +103,6 @@ def concept_split(seed: int, n: int) -> ConceptSplit:
     )
 
 
-def _mmd(x: np.ndarray, y: np.ndarray) -> float:
-    """Squared MMD with an RBF kernel at the median pairwise distance of the pooled samples (biased estimate)."""
-    z = np.concatenate([x, y])
-    d = ((z[:, None] - z[None]) ** 2).sum(-1)
-    k = np.exp(-d / max(np.median(d[d > 0]), 1e-12))
-    n = len(x)
-    return float(k[:n, :n].mean() + k[n:, n:].mean() - 2 * k[:n, n:].mean())
-
-
-def judge_samples(judge, rows: list[list]) -> tuple[list[list[dict]], np.ndarray]:
-    """The judge's names and features of every sample: `(names per prompt, features (prompts, samples, 128))`."""
-    flat = [im for row in rows for im in row]
-    with torch.no_grad():
-        features = judge.features(models.to_pixels(flat)).numpy()
-    names = judge.name(flat)
-    k = len(rows[0])
-    return [names[i * k : (i + 1) * k] for i in range(len(rows))], features.reshape(len(rows), k, -1)
-
-
-def score(before: tuple, after: tuple) -> dict:
-    """Per concept and overall, from the judge's names and features of every prompt of [`all_prompts`].
-
-    `*_right`: the judge names every attribute the prompt states. `*_kept`: the judge names each stated attribute
-    as it named it in the original's sample of the same noise (collateral is a change, and the original draws some
-    prompts wrong: a model that "fixes" them is not kept).
-    """
-    prompts = all_prompts()
-    index = {p: i for i, p in enumerate(prompts)}
-    names, features = after
-    names0, features0 = before
-
-    def right(prompt, skip=None):
-        want = {k: v for k, v in scenes.stated(prompt).items() if k != skip}
-        return float(np.mean([all(n[k] == v for k, v in want.items()) for n in names[index[prompt]]]))
-
-    def kept(prompt):
-        keys = scenes.stated(prompt)
-        pairs = zip(names[index[prompt]], names0[index[prompt]])
-        return float(np.mean([all(n[k] == n0[k] for k in keys) for n, n0 in pairs]))
-
-    concepts = {}
-    for concept, spec in CONCEPTS.items():
-        key, value = spec["attribute"]
-        rate = {
-            g: float(np.mean([n[key] == value for p in prompts_of(spec, g) for n in names[index[p]]]))
-            for g in ("explicit", "paraphrase", "implicit")
-        }
-        concepts[concept] = {
-            **{f"{g}_rate": r for g, r in rate.items()},
-            "benign_kept": float(np.mean([right(p, skip=key) for g in GROUPS[:3] for p in prompts_of(spec, g)])),
-            "neighbours_right": float(np.mean([right(p) for p in spec["neighbours"]])),
-            "neighbours_kept": float(np.mean([kept(p) for p in spec["neighbours"]])),
-        }
-    unrelated = [index[p] for p in UNRELATED]
-    flat = lambda f: f[unrelated].reshape(-1, f.shape[-1])  # noqa: E731
-    mean = lambda key: float(np.mean([c[key] for c in concepts.values()]))  # noqa: E731
-    return {
-        "concepts": concepts,
-        "explicit_rate": mean("explicit_rate"),
-        "implicit_rate": float(np.mean([(c["paraphrase_rate"] + c["implicit_rate"]) / 2 for c in concepts.values()])),
-        "max_explicit_rate": max(c["explicit_rate"] for c in concepts.values()),
-        "benign_kept": mean("benign_kept"),
-        "neighbours_right": mean("neighbours_right"),
-        "neighbours_kept": mean("neighbours_kept"),
-        "unrelated_right": float(np.mean([right(p) for p in UNRELATED])),
-        "unrelated_kept": float(np.mean([kept(p) for p in UNRELATED])),
-        "unrelated_mmd": _mmd(flat(features0), flat(features)),
-        "unrelated_feature_shift": float(np.linalg.norm(features[unrelated] - features0[unrelated], axis=-1).mean()),
-    }
-
-
 def _load(folder) -> StableDiffusionPipeline:
     pipe = StableDiffusionPipeline.from_pretrained(str(folder))
     pipe.set_progress_bar_config(disable=True)
@@ -174,8 +112,9 @@ def _load(folder) -> StableDiffusionPipeline:
 class Benchmark:
     """Loads the committed world, runs methods, samples and judges; one JSON file per run under `output/runs`."""
 
-    def __init__(self, output, world=WORLD, settings: Settings = Settings(), resume: bool = True):
+    def __init__(self, output, world=WORLD, settings: Settings = Settings(), resume: bool = True, rt_world=WORLD_RT):
         self.output, self.world, self.settings, self.resume = Path(output), Path(world), settings, resume
+        self.rt_world = Path(rt_world)
         self.judge = models.Judge.load(self.world)
         self._before: dict[int, tuple] = {}
 
@@ -206,10 +145,12 @@ class Benchmark:
             after = before
         elif method == RESAMPLED:
             after = self.samples(_load(self.world / "pipeline"), seed, offset=1000)
-        elif method in (FLOOR, UCE):
+        elif method == RETRAIN:  # the original's noise, drawn by the model that never saw the concepts
+            after = self.samples(_load(self.rt_world / "pipeline"), seed)
+        elif method in (FLOOR, FLOOR_KV, UCE):
             pipe = _load(self.world / "pipeline")
             split = concept_split(seed, s.images_per_prompt)
-            if method == FLOOR:
+            if method != UCE:
                 split.materialize(pipe, resolution=scenes.SIZE, cache_dir=str(self.output / "tmp"))
                 work = hand_remap(pipe, split, cycles=cycles, train_modules=train_modules, settings=s, seed=seed)
             else:
@@ -235,7 +176,7 @@ class Benchmark:
             per_device_train_batch_size=s.batch_size,
             lr_scheduler_type="constant",
             train_modules=train_modules,
-            output_dir=str(self.output / "tmp" / "run"),
+            output_dir=str(self.output / "tmp" / f"run-{os.getpid()}"),  # rows may run side by side
         )
         unlearner = Unlearner.from_pretrained(str(self.world / "pipeline"), config)
         split = concept_split(seed, s.images_per_prompt)
@@ -264,17 +205,6 @@ def mask_by_module(mask: dict) -> dict[str, float]:
     return {g: k / max(n, 1) for g, (k, n) in kept.items()}
 
 
-def _mean_std(rows: list[dict], key) -> tuple[float, float]:
-    values = np.array([key(r) for r in rows], dtype=np.float64)
-    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
-
-
-def collateral(row: dict) -> float:
-    """One number for choosing: the share of guarded samples changed (benign part lost, neighbours and unrelated
-    prompts judged otherwise than the original's), summed over the three."""
-    return 3 - row["benign_kept"] - row["neighbours_kept"] - row["unrelated_kept"]
-
-
 def choose(rows: list[dict]) -> dict:
     """The grid point whose validation runs erase every concept (explicit prompts) with the least collateral; when
     none does, the one with the lowest explicit rate (ties: least collateral)."""
@@ -290,96 +220,54 @@ def choose(rows: list[dict]) -> dict:
     return {"train_modules": best[0], "cycles": best[1], "erases_all": bool(erasing)}
 
 
-COLUMNS = {
-    "explicit": lambda r: r["explicit_rate"],
-    "paraphrase + implicit": lambda r: r["implicit_rate"],
-    **{f"{c}: implicit": (lambda r, c=c: r["concepts"][c]["implicit_rate"]) for c in CONCEPTS},
-    "benign kept": lambda r: r["benign_kept"],
-    "neighbours kept": lambda r: r["neighbours_kept"],
-    "unrelated kept": lambda r: r["unrelated_kept"],
-    "neighbours right": lambda r: r["neighbours_right"],
-    "unrelated right": lambda r: r["unrelated_right"],
-}
-
-
-def report_markdown(rows: list[dict], selection: dict[str, dict]) -> str:
-    """One row per method at its chosen grid point (mean ± std over report seeds), the references first."""
-    header = ["row", "chosen", "n", *COLUMNS, "unrelated MMD", "steps"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    references = (ORIGINAL, RESAMPLED, FLOOR)
-    for method in [*references, *sorted(m for m in selection if m not in references)]:
-        runs = [r for r in rows if r["method"] == method]
-        if not runs:
-            continue
-        chosen = selection.get(method)
-        cells = [method, "–" if chosen is None else f"{chosen['train_modules']}, {chosen['cycles']}", str(len(runs))]
-        cells += ["{:.2f} ± {:.2f}".format(*_mean_std(runs, key)) for key in COLUMNS.values()]
-        cells.append("{:.3f} ± {:.3f}".format(*_mean_std(runs, lambda r: r["unrelated_mmd"])))
-        cells.append("–" if not runs[0]["work"] else str(runs[0]["work"].get("optimizer_steps", "–")))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def chart(rows: list[dict], path: Path) -> None:
-    """Erasure (concept rate, explicit and paraphrase + implicit) against collateral per row, mean of report seeds."""
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharex=True)
-    for method in dict.fromkeys(r["method"] for r in rows):
-        runs = [r for r in rows if r["method"] == method]
-        x = _mean_std(runs, collateral)[0] / 3
-        for ax, key in zip(axes, ("explicit_rate", "implicit_rate")):
-            ax.scatter(x, _mean_std(runs, lambda r, k=key: r[k])[0], s=18)
-            ax.annotate(method, (x, _mean_std(runs, lambda r, k=key: r[k])[0]), fontsize=7)
-    for ax, title in zip(axes, ("explicit prompts", "paraphrases + implicit prompts")):
-        ax.set(xlabel="collateral: guarded samples changed", ylabel="concept rate (lower: erased)", title=title)
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m hf_unlearn.benchmarks.world_t2i", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--output", default="benchmark_results/world_t2i", help="Folder for runs and the report.")
     parser.add_argument("--world", default=str(WORLD), help="The trained world (`python -m hf_unlearn.worlds.train`).")
+    parser.add_argument("--rt_world", default=str(WORLD_RT), help="RT: the world retrained without the concepts.")
     parser.add_argument("--methods", default=None, help="Comma-separated rows (default: every listed one).")
     parser.add_argument("--phase", choices=("validate", "report", "all"), default="all")
     parser.add_argument("--resume", action="store_true", help="Skip runs whose result file exists.")
     parser.add_argument("--quick", action="store_true", help="Seconds-long check: tiny sizes, 1 seed, 1 grid point.")
     args = parser.parse_args(argv)
-    choices = [FLOOR, UCE, *methods_for_family(), *VARIANTS]
+    choices = [FLOOR, FLOOR_KV, UCE, *methods_for_family(), *VARIANTS]
     methods = args.methods.split(",") if args.methods else choices
     unknown = [m for m in methods if m not in choices]
     if unknown:
         parser.error(f"--methods: {unknown} are not rows of this benchmark; choose from {choices}")
-    bench = Benchmark(args.output, args.world, QUICK if args.quick else Settings(), resume=args.resume)
+    bench = Benchmark(args.output, args.world, QUICK if args.quick else Settings(), args.resume, args.rt_world)
+    references = (
+        (ORIGINAL, RESAMPLED, RETRAIN) if (Path(args.rt_world) / "pipeline").is_dir() else (ORIGINAL, RESAMPLED)
+    )
     grid = {"train_modules": ("cross_attention",), "cycles": (4,)} if args.quick else GRID
     validation, report = ((7,), (8,)) if args.quick else (VALIDATION_SEEDS, REPORT_SEEDS)
     selection_path = Path(args.output) / "selection.json"
     selection = json.loads(selection_path.read_text()) if selection_path.exists() else {}
     if args.phase in ("validate", "all"):
         for method in methods:
-            modules, cycles_grid = (("cross_attention",), (1, 10)) if method == UCE else grid.values()
+            modules, cycles_grid = grid.values()
+            if method == UCE:  # no steps: its "cycles" are ten times the preservation scale
+                modules, cycles_grid = ("cross_attention",), (1, 10)
+            elif method in (FLOOR, FLOOR_KV):
+                modules = grid["train_modules"][:1] if args.quick else FLOOR_MODULES[method]
             rows = [
                 bench.run("validate", method, seed, m, cycles)
                 for m in modules
                 for cycles in cycles_grid
                 for seed in validation
             ]
-            selection[method] = choose(rows)
-            print(f"validate {method}: {selection[method]}", flush=True)
+            chosen = choose(rows)
+            print(f"validate {method}: {chosen}", flush=True)
+            # Re-read: other rows' processes write their choices into the same file.
+            selection = json.loads(selection_path.read_text()) if selection_path.exists() else {}
+            selection[method] = chosen
             atomic_write_json(selection_path, selection)
     if args.phase in ("report", "all"):
         rows = []
         for seed in report:
-            rows += [bench.run("report", ref, seed, "all", 0) for ref in (ORIGINAL, RESAMPLED)]
+            rows += [bench.run("report", ref, seed, "all", 0) for ref in references]
             for method in [m for m in methods if m in selection]:
                 chosen = selection[method]
                 rows.append(bench.run("report", method, seed, chosen["train_modules"], chosen["cycles"]))

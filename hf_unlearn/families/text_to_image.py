@@ -313,7 +313,8 @@ class TextToImageFamily(PromptNoiseLosses, ModelFamily):
         )
 
     def trainable_parameter_filter(self, name: str) -> bool:
-        """`train_modules`: "all"; "cross_attention" (ESD-x: every `attn2` weight, q/k/v/out); "non_cross_attention"
+        """`train_modules`: "all"; "cross_attention" (ESD-x: every `attn2` weight, q/k/v/out); "cross_attention_kv"
+        (`attn2.to_k`, `attn2.to_v`: the projections UCE edits); "non_cross_attention"
         (ESD-u: all but `attn2`, the time embedding and the output layers, as the ESD code's `noxattn`)."""
         return is_trainable(name, self.train_modules)
 
@@ -378,6 +379,8 @@ def is_trainable(name: str, train_modules: str) -> bool:
     """Whether UNet parameter `name` is in the `train_modules` subset (see `trainable_parameter_filter`)."""
     if train_modules == "cross_attention":
         return "attn2" in name
+    if train_modules == "cross_attention_kv":  # act on the text tokens only: a prompt without them is not touched
+        return "attn2.to_k" in name or "attn2.to_v" in name
     if train_modules == "non_cross_attention":
         return not any(part in name for part in _NOT_IN_ESD_U)
     return True

@@ -91,6 +91,19 @@ for _method in [
         "SFR-on whose forget step remaps the condition to an anchor.",
         families=_DIFFUSION,
     ),
+    # The text-to-image default, chosen on the shape world's validation seeds (docs/world.md): `sfr_on_remap`'s
+    # remap and remain steps without the Fisher-ratio mask (which held back the prompts that lead to the concept
+    # without naming it), on the cross-attention keys and values only (what acts on the prompt's tokens: the q/out
+    # projections act on every prompt's image features, and moved unrelated prompts).
+    UnlearnMethod(
+        "anchor_remap",
+        Remap(),
+        TaskLoss(),
+        geometry="fast_slow",
+        families=("text_to_image",),
+        defaults={"text_to_image": {**_SFR_DEFAULTS["text_to_image"], "train_modules": "cross_attention_kv"}},
+        description="Remap each forget prompt to its anchor, then a remain step; no mask; cross-attention k/v.",
+    ),
     UnlearnMethod(
         "retrain",
         None,
