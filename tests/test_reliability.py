@@ -223,7 +223,7 @@ def test_crash_while_writing_config_yaml_keeps_the_previous_file(tmp_path, monke
 
 
 # The source model is never modified
-CLASSIFIER_METHODS = [m for m in list_methods() if m not in ("esd", "selective_amnesia", "sfr_on_remap")]
+CLASSIFIER_METHODS = list_methods("image_classifier")
 
 
 def test_source_files_untouched_by_every_classifier_method(model_dir, rows, tmp_path):

@@ -100,13 +100,15 @@ def test_score_reads_the_judge():
 def test_benchmark_quick_mode_runs(tmp_path):
     torch.manual_seed(0)
     out = tmp_path / "bench"
-    assert world_t2i.main(["--quick", "--output", str(out), "--methods", "hand_remap,uce,sfr_on_remap"]) == 0
+    assert world_t2i.main(["--quick", "--output", str(out), "--methods", "hand_remap,uce,anchor_remap"]) == 0
     results = json.loads((out / "results.json").read_text())
     rows = {r["method"]: r for r in results["rows"]}
-    assert set(rows) == {"original", "resampled", "hand_remap", "uce", "sfr_on_remap"}
+    assert set(rows) == {"original", "resampled", "retrain", "hand_remap", "uce", "anchor_remap"}
+    # RT draws with the original's noise but never saw the concepts: the samples differ from the original's.
+    assert rows["retrain"]["unrelated_mmd"] > 0
     assert rows["original"]["unrelated_mmd"] == 0.0 and rows["resampled"]["unrelated_mmd"] > 0
     assert rows["hand_remap"]["work"]["optimizer_steps"] == 8 and rows["uce"]["work"]["edited_projections"] > 0
-    assert "| sfr_on_remap |" in (out / "report.md").read_text()
+    assert "| anchor_remap |" in (out / "report.md").read_text() and "| retrain |" in (out / "report.md").read_text()
 
 
 def test_rt_data_shows_none_of_the_erased_concepts():

@@ -231,6 +231,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--phase", choices=("validate", "report", "all"), default="all")
     parser.add_argument("--resume", action="store_true", help="Skip runs whose result file exists.")
     parser.add_argument("--quick", action="store_true", help="Seconds-long check: tiny sizes, 1 seed, 1 grid point.")
+    parser.add_argument(
+        "--cycles", default=None, help="Comma-separated budgets of the grid for these rows (default: 120,240)."
+    )
     args = parser.parse_args(argv)
     choices = [FLOOR, FLOOR_KV, UCE, *methods_for_family(), *VARIANTS]
     methods = args.methods.split(",") if args.methods else choices
@@ -241,7 +244,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     references = (
         (ORIGINAL, RESAMPLED, RETRAIN) if (Path(args.rt_world) / "pipeline").is_dir() else (ORIGINAL, RESAMPLED)
     )
-    grid = {"train_modules": ("cross_attention",), "cycles": (4,)} if args.quick else GRID
+    grid = {"train_modules": ("cross_attention",), "cycles": (4,)} if args.quick else dict(GRID)
+    if args.cycles:
+        grid["cycles"] = tuple(int(c) for c in args.cycles.split(","))
     validation, report = ((7,), (8,)) if args.quick else (VALIDATION_SEEDS, REPORT_SEEDS)
     selection_path = Path(args.output) / "selection.json"
     selection = json.loads(selection_path.read_text()) if selection_path.exists() else {}
@@ -258,7 +263,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 for cycles in cycles_grid
                 for seed in validation
             ]
-            chosen = choose(rows)
+            chosen = {**choose(rows), "grid": {"train_modules": list(modules), "cycles": list(cycles_grid)}}
             print(f"validate {method}: {chosen}", flush=True)
             # Re-read: other rows' processes write their choices into the same file.
             selection = json.loads(selection_path.read_text()) if selection_path.exists() else {}

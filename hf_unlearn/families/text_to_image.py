@@ -43,8 +43,9 @@ class TextToImageFamily(PromptNoiseLosses, ModelFamily):
     name = "text_to_image"
     pipeline_class: ClassVar[str] = "StableDiffusionPipeline"  # the diffusers class that loads a folder or repo id
     required_components: ClassVar[tuple[str, ...]] = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-    # Faithful ascent on the noise loss is unstable; remapping to an anchor is the authors' own SD choice.
-    default_method = "sfr_on_remap"
+    # Faithful ascent on the noise loss is unstable; remapping to an anchor is the authors' own SD choice. Without their
+    # Fisher-ratio mask, on the cross-attention keys and values: the shape world's validation (docs/world.md).
+    default_method = "anchor_remap"
     default_config: dict[str, Any] = {
         "max_grad_norm": 1.0,
         "remain_steps_per_forget": 1,
