@@ -305,9 +305,10 @@ def fuse_lora_folder(family, path) -> None:
     saved again, the folder's base then holds every earlier adapter and its LoRA file the new one (docs/lora.md)."""
     pipeline = family.pipeline
     pipeline.load_lora_weights(str(path), adapter_name="earlier_requests")
-    pipeline.fuse_lora(components=["unet"], adapter_names=["earlier_requests"])
+    key = getattr(family, "denoiser", "unet")  # SD3 / FLUX: the `transformer`
+    pipeline.fuse_lora(components=[key], adapter_names=["earlier_requests"])
     pipeline.unload_lora_weights()
-    family.model = pipeline.unet
+    family.model = getattr(pipeline, key)
 
 
 def adapter_base_model(path: str | os.PathLike) -> str:
