@@ -1,5 +1,5 @@
 """FLUX (`FluxPipeline`) in the text-to-image family: a `FluxTransformer2DModel` trained by flow matching on packed
-latents, conditioned on T5 states, CLIP's pooled output and (FLUX-dev) a guidance embedding; VAE and encoders frozen."""
+latents, conditioned on T5 states, CLIP's pooled output and (FLUX-dev) a guidance embedding; VAE, encoders frozen."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ class TextToImageFluxFamily(FlowMatchingTextToImageFamily):
     pipeline's image position ids, passes the timestep divided by 1000, and, for a guidance-distilled transformer
     (`guidance_embeds`, FLUX-dev), the guidance embedding at `guidance_scale` (3.5, the pipeline's and diffusers' FLUX
     training scripts' default), then unpacks the prediction. The empty prompt is the encoded `""` (what the
-    pipeline's true-CFG branch encodes for `negative_prompt=""`), at the same guidance embedding. Training noise is flow
-    matching with uniform timesteps (`weighting_scheme="none"`, the FLUX scripts' default), target ε − x₀.
+    pipeline's true-CFG branch encodes for `negative_prompt=""`), at the same guidance embedding. Training noise is
+    flow matching with uniform timesteps (`weighting_scheme="none"`, the FLUX scripts' default), target ε − x₀.
 
     Args:
         pipeline (`FluxPipeline`): the pipeline; its VAE and text encoders are frozen.
@@ -47,9 +47,8 @@ class TextToImageFluxFamily(FlowMatchingTextToImageFamily):
     guidance_scale: float = 3.5  # the guidance embedding's value in every prediction (FLUX-dev)
 
     def __init__(self, pipeline, config):
-        self.text_encoder_2, self.tokenizer_2 = getattr(pipeline, "text_encoder_2", None), getattr(
-            pipeline, "tokenizer_2", None
-        )
+        self.text_encoder_2 = getattr(pipeline, "text_encoder_2", None)
+        self.tokenizer_2 = getattr(pipeline, "tokenizer_2", None)
         self.default_sample_size = int(getattr(pipeline, "default_sample_size", 128))
         super().__init__(pipeline, config)
         self.guidance_embeds = bool(self.model.config.guidance_embeds)
