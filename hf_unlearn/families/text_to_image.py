@@ -185,7 +185,9 @@ class TextToImageFamily(PromptNoiseLosses, ModelFamily):
             if self.lora_save == "merged":
                 unet.fuse_lora()
             else:
-                lora_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(model))
+                lora_layers = get_peft_model_state_dict(model)
+                if self.denoiser == "unet":  # the UNet LoRA format; SD3 / FLUX loaders read peft's keys as they are
+                    lora_layers = convert_state_dict_to_diffusers(lora_layers)
                 metadata = next(iter(model.peft_config.values())).to_dict()
             unet.unload_lora()
         pipeline, key = self.pipeline, self.denoiser

@@ -1,0 +1,224 @@
+"""SD3 and FLUX in the text-to-image family: tiny flow-matching pipelines built from configs (two projected CLIPs and a
+T5 for SD3; a CLIP and a T5 for FLUX, with a guidance embedding), unlearned through the public API, saved, reloaded
+with their diffusers pipeline classes and sampled."""
+
+import copy
+import json
+
+import pytest
+import torch
+from tiny_flow import tiny_flux_pipeline, tiny_sd3_pipeline
+from tiny_sd import ANCHOR, FORGET, UNRELATED, captioned, dataset_split, snapshot, unlearn_config
+
+from hf_unlearn import ConceptSplit, UnlearnConfig, Unlearner
+from hf_unlearn.families import detect_family
+from hf_unlearn.families.text_to_image_flux import TextToImageFluxFamily
+from hf_unlearn.families.text_to_image_sd3 import TextToImageSD3Family
+from hf_unlearn.methods import list_methods
+
+BUILD = {"sd3": tiny_sd3_pipeline, "flux": tiny_flux_pipeline}
+FAMILY = {"sd3": TextToImageSD3Family, "flux": TextToImageFluxFamily}
+PIPELINE = {"sd3": "StableDiffusion3Pipeline", "flux": "FluxPipeline"}
+FROZEN = {"sd3": ("vae", "text_encoder", "text_encoder_2", "text_encoder_3"), "flux": ("vae", "text_encoder", "text_encoder_2")}
+
+
+@pytest.fixture(scope="session")
+def flow_paths(tmp_path_factory):
+    root = tmp_path_factory.mktemp("flow")
+    for name, build in BUILD.items():
+        build().save_pretrained(root / name)
+    return {name: str(root / name) for name in BUILD}
+
+
+def config(tmp_path, method, **kwargs):
+    return unlearn_config(tmp_path, method, **{"resolution": 8, **kwargs})
+
+
+def pipeline_class(kind):
+    import diffusers
+
+    return getattr(diffusers, PIPELINE[kind])
+
+
+def frozen_parts(kind, pipe):
+    return {
+        f"{part}.{name}": param.detach().clone()
+        for part in FROZEN[kind]
+        for name, param in getattr(pipe, part).named_parameters()
+    }
+
+
+@torch.no_grad()
+def predict(family, model, prompt, n=2):
+    generator = torch.Generator().manual_seed(123)
+    noisy = torch.randn((n, 4, 4, 4), generator=generator)
+    timesteps = family.noise_scheduler.timesteps[torch.randint(0, 1000, (n,), generator=generator)]
+    return family.predict(model.eval(), noisy, timesteps, family.encode_prompts(family.tokenize([prompt] * n)))
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_detected_and_conditioned_as_the_pipeline_does(flow_paths, tmp_path, kind):
+    assert detect_family(flow_paths[kind]) == "text_to_image"
+    unlearner = Unlearner.from_pretrained(flow_paths[kind], UnlearnConfig(output_dir=str(tmp_path), resolution=8))
+    family, pipe = unlearner.family, unlearner.family.pipeline
+    # The family's method and the methods' text-to-image defaults apply as they are.
+    assert unlearner.config.method == "sfr_on_remap"
+    assert type(family) is FAMILY[kind] and family.name == "text_to_image" and unlearner.config.learning_rate == 1e-5
+    assert type(Unlearner.from_pretrained(BUILD[kind](), config(tmp_path, "esd")).family) is FAMILY[kind]
+    prompts = [FORGET, UNRELATED[0]]
+    cond = family.encode_prompts(family.tokenize(prompts))
+    if kind == "sd3":
+        states, negative, pooled, negative_pooled = pipe.encode_prompt(prompts, None, None, device="cpu")
+    else:
+        (states, pooled, _), (negative, negative_pooled, _) = (
+            pipe.encode_prompt(p, device="cpu") for p in (prompts, ["", ""])
+        )
+    assert torch.equal(cond["encoder_hidden_states"], states) and torch.equal(cond["pooled_projections"], pooled)
+    uncond = family.unconditional(cond)  # encoded once, not per row: rounding may differ
+    assert torch.allclose(uncond["encoder_hidden_states"], negative, atol=1e-6)
+    assert torch.allclose(uncond["pooled_projections"], negative_pooled, atol=1e-6)
+    # One sampler step from σ = 1 to 0 is x − v: the pipeline's own transformer call (packing, ids, t/1000, guidance)
+    # gives the velocity that `predict` gives.
+    x = torch.randn((2, 4, 4, 4), generator=torch.Generator().manual_seed(0))
+    latents = x
+    if kind == "flux":
+        latents = pipe._pack_latents(x, 2, 4, 4, 4)
+    kwargs = {"guidance_scale": 1.0} if kind == "sd3" else {"guidance_scale": family.guidance_scale}
+    out = pipe(prompts, latents=latents, num_inference_steps=1, height=8, width=8, output_type="latent", **kwargs)
+    stepped = out.images if kind == "sd3" else pipe._unpack_latents(out.images, 8, 8, family.vae_scale_factor)
+    with torch.no_grad():
+        velocity = family.predict(family.model, x, torch.full((2,), 1000.0), cond)
+    assert torch.allclose(x - stepped, velocity, atol=1e-5)
+    # The pooled text reaches the transformer: the same sequence with another prompt's pooled embedding differs.
+    swapped = {**cond, "pooled_projections": cond["pooled_projections"].flip(0)}
+    with torch.no_grad():
+        assert not torch.allclose(family.predict(family.model, x, torch.full((2,), 500.0), swapped), velocity)
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_flow_matching_loss_is_the_training_scripts_and_every_loss_reduces_as_defined(flow_paths, tmp_path, kind):
+    from diffusers.training_utils import compute_density_for_timestep_sampling
+
+    family = Unlearner.from_pretrained(flow_paths[kind], config(tmp_path, "esd")).family
+    model, frozen = family.model, copy.deepcopy(family.model)
+    rows = captioned(2, seed=1, captions=[FORGET]).add_column("anchor", [ANCHOR] * 2)
+    batch = next(iter(family.make_dataloader(rows, batch_size=2, shuffle=False, seed=0)))
+
+    def seeded(loss, *args):
+        torch.manual_seed(0)  # the same noise and timesteps for every call
+        return loss(model, *args)
+
+    plain = seeded(family.per_sample_loss, batch)
+    # The scripts' steps, written out: density → index → σ → x_t = (1 − σ)x₀ + σε, target ε − x₀, weight 1.
+    torch.manual_seed(0)
+    latents = family.encode_images(batch["pixel_values"])  # the VAE's sample draws first, as in the loss
+    scheme = "logit_normal" if kind == "sd3" else "none"
+    u = compute_density_for_timestep_sampling(scheme, 2, logit_mean=0.0, logit_std=1.0, mode_scale=1.29)
+    scheduler = pipeline_class(kind).from_pretrained(flow_paths[kind]).scheduler  # a fresh one, as the scripts keep
+    indices = (u * scheduler.config.num_train_timesteps).long()
+    sigmas = scheduler.sigmas[indices].reshape(-1, 1, 1, 1)
+    noise = torch.randn_like(latents)
+    noisy = (1 - sigmas) * latents + sigmas * noise
+    with torch.no_grad():
+        pred = family.predict(model, noisy, scheduler.timesteps[indices], family.encode_prompts(batch["input_ids"]))
+    by_hand = (pred - (noise - latents)).pow(2).flatten(1).mean(1)
+    assert plain.shape == (2,) and torch.allclose(plain.detach(), by_hand, atol=1e-6)
+    # ε(x,"") + 1·(ε(x,c) − ε(x,"")) is the plain prediction; a remap to the same prompt and ESD at η = −1 cost 0.
+    assert torch.allclose(seeded(family.guided_per_sample_loss, batch, 1.0), plain, atol=1e-6)
+    assert not torch.allclose(seeded(family.guided_per_sample_loss, batch, 7.5), plain)
+    assert seeded(family.remap_loss, {**batch, "anchor_input_ids": batch["input_ids"]}, None).abs().max() < 1e-6
+    assert bool((seeded(family.remap_loss, batch, None) > 0).all())
+    assert seeded(family.negative_guidance_loss, frozen, batch, -1.0).abs().max() < 1e-6
+    assert bool((seeded(family.negative_guidance_loss, frozen, batch, 1.0) > 0).all())
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_sfr_on_remap_two_cycles_change_only_the_transformer_and_the_folder_reloads_and_samples(
+    flow_paths, tmp_path, kind
+):
+    unlearner = Unlearner.from_pretrained(flow_paths[kind], config(tmp_path, "sfr_on_remap", max_steps=2))
+    before, frozen = snapshot(unlearner.model), frozen_parts(kind, unlearner.family.pipeline)
+    split = ConceptSplit(
+        forget_prompts=[FORGET], remain_prompts=[ANCHOR], num_images=2, num_inference_steps=2, cache_dir=str(tmp_path)
+    )
+    metrics_before = unlearner.evaluate(split)  # the evaluation hook: concept gap and remain loss, from the model
+    result = unlearner.unlearn(split)  # the concept images are drawn by the pipeline itself
+    assert result.steps == 2 and result.num_forget == 2 and 0 < result.mask_fraction < 1
+    moved = [n for n, p in unlearner.model.named_parameters() if not torch.equal(p.detach(), before[n])]
+    assert len(moved) > len(before) // 2
+    assert all(torch.equal(p, frozen[n]) for n, p in frozen_parts(kind, unlearner.family.pipeline).items())
+    metrics_after = unlearner.evaluate(split)
+    assert metrics_after["concept_gap"] != metrics_before["concept_gap"] and metrics_after["concept_images"] == 2
+
+    unlearner.save_pretrained(tmp_path / "erased")
+    index = json.loads((tmp_path / "erased" / "model_index.json").read_text())
+    assert index["_class_name"] == PIPELINE[kind] and index["transformer"][1] == type(unlearner.model).__name__
+    pipe = pipeline_class(kind).from_pretrained(tmp_path / "erased")
+    state = unlearner.model.state_dict()
+    assert all(torch.equal(p, state[n]) for n, p in pipe.transformer.named_parameters())
+    image = pipe(FORGET, num_inference_steps=2, height=8, width=8, generator=torch.Generator().manual_seed(0))
+    assert image.images[0].size == (8, 8)
+    again = Unlearner.from_pretrained(str(tmp_path / "erased"), config(tmp_path, "sfr_on_remap"))
+    assert type(again.family) is FAMILY[kind] and again.records[-1]["method"] == "sfr_on_remap"
+    card = (tmp_path / "erased" / "README.md").read_text()
+    assert f"{PIPELINE[kind]}.from_pretrained" in card
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_lora_keeps_the_base_and_loads_with_load_lora_weights(flow_paths, tmp_path, kind):
+    cfg = config(tmp_path, "sfr_on_remap", max_steps=2, lora=True, lora_r=4, learning_rate=1e-2)
+    unlearner = Unlearner.from_pretrained(flow_paths[kind], cfg)
+    base = snapshot(unlearner.model)
+    unlearner.unlearn(dataset_split(2))
+    model, family = unlearner.model, unlearner.family
+    adapted = {n.split(".base_layer")[0].rsplit(".", 1)[-1] for n, _ in model.named_parameters() if "base_layer" in n}
+    assert {"to_q", "add_k_proj", "to_add_out"} <= adapted  # the SD3 / FLUX LoRA scripts' targets
+    for name, param in model.named_parameters():
+        if "lora_" not in name:
+            assert torch.equal(param, base[name.replace(".base_layer", "")]), name
+    unlearned = predict(family, model, FORGET)
+    original = pipeline_class(kind).from_pretrained(flow_paths[kind])
+    assert (unlearned - predict(family, original.transformer, FORGET)).abs().max() > 1e-4
+    unlearner.save_pretrained(tmp_path / "adapter")
+    assert (tmp_path / "adapter" / "pytorch_lora_weights.safetensors").is_file()
+    original.load_lora_weights(tmp_path / "adapter")
+    assert torch.allclose(predict(family, original.transformer, FORGET), unlearned, atol=1e-5)
+    assert original(FORGET, num_inference_steps=2, height=8, width=8).images[0].size == (8, 8)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+@pytest.mark.parametrize("method", list_methods("text_to_image"))
+def test_every_text_to_image_method_runs_two_cycles(flow_paths, tmp_path, kind, method):
+    unlearner = Unlearner.from_pretrained(flow_paths[kind], config(tmp_path, method, max_steps=2))
+    before, frozen = snapshot(unlearner.model), frozen_parts(kind, unlearner.family.pipeline)
+    if method == "selective_amnesia":  # generative replay: remain images drawn by the pipeline from remain prompts
+        split = ConceptSplit(
+            forget_prompts=[FORGET], remain_prompts=[ANCHOR], num_images=2, num_inference_steps=2, cache_dir=str(tmp_path)
+        )
+    else:
+        split = dataset_split(2)
+    assert unlearner.unlearn(split).steps == 2
+    assert any(not torch.equal(p.detach(), before[n]) for n, p in unlearner.model.named_parameters())
+    assert all(torch.equal(p, frozen[n]) for n, p in frozen_parts(kind, unlearner.family.pipeline).items())
+
+
+TEXT_SIDE = (".add_q_proj.", ".add_k_proj.", ".add_v_proj.", ".to_add_out.", ".norm_added_q.", ".norm_added_k.")
+CONDITIONING = ("context_embedder.", "time_text_embed.", "norm_out.", "proj_out.")
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_train_modules_pick_the_text_side_of_joint_attention_or_everything_else(flow_paths, tmp_path, kind):
+    trained = {}
+    for subset in ("cross_attention", "non_cross_attention"):
+        unlearner = Unlearner.from_pretrained(flow_paths[kind], config(tmp_path, "esd", max_steps=2, train_modules=subset))
+        before = snapshot(unlearner.model)
+        unlearner.unlearn(dataset_split(2))
+        trained[subset] = {n for n, p in unlearner.model.named_parameters() if not torch.equal(p.detach(), before[n])}
+    names = set(before)
+    text_side = {n for n in names if any(part in n for part in TEXT_SIDE)}
+    assert trained["cross_attention"] and trained["cross_attention"] <= text_side
+    assert any(".add_k_proj." in n for n in trained["cross_attention"])
+    esd_u = trained["non_cross_attention"]
+    assert len(esd_u) > len(names) // 3 and not esd_u & text_side
+    assert not any(n.startswith(CONDITIONING) or ".ff_context." in n or ".norm1_context." in n for n in esd_u)
