@@ -19,7 +19,10 @@ from hf_unlearn.methods import list_methods
 BUILD = {"sd3": tiny_sd3_pipeline, "flux": tiny_flux_pipeline}
 FAMILY = {"sd3": TextToImageSD3Family, "flux": TextToImageFluxFamily}
 PIPELINE = {"sd3": "StableDiffusion3Pipeline", "flux": "FluxPipeline"}
-FROZEN = {"sd3": ("vae", "text_encoder", "text_encoder_2", "text_encoder_3"), "flux": ("vae", "text_encoder", "text_encoder_2")}
+FROZEN = {
+    "sd3": ("vae", "text_encoder", "text_encoder_2", "text_encoder_3"),
+    "flux": ("vae", "text_encoder", "text_encoder_2"),
+}
 
 
 @pytest.fixture(scope="session")
@@ -194,7 +197,11 @@ def test_every_text_to_image_method_runs_two_cycles(flow_paths, tmp_path, kind, 
     before, frozen = snapshot(unlearner.model), frozen_parts(kind, unlearner.family.pipeline)
     if method == "selective_amnesia":  # generative replay: remain images drawn by the pipeline from remain prompts
         split = ConceptSplit(
-            forget_prompts=[FORGET], remain_prompts=[ANCHOR], num_images=2, num_inference_steps=2, cache_dir=str(tmp_path)
+            forget_prompts=[FORGET],
+            remain_prompts=[ANCHOR],
+            num_images=2,
+            num_inference_steps=2,
+            cache_dir=str(tmp_path),
         )
     else:
         split = dataset_split(2)
@@ -211,7 +218,9 @@ CONDITIONING = ("context_embedder.", "time_text_embed.", "norm_out.", "proj_out.
 def test_train_modules_pick_the_text_side_of_joint_attention_or_everything_else(flow_paths, tmp_path, kind):
     trained = {}
     for subset in ("cross_attention", "non_cross_attention"):
-        unlearner = Unlearner.from_pretrained(flow_paths[kind], config(tmp_path, "esd", max_steps=2, train_modules=subset))
+        unlearner = Unlearner.from_pretrained(
+            flow_paths[kind], config(tmp_path, "esd", max_steps=2, train_modules=subset)
+        )
         before = snapshot(unlearner.model)
         unlearner.unlearn(dataset_split(2))
         trained[subset] = {n for n, p in unlearner.model.named_parameters() if not torch.equal(p.detach(), before[n])}
@@ -292,3 +301,29 @@ def test_remap_pulls_each_forget_prompt_toward_its_own_anchor(trained_flow_paths
     for forget, (gap_before, gap_after) in gaps.items():
         assert gap_after <= 0.75 * gap_before, (forget, gap_before, gap_after)
         assert moved[forget] > 1.25 * moved[held_out], moved
+
+
+def test_wrong_pieces_and_sizes_are_refused_before_any_weight_change(flow_paths, tmp_path):
+    from diffusers import FluxPipeline, StableDiffusion3Pipeline
+
+    from hf_unlearn.attacks import adversarial_unlearn
+
+    sd3, flux = (pipeline_class(kind).from_pretrained(flow_paths[kind]) for kind in ("sd3", "flux"))
+    with pytest.raises(ValueError, match="A bare SD3Transformer2DModel has no VAE"):
+        Unlearner.from_pretrained(sd3.transformer, config(tmp_path, "esd"))
+    # A bare transformer with its pipeline is the pipeline's family; FLUX's transformer in an SD3 pipeline is not.
+    family = Unlearner.from_pretrained(flux.transformer, config(tmp_path, "esd"), pipeline=flux).family
+    assert type(family) is TextToImageFluxFamily and family.model is flux.transformer
+    wrong = StableDiffusion3Pipeline.from_pretrained(flow_paths["sd3"])
+    wrong.transformer = FluxPipeline.from_pretrained(flow_paths["flux"]).transformer
+    with pytest.raises(ValueError, match="a StableDiffusion3Pipeline trains a SD3Transformer2DModel"):
+        Unlearner.from_pretrained(wrong, config(tmp_path, "esd"))
+    # FLUX packs 2×2 latent patches: with the VAE's factor 2, sizes are multiples of 4.
+    with pytest.raises(ValueError, match="`resolution` is 6, but FLUX packs latents"):
+        Unlearner.from_pretrained(flow_paths["flux"], config(tmp_path, "esd", resolution=6))
+    unlearner = Unlearner.from_pretrained(flow_paths["sd3"], config(tmp_path, "sfr_on_remap", max_steps=2))
+    before = snapshot(unlearner.model)
+    split = ConceptSplit(forget_prompts=[FORGET], remain_prompts=[ANCHOR], num_images=2, cache_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="`unlearner` holds a StableDiffusion3Pipeline pipeline"):
+        adversarial_unlearn(unlearner, split, rounds=2)
+    assert all(torch.equal(p, before[n]) for n, p in unlearner.model.named_parameters())

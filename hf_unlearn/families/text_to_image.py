@@ -121,9 +121,12 @@ class TextToImageFamily(PromptNoiseLosses, ModelFamily):
     def can_load(cls, model_or_path: Any) -> bool:
         if type(model_or_path).__name__ in ("UNet2DConditionModel", *_TRANSFORMERS):
             return True
-        # SD 1.x / 2.x / SDXL denoise with a `unet`, SD3 and FLUX with a `transformer` (their `_VARIANTS` classes).
+        # SD 1.x / 2.x / SDXL denoise with a `unet`; a `transformer` pipeline only when a variant handles it (SD3,
+        # FLUX), so that other transformer pipelines (PixArt, ...) are refused by detection, naming their class.
         components = pipeline_components(model_or_path)
-        return "text_encoder" in components and bool({"unet", "transformer"} & components)
+        if "text_encoder" not in components:
+            return False
+        return "unet" in components or ("transformer" in components and _variant_for(model_or_path) is not None)
 
     @classmethod
     def from_pretrained(
