@@ -6,8 +6,8 @@ trainable parameters either as they are ("plain") or sharded with `torch.distrib
 child module with parameters, then the root), and computes through the library's own code (`pass_statistic`,
 `FisherRatio`, `TopK`, `save_mask`, `load_mask`) the SFR-on Fisher-ratio mask and SalUn's top-k mask. It saves the
 gathered masks, reloads them into the parameters' layout (a resumed run's `mask_path`) and checks them equal to the
-computed ones, then takes STEPS masked SFR-on-like steps (loss-weighted ascent on the forget rows, descent on the remain
-rows, Adam) and saves the gathered weights. Plain runs with several ranks average gradients over ranks as DDP does.
+computed ones, then takes STEPS masked steps (ascent on the forget rows, descent on the remain rows, SGD) and saves the
+gathered weights before and after. Plain runs with several ranks average gradients over ranks as DDP does.
 """
 
 import json
