@@ -327,3 +327,26 @@ def test_wrong_pieces_and_sizes_are_refused_before_any_weight_change(flow_paths,
     with pytest.raises(ValueError, match="`unlearner` holds a StableDiffusion3Pipeline pipeline"):
         adversarial_unlearn(unlearner, split, rounds=2)
     assert all(torch.equal(p, before[n]) for n, p in unlearner.model.named_parameters())
+
+
+def test_lora_on_a_bf16_base_trains_fp32_adapters_that_load_with_load_lora_weights(flow_paths, tmp_path):
+    # What makes FLUX-dev's LoRA fit one GPU (docs/stable_diffusion.md, memory): the frozen base and encoders in bf16.
+    cfg = config(
+        tmp_path, "esd", max_steps=2, lora=True, lora_r=4, learning_rate=1e-2, train_modules="cross_attention"
+    )
+    unlearner = Unlearner.from_pretrained(flow_paths["flux"], cfg, torch_dtype=torch.bfloat16)
+    base = snapshot(unlearner.model)
+    unlearner.unlearn(dataset_split(2))
+    dtypes = {("lora_" in n, p.dtype) for n, p in unlearner.model.named_parameters()}
+    assert dtypes == {(True, torch.float32), (False, torch.bfloat16)}, dtypes
+    assert unlearner.family.text_encoder_2.dtype == torch.bfloat16
+    assert all(
+        torch.equal(p, base[n.replace(".base_layer", "")])
+        for n, p in unlearner.model.named_parameters()
+        if "lora_" not in n
+    )
+    unlearner.save_pretrained(tmp_path / "adapter")
+    pipe = pipeline_class("flux").from_pretrained(flow_paths["flux"])
+    pipe.load_lora_weights(tmp_path / "adapter")
+    trained = [n for n, p in pipe.transformer.named_parameters() if "lora_B" in n and p.any()]
+    assert trained and all(".add_" in n or ".to_add_out." in n for n in trained)
