@@ -115,6 +115,10 @@ def test_flow_matching_loss_is_the_training_scripts_and_every_loss_reduces_as_de
     # The scripts' steps, written out: density → index → σ → x_t = (1 − σ)x₀ + σε, target ε − x₀, weight 1.
     torch.manual_seed(0)
     latents = family.encode_images(batch["pixel_values"])  # the VAE's sample draws first, as in the loss
+    # (z − shift) · scale, the inverse of the pipelines' decoding (the tiny VAE's posterior std is e^-15).
+    vae = family.vae.config
+    mean = family.vae.encode(batch["pixel_values"]).latent_dist.mean
+    assert torch.allclose(latents, (mean - vae.shift_factor) * vae.scaling_factor, atol=1e-5)
     scheme = "logit_normal" if kind == "sd3" else "none"
     u = compute_density_for_timestep_sampling(scheme, 2, logit_mean=0.0, logit_std=1.0, mode_scale=1.29)
     scheduler = pipeline_class(kind).from_pretrained(flow_paths[kind]).scheduler  # a fresh one, as the scripts keep
