@@ -26,7 +26,11 @@ def build(kind, world):
     data = load_digits_dataset()["train"].select(range(200))
     split = ForgetRemainSplit.from_dataset(data, forget_classes=[3])
     # Global saliency batches of 8 rows whatever the number of ranks (as the engine's 1- vs 2-process test).
-    config = UnlearnConfig(method="sfr_on", per_device_train_batch_size=8 // world, seed=0, output_dir="")
+    # Clipping each batch-mean gradient (as the authors' DDPM passes) makes the Fisher ratio depend on the gradients'
+    # absolute size, which the sharded sum over ranks must then get right.
+    config = UnlearnConfig(
+        method="sfr_on", per_device_train_batch_size=8 // world, seed=0, output_dir="", saliency_clip_norm=0.05
+    )
     if kind == "classifier":
         from hf_unlearn.models import digits_image_processor, tiny_classifier
 
@@ -99,6 +103,8 @@ def main(kind, mode, out):
     torch.manual_seed(2 + rank)
     masks["topk"] = get_saliency("topk").compute(inputs)
     fractions = {name: mask_fraction(mask) for name, mask in masks.items()}
+    torch.manual_seed(3 + rank)  # the forget set's Fisher itself, unclipped: its scale, not only the ratio's
+    fisher = full_mask(statistic(split.forget, lambda batch: family.per_sample_loss(model, batch)))
     for name, mask in masks.items():  # saved gathered, reloaded into the shards: a resumed run's `mask_path`
         whole = full_mask(mask)
         path = os.path.join(out, f"{name}.safetensors")
@@ -132,6 +138,7 @@ def main(kind, mode, out):
     if rank == 0:
         save_file({n: w.contiguous() for n, w in weights.items()}, os.path.join(out, "weights.safetensors"))
         save_file({n: w.contiguous() for n, w in initial.items()}, os.path.join(out, "initial.safetensors"))
+        save_file({n: f.contiguous() for n, f in fisher.items()}, os.path.join(out, "fisher_forget.safetensors"))
         with open(os.path.join(out, "result.json"), "w") as fh:
             json.dump({"world": world, "fractions": fractions}, fh)
     dist.barrier()

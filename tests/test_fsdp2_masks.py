@@ -36,7 +36,10 @@ def _run(kind: str, mode: str, processes: int, out: Path) -> dict:
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((out / "result.json").read_text())
     result.update(
-        {name: load_file(out / f"{name}.safetensors") for name in ("fisher_ratio", "topk", "weights", "initial")}
+        {
+            name: load_file(out / f"{name}.safetensors")
+            for name in ("fisher_ratio", "topk", "weights", "initial", "fisher_forget")
+        }
     )
     return result
 
@@ -52,6 +55,8 @@ def test_masks_on_fsdp2_shards_equal_the_unsharded_masks_and_steps(kind, referen
         assert all(torch.equal(reference[name][n], sharded[name][n]) for n in reference[name]), name
         assert sharded["fractions"][name] == reference["fractions"][name]
     assert 0.05 < sharded["fractions"]["fisher_ratio"] < 0.95
+    for n, value in reference["fisher_forget"].items():  # the Fisher itself, scale included (gathered from shards)
+        assert torch.allclose(sharded["fisher_forget"][n], value, rtol=1e-4, atol=1e-12), n
     diffs = [float((reference["weights"][n] - sharded["weights"][n]).abs().max()) for n in reference["weights"]]
     assert max(diffs) < 1e-6, max(diffs)  # float noise
     mask, start, end = sharded["fisher_ratio"], sharded["initial"], sharded["weights"]
