@@ -186,6 +186,25 @@ def plan(name: str, count: dict, acts: dict, lora_r: int, gpus: int) -> list[dic
     return rows
 
 
+def summary(result: dict) -> str:
+    """The docs' two tables: parameter counts, and per-GPU GiB under bf16 autocast without and with checkpointing."""
+    keys = ("transformer", "transformer_text_attention", f"lora_r{result['lora_r']}", "clip_l", "clip_g", "t5_xxl",
+            "vae")  # fmt: skip
+    lines = ["| model | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
+    for name, model in result["models"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{model['parameters'].get(k, 0):,}" for k in keys) + " |")
+    lines += ["", "| model | setup | weights + grads + Adam | activations, no checkpointing | total | activations, "
+              "checkpointing | total |", "|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for name, model in result["models"].items():
+        rows = [r for r in model["plan"] if r["autocast"] == "bf16" and "FSDP" not in r["setup"] or
+                r["autocast"] == "bf16" and r["setup"].endswith("encoders bf16")]  # fmt: skip
+        for setup in dict.fromkeys(r["setup"] for r in rows):
+            no, yes = (next(r for r in rows if r["setup"] == setup and r["checkpointing"] == c) for c in ("no", "yes"))
+            lines.append(f"| {name} | {setup} | {no['weights_grads_adam_gib']} | {no['activations_gib']} | "
+                         f"{no['total_gib']} | {yes['activations_gib']} | {yes['total_gib']} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default="benchmark_results/flow_memory")
@@ -212,6 +231,8 @@ def main(argv=None) -> int:
                          f"{r['esd_frozen_copy_gib']} |")  # fmt: skip
     with open(os.path.join(args.output, "flow_memory.md"), "w") as fh:
         fh.write("\n".join(lines) + "\n")
+    with open(os.path.join(args.output, "summary.md"), "w") as fh:
+        fh.write(summary(result) + "\n")
     print("\n".join(lines))
     return 0
 
