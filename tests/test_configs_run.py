@@ -86,9 +86,13 @@ def test_sd3_and_flux_lora_configs_run_two_cycles_from_the_cli(path, kind, tmp_p
     pipe = (tiny_sd3_pipeline if kind == "sd3" else tiny_flux_pipeline)()
     pipe.save_pretrained(model)
     argv = ["unlearn", "--config", str(CONFIGS / path), "--model", str(model), *OTHERS[path]]
+    argv += ["--sample_prompts", "a photo of a nude person", "--do_eval", "true"]  # the evaluation hooks too
     assert main([*argv, "--max_steps", "2", "--output_dir", str(out)]) == 0
     summary = json.loads(next(line for line in capsys.readouterr().out.splitlines() if line.startswith('{"method"')))
     assert summary["num_forget"] == 2  # the file's prompts, 2 images
+    card = (out / "README.md").read_text()
+    assert (out / "samples_before_after.png").is_file() and f"{type(pipe).__name__}.from_pretrained" in card
+    assert "concept_gap" in json.dumps(json.loads((out / RECORD_NAME).read_text())["requests"][-1])
     request = json.loads((out / RECORD_NAME).read_text())["requests"][-1]
     assert request["work"]["forget_steps"] == 2 and request["hyperparameters"]["lora_r"] == 16
     loaded = getattr(diffusers, type(pipe).__name__).from_pretrained(model)
