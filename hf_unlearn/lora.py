@@ -138,6 +138,10 @@ def apply_lora(family, config) -> nn.Module:
     for name, param in model.named_parameters():
         # get_peft_model / add_adapter freeze the base already; make it explicit for every path.
         param.requires_grad_("lora_" in name or "modules_to_save" in name)
+        if param.requires_grad and param.dtype in (torch.float16, torch.bfloat16):
+            # A half-precision base (e.g. FLUX loaded with torch_dtype=torch.bfloat16) keeps its memory; the adapters
+            # train in fp32, as diffusers' LoRA scripts cast them (`cast_training_params`).
+            param.data = param.data.float()
     freeze_batch_norm_statistics(model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
@@ -305,9 +309,10 @@ def fuse_lora_folder(family, path) -> None:
     saved again, the folder's base then holds every earlier adapter and its LoRA file the new one (docs/lora.md)."""
     pipeline = family.pipeline
     pipeline.load_lora_weights(str(path), adapter_name="earlier_requests")
-    pipeline.fuse_lora(components=["unet"], adapter_names=["earlier_requests"])
+    key = getattr(family, "denoiser", "unet")  # SD3 / FLUX: the `transformer`
+    pipeline.fuse_lora(components=[key], adapter_names=["earlier_requests"])
     pipeline.unload_lora_weights()
-    family.model = pipeline.unet
+    family.model = getattr(pipeline, key)
 
 
 def adapter_base_model(path: str | os.PathLike) -> str:

@@ -52,6 +52,17 @@ TINY_SETTINGS = [
     ("unet", "fp32", "full", False),
     ("unet", "fp32", "xattn", True),
     ("unet", "bf16", "lora", False),
+    ("sd3", "fp32", "lora", True),
+    ("flux", "fp32", "xattn", True),
+]
+# SD3-medium and FLUX.1-dev (scripts/device_flow.py): bf16 autocast and activation checkpointing at 1024 px, batch 1,
+# the settings that fit one 80 GB GPU by the memory plan (docs/stable_diffusion.md); full FLUX-dev does not.
+FLOW_SETTINGS = [
+    ("sd3", "bf16", "lora", True),
+    ("sd3", "bf16", "xattn", True),
+    ("sd3", "bf16", "full", True),
+    ("flux", "bf16", "lora", True),
+    ("flux", "bf16", "xattn", True),
 ]
 
 
@@ -63,7 +74,7 @@ def all_settings() -> list[tuple[str, str, str, bool]]:
     ):
         if not (model == "vit" and train == "xattn"):
             out.append((model, precision, train, checkpointing))
-    return out
+    return out + FLOW_SETTINGS
 
 
 def build_vit(tiny: bool):
@@ -247,10 +258,15 @@ def run_setting(spec: dict) -> dict:
     )
     tiny, batch = spec["tiny"], spec["batch"]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, kwargs, size = (build_vit if model_name == "vit" else build_sd)(tiny)
+    if model_name in ("sd3", "flux"):
+        from device_flow import build_flow  # noqa: PLC0415 (a sibling script: on the path when run as a script)
+
+        model, kwargs, size = build_flow(model_name, tiny, train)
+    else:
+        model, kwargs, size = (build_vit if model_name == "vit" else build_sd)(tiny)
     cache = tempfile.mkdtemp(prefix="device_suite_")
     split = synthetic_split(model_name, size, rows=4 * batch)  # two batches per set: the saliency passes' length
-    if model_name == "unet":
+    if model_name != "vit":
         split.cache_dir = cache
     config = UnlearnConfig(
         method="sfr_on" if model_name == "vit" else "sfr_on_remap",
@@ -333,6 +349,7 @@ def main(argv=None) -> int:
         return 0
     cycles = args.cycles or (3 if args.tiny else 20)
     batches = {"vit": args.vit_batch or (4 if args.tiny else 64), "unet": args.unet_batch or (2 if args.tiny else 4)}
+    batches |= {"sd3": 2 if args.tiny else 1, "flux": 2 if args.tiny else 1}
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TQDM_DISABLE="1")
     if args.tiny:
         env.setdefault("OMP_NUM_THREADS", "1")  # tiny models: one thread is as fast, and steadier on a shared CPU

@@ -23,6 +23,12 @@ OTHERS = {
     "text_to_image/sd14_nudity_sfr_on_lora.yaml": [
         "--num_concept_images", "2", "--generation_steps", "2", "--resolution", "8", "--mixed_precision", "no",
     ],
+    "text_to_image/sd3_medium_nudity_sfr_on_lora.yaml": [
+        "--num_concept_images", "2", "--generation_steps", "2", "--resolution", "8", "--mixed_precision", "no",
+    ],
+    "text_to_image/flux_dev_nudity_esd_lora.yaml": [
+        "--num_concept_images", "2", "--generation_steps", "2", "--resolution", "8", "--mixed_precision", "no",
+    ],
     "image_classifier/digits_classwise_sfr_on.yaml": [],
     "image_classifier/digits_classwise_sfr_on_lora.yaml": [],
 }  # fmt: skip
@@ -63,6 +69,43 @@ def test_sd_lora_config_runs_two_cycles_from_the_cli(tmp_path, capsys):
     pipe = StableDiffusionPipeline.from_pretrained(model, safety_checker=None)
     pipe.load_lora_weights(out)  # the adapter in diffusers' LoRA format
     assert any("lora" in n for n, _ in pipe.unet.named_parameters())
+
+
+@pytest.mark.parametrize(
+    "path, kind",
+    [
+        ("text_to_image/sd3_medium_nudity_sfr_on_lora.yaml", "sd3"),
+        ("text_to_image/flux_dev_nudity_esd_lora.yaml", "flux"),
+    ],
+)
+def test_sd3_and_flux_lora_configs_run_two_cycles_from_the_cli(path, kind, tmp_path, capsys):
+    import diffusers
+    from tiny_flow import tiny_flux_pipeline, tiny_sd3_pipeline
+
+    model, out = tmp_path / kind, tmp_path / "out"
+    pipe = (tiny_sd3_pipeline if kind == "sd3" else tiny_flux_pipeline)()
+    pipe.save_pretrained(model)
+    argv = ["unlearn", "--config", str(CONFIGS / path), "--model", str(model), *OTHERS[path]]
+    argv += ["--sample_prompts", "a photo of a nude person", "--do_eval", "true"]  # the evaluation hooks too
+    assert main([*argv, "--max_steps", "2", "--output_dir", str(out)]) == 0
+    summary = json.loads(next(line for line in capsys.readouterr().out.splitlines() if line.startswith('{"method"')))
+    assert summary["num_forget"] == 2  # the file's prompts, 2 images
+    card = (out / "README.md").read_text()
+    assert (out / "samples_before_after.png").is_file() and f"{type(pipe).__name__}.from_pretrained" in card
+    assert "concept_gap" in json.dumps(json.loads((out / RECORD_NAME).read_text())["requests"][-1])
+    request = json.loads((out / RECORD_NAME).read_text())["requests"][-1]
+    assert request["work"]["forget_steps"] == 2 and request["hyperparameters"]["lora_r"] == 16
+    loaded = getattr(diffusers, type(pipe).__name__).from_pretrained(model)
+    loaded.load_lora_weights(out)  # the adapter in diffusers' LoRA format
+    assert any("lora" in n for n, _ in loaded.transformer.named_parameters())
+    if kind == "flux":  # ESD-x: of the adapters on every projection, only the text side's have trained (B ≠ 0)
+        from safetensors.torch import load_file
+
+        trained = {
+            k for k, v in load_file(out / "pytorch_lora_weights.safetensors").items() if "lora_B" in k and v.any()
+        }
+        assert trained and all(".add_" in k or ".to_add_out." in k for k in trained), sorted(trained)
+    assert loaded("a photo of a nude person", num_inference_steps=2, height=8, width=8).images[0].size == (8, 8)
 
 
 @pytest.mark.parametrize("path", [p for p in OTHERS if p.startswith("image_classifier/")])

@@ -26,7 +26,11 @@ PASTED = {
     "docs/lora.md": ["benchmark_results/lora_vs_full/results.md"],
     "docs/performance.md": ["benchmark_results/performance/pass_ratio.md"],
     "docs/robustness.md": ["benchmark_results/robustness/results.md"],
-    "docs/stable_diffusion.md": ["benchmark_results/world_t2i/report.md", "benchmark_results/text_to_image/report.md"],
+    "docs/stable_diffusion.md": [
+        "benchmark_results/world_t2i/report.md",
+        "benchmark_results/text_to_image/report.md",
+        "benchmark_results/flow_memory/summary.md",
+    ],
     "docs/world.md": ["benchmark_results/world_t2i/report.md"],
 }
 

@@ -328,17 +328,18 @@ def test_cli_unlearns_sdxl_with_lora_and_the_card_loads_it_as_sdxl(sdxl_path, tm
     assert pipe(FORGET, num_inference_steps=2, height=8, width=8).images[0].size == (8, 8)
 
 
-def test_a_transformer_pipeline_is_not_taken_for_sd_or_sdxl(tmp_path):
+def test_a_transformer_pipeline_without_a_family_is_refused_by_name(tmp_path):
     from hf_unlearn.families import detect_family
 
-    # FLUX's components: two text encoders (CLIP, T5) beside a transformer denoiser, which this family cannot train.
+    # PixArt's components: a T5 text encoder beside a transformer denoiser that no variant trains (SD3 and FLUX are
+    # detected: tests/test_flow_families.py).
     index = {
-        "_class_name": "FluxPipeline",
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "text_encoder_2": ["transformers", "T5EncoderModel"],
-        "transformer": ["diffusers", "FluxTransformer2DModel"],
-        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+        "_class_name": "PixArtAlphaPipeline",
+        "text_encoder": ["transformers", "T5EncoderModel"],
+        "tokenizer": ["transformers", "T5Tokenizer"],
+        "transformer": ["diffusers", "PixArtTransformer2DModel"],
+        "scheduler": ["diffusers", "DPMSolverMultistepScheduler"],
     }
     (tmp_path / "model_index.json").write_text(json.dumps(index))
-    with pytest.raises(ValueError, match="holds a FluxPipeline model, which hf_unlearn does not support"):
+    with pytest.raises(ValueError, match="holds a PixArtAlphaPipeline model, which hf_unlearn does not support"):
         detect_family(str(tmp_path))

@@ -211,11 +211,12 @@ def project_to_simplex(weights: torch.Tensor) -> torch.Tensor:
 
 
 def check_one_text_encoder(pipeline, argument: str = "pipeline") -> None:
-    """Refuses a pipeline with a second text encoder (SDXL): the search optimises the tokens of one CLIP encoder, and
-    the other would still see the prompt alone."""
+    """Refuses a pipeline with a second text encoder (SDXL, SD3, FLUX): the search optimises the tokens of one CLIP
+    encoder, and the others would still see the prompt alone."""
     if getattr(pipeline, "text_encoder_2", None) is not None:
+        kind = "an SDXL" if getattr(pipeline, "unet", None) is not None else f"a {type(pipeline).__name__}"
         raise ValueError(
-            f"`{argument}` holds an SDXL pipeline (text_encoder_2); the prompt attack searches the tokens of one text "
+            f"`{argument}` holds {kind} pipeline (text_encoder_2); the prompt attack searches the tokens of one text "
             "encoder and supports Stable Diffusion 1.x / 2.x pipelines only."
         )
 

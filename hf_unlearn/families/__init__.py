@@ -62,8 +62,9 @@ def get_family_class(name: str) -> type[ModelFamily]:
 def detect_family(model_or_path: Any) -> str:
     """Finds the family of a model object, folder or repo id: the first registered family whose `can_load` accepts
     it (image classifiers: a `*ForImageClassification` model or config; class-conditional diffusion: a UNet2DModel /
-    DiTTransformer2DModel or a pipeline without a text encoder; text-to-image: a UNet2DConditionModel or a pipeline
-    with a text encoder). Families added with [`register_family`] are asked after these."""
+    DiTTransformer2DModel or a pipeline without a text encoder; text-to-image: a UNet2DConditionModel, an
+    SD3Transformer2DModel / FluxTransformer2DModel, or an SD, SDXL, SD3 or FLUX pipeline). Families added with
+    [`register_family`] are asked after these."""
     from torch import nn  # noqa: PLC0415
 
     for name in list(_FAMILIES):
@@ -73,7 +74,8 @@ def detect_family(model_or_path: Any) -> str:
         raise ValueError(
             f"Cannot tell the family of a {type(model_or_path).__name__} object; supported are transformers "
             "*ForImageClassification models, diffusers UNet2DModel / DiTTransformer2DModel (class-conditional) and "
-            f"Stable Diffusion pipelines (registered families: {', '.join(_FAMILIES)}). Pass family=... to choose."
+            "Stable Diffusion (1.x, 2.x, XL, 3) and FLUX pipelines "
+            f"(registered families: {', '.join(_FAMILIES)}). Pass family=... to choose."
         )
     cfg = read_config_file(model_or_path, "config.json") or read_config_file(model_or_path, "model_index.json")
     if cfg is None:
@@ -84,7 +86,8 @@ def detect_family(model_or_path: Any) -> str:
     found = cfg.get("_class_name") or cfg.get("architectures") or cfg.get("model_type")
     raise ValueError(
         f"`{model_or_path}` holds a {found} model, which hf_unlearn does not support; supported are transformers "
-        "*ForImageClassification models, diffusers UNet2DModel / DiTTransformer2DModel and Stable Diffusion pipelines."
+        "*ForImageClassification models, diffusers UNet2DModel / DiTTransformer2DModel, Stable Diffusion "
+        "(1.x, 2.x, XL, 3) and FLUX pipelines."
     )
 
 

@@ -29,6 +29,17 @@ class PromptNoiseLosses:
         timesteps = torch.randint(0, steps, (latents.shape[0],), device=latents.device)
         return self.noise_scheduler.add_noise(latents, noise, timesteps), noise, timesteps
 
+    def _noise_target(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """What the denoiser is trained to output at x_t: ε, or v for a `v_prediction` checkpoint (flow-matching
+        families override it with the velocity ε − x₀)."""
+        if self.noise_scheduler.config.prediction_type == "v_prediction":
+            return self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        return noise
+
+    def _weighted(self, rows: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """The per-row loss weights of the training objective (none here; SD3's σ weighting schemes override it)."""
+        return rows
+
     def predict(self, model: nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor, states: torch.Tensor):
         """The UNet's output (ε or v, per the checkpoint) at x_t, t for the conditioning `encode_prompts` gave."""
         return model(noisy, timesteps, encoder_hidden_states=states).sample
@@ -39,24 +50,21 @@ class PromptNoiseLosses:
             raise ValueError("The text-to-image family has no labels; conditions are the batch's prompts.")
         latents = self.encode_images(batch["pixel_values"])
         noisy, noise, timesteps = self._noised(latents)
-        if self.noise_scheduler.config.prediction_type == "v_prediction":
-            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
-        else:
-            target = noise
+        target = self._noise_target(latents, noise, timesteps)
         pred = self.predict(model, noisy, timesteps, self.encode_prompts(batch["input_ids"]))
-        return row_mse(pred, target, self.noise_loss_reduction)
+        return self._weighted(row_mse(pred, target, self.noise_loss_reduction), timesteps)
 
     def guided_per_sample_loss(self, model, batch, scale: float):
         """Noise loss of the guided prediction ε(x,"") + s·(ε(x,c) − ε(x,"")); the authors' SD Fisher differentiates
         (1 + w)ε(x,c) − wε(x,"") with w = 7.5, i.e. s = 8.5."""
         latents = self.encode_images(batch["pixel_values"])
         noisy, noise, timesteps = self._noised(latents)
-        if self.noise_scheduler.config.prediction_type == "v_prediction":
-            noise = self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        target = self._noise_target(latents, noise, timesteps)
         cond = self.encode_prompts(batch["input_ids"])
         uncond = self.unconditional(cond)
         e_cond, e_uncond = self.predict(model, noisy, timesteps, cond), self.predict(model, noisy, timesteps, uncond)
-        return row_mse(e_uncond + scale * (e_cond - e_uncond), noise, self.noise_loss_reduction)
+        guided = row_mse(e_uncond + scale * (e_cond - e_uncond), target, self.noise_loss_reduction)
+        return self._weighted(guided, timesteps)
 
     def remap_loss(self, model, batch, target_labels):
         """MSE between ε(x_t, c_forget) and a detached ε(x_t, c_anchor) of the same (current) model, per row."""

@@ -27,9 +27,15 @@ logger = get_logger(__name__)
 # ESD-u ("noxattn" in the ESD code) trains everything but cross-attention, the time embedding and the output layers;
 # SDXL's `add_embedding` (pooled text and size conditioning, added to the time embedding) is left out with the latter.
 _NOT_IN_ESD_U = ("attn2", "time_embedding", "add_embedding", "conv_norm_out", "conv_out")
+# The denoisers of the `transformer` variants (a bare one is loaded with `pipeline=`, as a bare UNet).
+_TRANSFORMERS = ("SD3Transformer2DModel", "FluxTransformer2DModel")
 # Subclasses for other pipelines, "module:Class", imported on first use; `from_pretrained` picks the first whose
 # `handles` accepts the pipeline's components, else the class it was called on.
-_VARIANTS = ("hf_unlearn.families.text_to_image_xl:TextToImageXLFamily",)
+_VARIANTS = (
+    "hf_unlearn.families.text_to_image_xl:TextToImageXLFamily",
+    "hf_unlearn.families.text_to_image_sd3:TextToImageSD3Family",
+    "hf_unlearn.families.text_to_image_flux:TextToImageFluxFamily",
+)
 
 
 class TextToImageFamily(PromptNoiseLosses, ModelFamily):
@@ -43,8 +49,11 @@ class TextToImageFamily(PromptNoiseLosses, ModelFamily):
     name = "text_to_image"
     pipeline_class: ClassVar[str] = "StableDiffusionPipeline"  # the diffusers class that loads a folder or repo id
     required_components: ClassVar[tuple[str, ...]] = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-    # Faithful ascent on the noise loss is unstable; remapping to an anchor is the authors' own SD choice. Without their
-    # Fisher-ratio mask, on the cross-attention keys and values: the shape world's validation (docs/world.md).
+    # The pipeline component that is trained (`self.model`) and its diffusers class (SD3 / FLUX: a `transformer`).
+    denoiser: ClassVar[str] = "unet"
+    denoiser_class: ClassVar[str] = "UNet2DConditionModel"
+    # Faithful ascent on the noise loss is unstable; remapping to an anchor is the authors' own SD choice. Without
+    # their Fisher-ratio mask, on the cross-attention keys and values: the shape world's validation (docs/world.md).
     default_method = "anchor_remap"
     default_config: dict[str, Any] = {
         "max_grad_norm": 1.0,
@@ -60,20 +69,17 @@ class TextToImageFamily(PromptNoiseLosses, ModelFamily):
                 f"The pipeline has no {missing}; pass a {self.pipeline_class} (or folder / repo id) "
                 f"with {', '.join(self.required_components)}."
             )
-        self._check_unet(pipeline.unet)
-        from diffusers import DDPMScheduler  # noqa: PLC0415
-
+        self._check_unet(getattr(pipeline, self.denoiser))
         self._pipeline = pipeline
-        self.model = pipeline.unet
+        self.model = getattr(pipeline, self.denoiser)
         self.vae, self.text_encoder, self.tokenizer = pipeline.vae, pipeline.text_encoder, pipeline.tokenizer
-        # Training noise follows the checkpoint's own schedule and prediction type, whatever sampler it ships.
-        self.noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
+        self.noise_scheduler = self.training_scheduler(pipeline.scheduler)
         self.train_modules = config.train_modules
         self.noise_loss_reduction = config.noise_loss_reduction
         self.image_column, self.caption_column = config.image_column, config.caption_column
         self.lora_save = config.lora_save
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        self.resolution = config.resolution or int(self.model.config.sample_size) * self.vae_scale_factor
+        self.resolution = config.resolution or self.native_resolution()
         self._check_resolution(self.resolution)
         for module in self.frozen_modules():
             module.requires_grad_(False).eval()
@@ -81,6 +87,18 @@ class TextToImageFamily(PromptNoiseLosses, ModelFamily):
             if not self.trainable_parameter_filter(name):
                 param.requires_grad_(False)
         self._embeddings: dict[tuple, torch.Tensor] = {}
+
+    @staticmethod
+    def training_scheduler(scheduler):
+        """The noise schedule of training: the checkpoint's own schedule and prediction type, whatever sampler it
+        ships (a fresh object, so that a sampling call's `set_timesteps` never changes it)."""
+        from diffusers import DDPMScheduler  # noqa: PLC0415
+
+        return DDPMScheduler.from_config(scheduler.config)
+
+    def native_resolution(self) -> int:
+        """The image size the denoiser was built for (its latent `sample_size` times the VAE factor)."""
+        return int(self.model.config.sample_size) * self.vae_scale_factor
 
     @property
     def text_encoders(self) -> list[nn.Module]:
@@ -102,13 +120,14 @@ class TextToImageFamily(PromptNoiseLosses, ModelFamily):
     # Loading and saving
     @classmethod
     def can_load(cls, model_or_path: Any) -> bool:
-        if type(model_or_path).__name__ == "UNet2DConditionModel":
+        if type(model_or_path).__name__ in ("UNet2DConditionModel", *_TRANSFORMERS):
             return True
-        # SD3 and FLUX pipelines have text encoders too, but a `transformer` denoiser that no class here trains.
-        if hasattr(model_or_path, "components"):
-            return {"text_encoder", "unet"} <= set(model_or_path.components)
-        index = read_config_file(model_or_path, "model_index.json")
-        return bool(index) and {"text_encoder", "unet"} <= set(index)
+        # SD 1.x / 2.x / SDXL denoise with a `unet`; a `transformer` pipeline only when a variant handles it (SD3,
+        # FLUX), so that other transformer pipelines (PixArt, ...) are refused by detection, naming their class.
+        components = pipeline_components(model_or_path)
+        if "text_encoder" not in components:
+            return False
+        return "unet" in components or ("transformer" in components and _variant_for(model_or_path) is not None)
 
     @classmethod
     def from_pretrained(
@@ -133,13 +152,13 @@ class TextToImageFamily(PromptNoiseLosses, ModelFamily):
         import diffusers  # noqa: PLC0415
 
         source = None
-        if type(model_or_path).__name__ == "UNet2DConditionModel":
+        if type(model_or_path).__name__ == cls.denoiser_class:
             if pipeline is None:
                 raise ValueError(
-                    "A bare UNet2DConditionModel has no VAE, text encoder or tokenizer: pass "
-                    f"`pipeline=` (a {cls.pipeline_class} whose other components go with this UNet)."
+                    f"A bare {cls.denoiser_class} has no VAE, text encoder or tokenizer: pass "
+                    f"`pipeline=` (a {cls.pipeline_class} whose other components go with this {cls.denoiser})."
                 )
-            pipeline.unet = model_or_path
+            setattr(pipeline, cls.denoiser, model_or_path)
         elif hasattr(model_or_path, "components"):
             pipeline = model_or_path
         else:
@@ -154,8 +173,8 @@ class TextToImageFamily(PromptNoiseLosses, ModelFamily):
     @property
     def pipeline(self):
         """The pipeline with the current UNet (after unlearning, the unlearned one): ready for evaluation."""
-        if self._pipeline.unet is not self.model:
-            self._pipeline.unet = self.model
+        if getattr(self._pipeline, self.denoiser) is not self.model:
+            setattr(self._pipeline, self.denoiser, self.model)
         return self._pipeline
 
     def save_pretrained(self, model: nn.Module, save_directory: str | os.PathLike) -> None:
@@ -170,30 +189,33 @@ class TextToImageFamily(PromptNoiseLosses, ModelFamily):
             if self.lora_save == "merged":
                 unet.fuse_lora()
             else:
-                lora_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(model))
+                lora_layers = get_peft_model_state_dict(model)
+                if self.denoiser == "unet":  # the UNet LoRA format; SD3 / FLUX loaders read peft's keys as they are
+                    lora_layers = convert_state_dict_to_diffusers(lora_layers)
                 metadata = next(iter(model.peft_config.values())).to_dict()
             unet.unload_lora()
-        pipeline = self.pipeline
+        pipeline, key = self.pipeline, self.denoiser
         try:
-            pipeline.unet = unet
+            setattr(pipeline, key, unet)
             pipeline.save_pretrained(save_directory, safe_serialization=True)
         finally:
-            pipeline.unet = self.model
-        if lora_layers is not None:
+            setattr(pipeline, key, self.model)
+        if lora_layers is not None:  # `unet_lora_layers=` for SD / SDXL, `transformer_lora_layers=` for SD3 / FLUX
             type(pipeline).save_lora_weights(
                 save_directory,
-                unet_lora_layers=lora_layers,
+                **{f"{key}_lora_layers": lora_layers, f"{key}_lora_adapter_metadata": metadata},
                 safe_serialization=True,
-                unet_lora_adapter_metadata=metadata,
             )
 
     def fresh_model(self, init: str = "config") -> nn.Module:
-        from diffusers import UNet2DConditionModel  # noqa: PLC0415
+        import diffusers  # noqa: PLC0415
 
+        model_class = getattr(diffusers, self.denoiser_class)
         if init == "config":
-            return UNet2DConditionModel.from_config(self.model.config)
-        subfolder = "unet" if read_config_file(init, "config.json", subfolder="unet") is not None else None
-        return UNet2DConditionModel.from_pretrained(init, subfolder=subfolder)
+            return model_class.from_config(self.model.config)
+        key = self.denoiser
+        subfolder = key if read_config_file(init, "config.json", subfolder=key) is not None else None
+        return model_class.from_pretrained(init, subfolder=subfolder)
 
     def model_id(self) -> str:
         """Identifies the generating model in the concept-image cache key (source, configs, a probe of the weights)."""
@@ -357,8 +379,11 @@ class TextToImageFamily(PromptNoiseLosses, ModelFamily):
     @torch.no_grad()
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         self._frozen_to(pixel_values.device)
-        dist = self.vae.encode(pixel_values.to(self.vae.dtype)).latent_dist
-        return dist.sample() * self.vae.config.scaling_factor
+        latents = self.vae.encode(pixel_values.to(self.vae.dtype)).latent_dist.sample()
+        shift = getattr(self.vae.config, "shift_factor", None)
+        if shift:  # SD3 / FLUX VAEs: (z − shift) · scale, as their training scripts and pipelines (inverse) do
+            latents = latents - shift
+        return latents * self.vae.config.scaling_factor
 
 
 def _variant_for(model_or_path: Any):
@@ -371,7 +396,7 @@ def _variant_for(model_or_path: Any):
     for entry in _VARIANTS:
         module, name = entry.split(":")
         variant = getattr(importlib.import_module(module), name)
-        if variant.handles(components):
+        if variant.handles(components) or type(model_or_path).__name__ == variant.denoiser_class:
             return variant
     return None
 

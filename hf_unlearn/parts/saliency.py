@@ -20,6 +20,17 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .sharded import (
+    count_true,
+    global_max,
+    global_norm,
+    gradient_sum_factor,
+    is_sharded,
+    local,
+    shard_like,
+    topk_threshold,
+)
+
 Mask = dict[str, torch.Tensor]
 
 
@@ -57,18 +68,29 @@ def gradient_statistic(
     single process computes, before it is clipped (`clip_norm`, as the authors' DDPM passes) and squared.
     """
     sums = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in named_params}
-    count = 0
+    sharded = any(is_sharded(p) for _, p in named_params)
+    count, seen = 0, None
     for batch, total in batches:
         for _, p in named_params:
             p.grad = None
         if batch is not None:
             row_losses(batch).sum().backward()
+            seen = batch
+        elif sharded:
+            # FSDP2 gathers and reduces in every forward and backward: a rank with no rows in this global batch still
+            # runs one, with a zero loss, so that the other ranks' collectives complete.
+            # Its random draws (a diffusion loss's noise) are undone, so that later batches draw as unsharded.
+            if seen is None:
+                raise ValueError("A rank has no rows in the first saliency batch; use fewer processes or more rows.")
+            device = local(named_params[0][1]).device
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                (row_losses(seen).sum() * 0.0).backward()
         grads = [
             reduce_sum(p.grad.detach().float() if p.grad is not None else torch.zeros_like(sums[n])) / total
             for n, p in named_params
         ]
         if clip_norm:
-            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+            norm = global_norm(grads)
             scale = (clip_norm / (norm + 1e-6)).clamp(max=1.0)
             grads = [g * scale for g in grads]
         for (name, _), g in zip(named_params, grads):
@@ -128,6 +150,8 @@ def pass_statistic(
             yield (None if batch is None else send_to_device(batch, device)), total
 
     def reduce_sum(t):
+        if is_sharded(t):  # FSDP2 has reduced it over the ranks already (their mean)
+            return t * gradient_sum_factor(t)
         return accelerator.reduce(t, reduction="sum") if accelerator.num_processes > 1 else t
 
     return gradient_statistic(named_params, batches(), row_losses, reduce_sum, square=square, clip_norm=clip_norm)
@@ -244,7 +268,7 @@ def fisher_ratio_mask(
     """
     floor = 0.0
     if noise_floor:
-        floor = noise_floor * max(float(f.max()) for f in (*fisher_forget.values(), *fisher_remain.values()))
+        floor = noise_floor * global_max([*fisher_forget.values(), *fisher_remain.values()])
     mask = {}
     for name, f_forget in fisher_forget.items():
         f_remain = fisher_remain[name]
@@ -258,7 +282,12 @@ def fisher_ratio_mask(
 
 
 def topk_mask(scores: dict[str, torch.Tensor], sparsity: float) -> Mask:
-    """SalUn: keep the `sparsity` fraction of parameters with the largest |score| (one global threshold)."""
+    """SalUn: keep the `sparsity` fraction of parameters with the largest |score| (one global threshold, over all
+    ranks' shards for FSDP2 parameters)."""
+    if any(is_sharded(s) for s in scores.values()):
+        keep = max(1, int(round(sparsity * sum(s.numel() for s in scores.values()))))
+        threshold = topk_threshold(list(scores.values()), keep)
+        return {name: s.abs() >= threshold.item() for name, s in scores.items()}
     flat = torch.cat([s.abs().flatten() for s in scores.values()])
     keep = max(1, int(round(sparsity * flat.numel())))
     threshold = torch.topk(flat, keep, sorted=True).values[-1]
@@ -266,13 +295,17 @@ def topk_mask(scores: dict[str, torch.Tensor], sparsity: float) -> Mask:
 
 
 def mask_fraction(mask: Mask) -> float:
-    total = sum(m.numel() for m in mask.values())
-    return float(sum(int(m.sum()) for m in mask.values()) / max(total, 1))
+    selected, total = count_true(mask)
+    return float(selected / max(total, 1))
 
 
 def save_mask(mask: Mask, path: str | os.PathLike) -> None:
     """Saves a mask as safetensors (uint8) into a temporary file beside `path`, then renames it over `path`."""
     path = os.fspath(path)
+    if any(is_sharded(m) for m in mask.values()):
+        raise ValueError(
+            "The mask is sharded (FSDP2): gather it with `sharded.full_mask` on every rank, then save it."
+        )
     tensors = {name: m.to(torch.uint8).contiguous().cpu() for name, m in mask.items()}
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -304,5 +337,5 @@ def load_mask(path: str | os.PathLike, named_params: list[tuple[str, torch.nn.Pa
             f"`mask_path` {path} does not match the model's trainable parameters: missing {missing[:3]}, unexpected "
             f"{extra[:3]}, wrong shapes {wrong[:3]}. Recompute the mask for this model (drop mask_path)."
         )
-    device = named_params[0][1].device
-    return {name: tensors[name].bool().to(device) for name in shapes}
+    device = local(named_params[0][1]).device
+    return shard_like({name: tensors[name].bool().to(device) for name in shapes}, named_params)
