@@ -82,7 +82,7 @@ def test_text_to_image_demo_moves_the_concept_toward_the_anchor(tmp_path, capsys
     gap = report["gap_to_anchor"]
     assert gap["after"] < gap["before"], gap  # the concept's samples came closer to the anchor's
     assert report["ratio"] < 1, report["moved"]  # and moved more than the unrelated prompts' samples
-    assert report["method"] == "sfr_on_remap"
+    assert report["method"] == "anchor_remap"  # the family's default
     _assert_umask_modes(tmp_path / "original")
     per_prompt = QUICK["text_to_image"].samples_per_prompt
     assert Image.open(tmp_path / GRID_NAME).size == grid_size(len(CAPTIONS), per_prompt, max(CAPTIONS, key=len))

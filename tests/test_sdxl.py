@@ -106,7 +106,8 @@ def test_sdxl_is_detected_and_conditioned_as_the_pipeline_does(sdxl_path, tmp_pa
     from_object = Unlearner.from_pretrained(tiny_sdxl_pipeline(), UnlearnConfig(output_dir=str(tmp_path)))
     assert isinstance(from_object.family, TextToImageXLFamily)
     # The family's method and the methods' text-to-image defaults apply as they are.
-    assert unlearner.config.method == "sfr_on_remap" and unlearner.config.learning_rate == 1e-5
+    assert unlearner.config.method == "anchor_remap" and unlearner.config.learning_rate == 1e-5
+    assert unlearner.config.train_modules == "cross_attention_kv"
     prompts = [FORGET, UNRELATED[0]]
     cond = family.encode_prompts(family.tokenize(prompts))
     embeds, negative, pooled, negative_pooled = family.pipeline.encode_prompt(prompts, device="cpu")
