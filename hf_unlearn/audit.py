@@ -301,10 +301,15 @@ def memorisation(model_or_unlearner, dataset, config: Optional[AuditConfig] = No
     return memorisation_scores(halves["correct"], halves["members"], halves["phi"])
 
 
+def memorisation_order(scores: dict[str, np.ndarray]) -> list[int]:
+    """Row ids from most to least memorised (memorisation first, the φ gap breaking ties)."""
+    memo = scores["memorisation"]
+    return [int(i) for i in np.lexsort((-scores.get("phi_gap", np.zeros_like(memo)), -memo))]
+
+
 def most_memorised(scores: dict[str, np.ndarray], count: int) -> list[int]:
-    """The `count` most memorised row ids (memorisation first, the φ gap breaking ties), e.g. as `forget_ids`."""
+    """The `count` most memorised row ids, sorted, e.g. as `forget_ids`."""
     memo = scores["memorisation"]
     if not 0 < count < len(memo):
         raise ValueError(f"`count` is {count}; give a number of rows between 1 and {len(memo) - 1}.")
-    order = np.lexsort((-scores.get("phi_gap", np.zeros_like(memo)), -memo))
-    return sorted(int(i) for i in order[:count])
+    return sorted(memorisation_order(scores)[:count])
