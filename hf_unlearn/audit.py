@@ -99,6 +99,9 @@ class AuditConfig:
         )
 
 
+_NOT_ARCHITECTURE = {"transformers_version", "torch_dtype", "dtype", "architectures", "name_or_path"}
+
+
 class ShadowBank:
     """The shadows of one (architecture, data, recipe) in `config.shadows_dir`: trained when missing, else read.
 
@@ -113,9 +116,13 @@ class ShadowBank:
 
     def _check_manifest(self) -> None:
         cfg = self.config
+        # What the shadows depend on, not where it was read from: a saved and reloaded model or dataset matches.
+        arch = {k: v for k, v in self.family.model.config.to_dict().items() if k not in _NOT_ARCHITECTURE}
+        data = self.dataset
+        probe = [np.asarray(data[i][self.family.image_column]).tobytes() for i in (0, len(data) - 1)]
         manifest = {
-            "architecture": sha256_of(self.family.model.config.to_json_string()),
-            "data": sha256_of(getattr(self.dataset, "_fingerprint", None), len(self.dataset)),
+            "architecture": sha256_of(sorted((k, str(v)) for k, v in arch.items() if not k.startswith("_"))),
+            "data": sha256_of(len(data), data[self.family.label_column], probe),
             "recipe": asdict(cfg.recipe),
             "shadow_seed": cfg.shadow_seed,
         }
