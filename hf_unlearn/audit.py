@@ -53,8 +53,10 @@ class AuditConfig:
     )
     mode: str = field(
         default="cheap",
-        metadata={"help": "'cheap': 8 halves, 4 RT shadows, one variance pooled over rows; 'full': 32 and 16, a "
-                  "variance per row."},
+        metadata={
+            "help": "'cheap': 8 halves, 4 RT shadows, one variance pooled over rows; 'full': 32 and 16, a "
+            "variance per row."
+        },
     )
     num_shadows: Optional[int] = field(
         default=None, metadata={"help": "Shadows on random halves (even, ≥ 2; default: the mode's)."}
@@ -283,7 +285,7 @@ def privacy_audit(model_or_unlearner, split, config: Optional[AuditConfig] = Non
         floor = _attack_numbers(likelihood_ratio(ref_phi, in_stats, out_stats), ref_phi, negatives, out_stats,
                                 config.level)  # fmt: skip
     else:  # RT shadow 0 against the others; its own negatives left out
-        rest = negatives[len(forget):]
+        rest = negatives[len(forget) :]
         floor = _attack_numbers(negatives[: len(forget)], rt_phi[0], rest, loo[0], config.level)
         floor_source = "RT shadow 0 against the others"
     memo = memorisation_scores(halves["correct"], halves["members"], halves["phi"])

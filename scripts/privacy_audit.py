@@ -50,7 +50,9 @@ def parse_args(argv=None):
 
 
 def load(folder) -> Unlearner:
-    return Unlearner.from_pretrained(str(folder), UnlearnConfig(output_dir=""), image_processor=digits_image_processor())
+    return Unlearner.from_pretrained(
+        str(folder), UnlearnConfig(output_dir=""), image_processor=digits_image_processor()
+    )
 
 
 def memorised_rt(args, recipe, split, name: str) -> Unlearner:

@@ -155,9 +155,7 @@ def _normal_quantile(p: float) -> float:
     return (lo + hi) / 2
 
 
-def memorisation_scores(
-    correct: Any, members: Any, phi: Optional[Any] = None
-) -> dict[str, np.ndarray]:
+def memorisation_scores(correct: Any, members: Any, phi: Optional[Any] = None) -> dict[str, np.ndarray]:
     """Feldman & Zhang's memorisation of each row, estimated from shadows trained on random halves.
 
     Args:
