@@ -3,11 +3,12 @@ model further from retraining than doing nothing.
 
 A retrained model (RT) treats random forget rows as it treats rows it never saw: their loss is the held-out loss. So
 for random rows the forget steps stop at the first cycle where the forget rows' mean cross-entropy reaches the
-held-out (test) rows' (measured on the model being unlearned, at that cycle); the round's remaining cycles take only
-remain steps, and the run ends with the round (a round that does not reach it is followed by another). RT never predicts a class it never saw: class-wise, a
-round of `max_steps` cycles (with its own learning-rate schedule) is repeated while forget accuracy is above
-`stop_forget_accuracy`. Either way at most `stop_max_rounds` rounds run. Checks read at most `stop_max_rows` rows of
-each set (a fixed seeded sample) in eval mode and change nothing.
+held-out (test) rows' (both measured on the model being unlearned, at that cycle); the round's remaining cycles take
+only remain steps, and the run ends with the round (a round that does not reach it is followed by another). RT never
+predicts a class it never saw: class-wise, a round of `max_steps` cycles (with its own learning-rate schedule) is
+repeated while forget accuracy is above `stop_forget_accuracy`. Either way at most `stop_max_rounds` rounds run.
+Checks read at most `stop_max_rows` rows of each set (a fixed seeded sample) in eval mode and change nothing; their
+forward passes are not counted in the run's `work`.
 """
 
 from __future__ import annotations

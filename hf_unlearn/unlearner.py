@@ -37,8 +37,8 @@ from .passes import PassCounter, step_rows
 from .requests import accumulate, keep_start, measure_after_run
 from .run_checks import check_run_inputs
 from .run_lock import claim_output_dir, unlock_output_dir
-from .tracking import check_log_with, start_tracking, stop_tracking
 from .stopping import HeldOutStop
+from .tracking import check_log_with, start_tracking, stop_tracking
 from .training import alpha_at, build_optimizer, check_sharding, lr_schedule, make_accelerator, seed_sampler
 from .utils import apply_umask, get_logger
 from .validation import (
@@ -247,7 +247,8 @@ class Unlearner:
                         saliency_runtime_s=before["saliency_runtime_s"] + saliency_s,
                     )
                     save_checkpoint(accelerator, cfg.output_dir, state, cfg.checkpoints_total_limit)
-                action = "continue" if stop is None else stop.after_cycle(accelerator.unwrap_model(ctx.model), step + 1)
+                model = accelerator.unwrap_model(ctx.model)
+                action = "continue" if stop is None else stop.after_cycle(model, step + 1)
                 self._forget_off = self._forget_off or action == "remain_only"
                 if action == "stop":
                     history[-1].update({f"stop_{k}": v for k, v in stop.last.items()})
