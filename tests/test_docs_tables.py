@@ -25,6 +25,10 @@ PASTED = {
     "docs/budget.md": ["benchmark_results/budget_unit/results.md"],
     "docs/lora.md": ["benchmark_results/lora_vs_full/results.md"],
     "docs/performance.md": ["benchmark_results/performance/pass_ratio.md"],
+    "docs/privacy_audit.md": [
+        "benchmark_results/privacy_audit/results-cheap-8-4.md",
+        "benchmark_results/privacy_audit/results-full-32-16.md",
+    ],
     "docs/robustness.md": ["benchmark_results/robustness/results.md"],
     "docs/stable_diffusion.md": ["benchmark_results/text_to_image/report.md"],
     "docs/world.md": ["benchmark_results/world_t2i/report.md"],
