@@ -110,7 +110,7 @@ class UnlearnConfig:
     )
     stop_max_rounds: int = field(default=4, metadata={"help": "With stop_rule='held_out': at most this many rounds."})
     stop_forget_accuracy: float = field(
-        default=1.0, metadata={"help": "With stop_rule='held_out', class-wise: forget accuracy (%) to reach."}
+        default=1.0, metadata={"help": "With stop_rule='held_out', class-wise: forget accuracy to reach, in percent."}
     )
     stop_max_rows: int = field(
         default=512, metadata={"help": "With stop_rule='held_out': forget and held-out rows sampled for each check."}
