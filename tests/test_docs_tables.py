@@ -19,6 +19,7 @@ SETTINGS = [("resnet", "class"), ("resnet", "random"), ("vit", "class"), ("vit",
 PASTED = {
     "docs/benchmarks.md": [
         "benchmark_results/results.md",
+        "benchmark_results/default_rule/results-all.md",
         *sorted(f"benchmark_results/validation/{p.name}" for p in (RESULTS / "validation").glob("*.md")),
     ],
     "docs/benchmarks_diffusion.md": ["benchmark_results/diffusion/report.md"],
