@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+from transformers import AutoModelForImageClassification
 
+from .data import TrainingSet
 from .evaluation import _resolve_reference, predict_logits
 from .metrics.privacy import (
     auc,
@@ -35,6 +37,7 @@ from .metrics.privacy import (
     tpr_at_fpr,
 )
 from .models import TrainingRecipe
+from .unlearner import Unlearner
 from .utils import atomic_directory, atomic_write_json, get_logger, sha256_of
 
 logger = get_logger(__name__)
@@ -188,11 +191,6 @@ class ShadowBank:
         return scores
 
     def _train(self, data, seed: int, work: Path):
-        from transformers import AutoModelForImageClassification  # noqa: PLC0415
-
-        from .data import TrainingSet  # noqa: PLC0415
-        from .unlearner import Unlearner  # noqa: PLC0415
-
         cfg = self.config
         checkpoints = cfg.shadow_checkpointing_steps
         config = cfg.recipe.config(seed, output_dir=str(work) if checkpoints else "")

@@ -11,6 +11,8 @@ from .audit import AuditConfig, memorisation, memorisation_order, privacy_audit
 from .cli import _echo, _load_data, _print_metrics
 from .cli_args import DataArguments, parse_with_config
 from .config import UnlearnConfig
+from .modelcard import record_robustness
+from .unlearner import Unlearner
 from .utils import atomic_write_json, read_record
 
 
@@ -49,9 +51,6 @@ def _check_outputs(args: DataArguments, out: AuditOutputArguments) -> None:
 
 def audit_main(argv=None) -> int:
     """`hf-unlearn audit --model UNLEARNED --forget_classes 3 --shadows_dir shadows [--reference RT]`."""
-    from .modelcard import record_robustness  # noqa: PLC0415
-    from .unlearner import Unlearner  # noqa: PLC0415
-
     args, audit_config, out = parse_with_config(
         (DataArguments, AuditConfig, AuditOutputArguments), argv, "hf-unlearn audit"
     )
