@@ -33,6 +33,11 @@ COMMANDS = {
         "main",
         "NudeNet counts of a text-to-image model on I2P-style prompts (0.6 and 0.45), optional CLIP score / FID.",
     ),
+    "audit": (
+        "hf_unlearn.audit_cli",
+        "audit_main",
+        "Per-example privacy audit (U-LiRA) of a classifier's forget rows against retrained shadow models.",
+    ),
     "attack": (
         "hf_unlearn.attacks.cli",
         "attack_main",

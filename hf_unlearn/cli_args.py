@@ -107,6 +107,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "per_device_train_batch_size",
         "gradient_accumulation_steps", "max_grad_norm", "lr_scheduler_type", "lr_schedule_steps", "warmup_steps",
         "mixed_precision", "gradient_checkpointing", "divergence_guard", "train_modules", "noise_loss_reduction",
+        "stop_rule", "stop_max_rounds", "stop_forget_accuracy", "stop_max_rows",
     ),
     "LoRA": ("lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_save"),
     "evaluation": ("do_eval", "reference", "eval_batch_size", "sample_prompts"),

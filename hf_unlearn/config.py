@@ -19,6 +19,7 @@ from .utils import CONFIG_NAME, atomic_write_json, atomic_write_text
 
 # Values used when neither the user, the method nor the family sets a field that defaults to `None`.
 GLOBAL_DEFAULTS: dict[str, Any] = {
+    "stop_rule": "none",
     "learning_rate": 1e-3,
     "max_steps": 100,
     "max_grad_norm": 7.0,
@@ -98,6 +99,23 @@ class UnlearnConfig:
             "budget. Both unset: the method's and family's default (classifiers: 12 cycles and at least one pass "
             "over the forget set; see docs/budget.md)."
         },
+    )
+    stop_rule: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "'held_out' (classifiers): a budget set from the data. Random rows: the run stops at the first "
+            "cycle where the forget rows' mean loss reaches the held-out (test) rows'; class-wise: a round of "
+            "`max_steps` cycles is repeated while forget accuracy is above `stop_forget_accuracy`; at most "
+            "`stop_max_rounds` rounds. 'none': the budget as given. Unset: the method's default, which applies only "
+            "when neither `max_steps` nor `num_forget_epochs` is given (a budget you give runs as given)."
+        },
+    )
+    stop_max_rounds: int = field(default=4, metadata={"help": "With stop_rule='held_out': at most this many rounds."})
+    stop_forget_accuracy: float = field(
+        default=1.0, metadata={"help": "With stop_rule='held_out', class-wise: forget accuracy to reach, in percent."}
+    )
+    stop_max_rows: int = field(
+        default=512, metadata={"help": "With stop_rule='held_out': forget and held-out rows sampled for each check."}
     )
     per_device_train_batch_size: Optional[int] = field(
         default=None,
@@ -341,6 +359,11 @@ class UnlearnConfig:
             _check_number(self, name, minimum=0, maximum=high)
         _check_number(self, "condition_dropout", minimum=0, maximum=1)
         _check_number(self, "checkpointing_steps", minimum=0, strict=True)
+        for name in ("stop_max_rounds", "stop_max_rows"):
+            _check_number(self, name, minimum=0, strict=True)
+        _check_number(self, "stop_forget_accuracy", minimum=0, maximum=100)
+        if self.stop_rule is not None:
+            _check_choice(self, "stop_rule", ("none", "held_out"))
         _check_choice(self, "optim", OPTIMIZERS)
         _check_choice(self, "lr_scheduler_type", SCHEDULES)
         _check_choice(self, "mixed_precision", PRECISIONS)
@@ -370,7 +393,10 @@ class UnlearnConfig:
             layers.append(get_family_class(family).default_config)
         layers.append(GLOBAL_DEFAULTS)
         values = self.to_dict()
-        if values["max_steps"] is None and values["num_forget_epochs"] is None:
+        default_budget = values["max_steps"] is None and values["num_forget_epochs"] is None
+        if values["stop_rule"] is None and not default_budget:
+            values["stop_rule"] = "none"  # a budget the user gives runs as given: no rule stops or extends it
+        if default_budget:
             # A budget the user gives is used as given; the default one is a number of cycles raised to a number of
             # passes over the forget set, so a large forget set is not cut short by a budget tuned on a small one.
             for key in _BUDGET_FIELDS:

@@ -240,6 +240,20 @@ def _dataset(request: dict) -> str:
     return f"a dataset with fingerprint `{fingerprint}`" if fingerprint else "not recorded"
 
 
+def _lira_cells(entry: dict) -> dict[str, str]:
+    def numbers(m: dict) -> str:
+        return (
+            f"TPR@1%FPR {100 * m['tpr_at_1pct_fpr']:.1f}%, TPR@0.1%FPR {100 * m['tpr_at_0.1pct_fpr']:.1f}%, "
+            f"AUC {m['auc']:.3f}, rows distinguishable from RT {100 * m['distinguishable']:.1f}%"
+        )
+
+    setting = (
+        f"{entry['mode']} mode: {entry['num_shadows']} shadows on random halves, {entry['num_rt_shadows']} retrained "
+        f"shadows; per-row test at {entry['level']}"
+    )
+    return {"setting": setting, "result": f"{numbers(entry['model'])} (retrained floor: {numbers(entry['floor'])})"}
+
+
 def _robustness_rows(record: dict) -> list[dict]:
     """The attacks measured on the model as it is now (entries of earlier requests describe another model)."""
     current = len(record.get("requests") or [])
@@ -257,6 +271,8 @@ def _robustness_rows(record: dict) -> list[dict]:
                 f"(plain prompts {100 * entry['plain_success_rate']:.1f}%)"
             )
             rows.append({"attack": "adversarial prompt", "setting": setting, "result": result})
+        elif entry["attack"] == "lira":
+            rows.append({"attack": "per-example membership (U-LiRA)", **_lira_cells(entry)})
         else:
             setting = (
                 f"fine-tune on k={entry['num_rows']} forgotten rows, {entry['steps']} steps, "

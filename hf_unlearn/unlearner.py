@@ -37,6 +37,7 @@ from .passes import PassCounter, step_rows
 from .requests import accumulate, keep_start, measure_after_run
 from .run_checks import check_run_inputs
 from .run_lock import claim_output_dir, unlock_output_dir
+from .stopping import HeldOutStop
 from .tracking import check_log_with, start_tracking, stop_tracking
 from .training import alpha_at, build_optimizer, check_sharding, lr_schedule, make_accelerator, seed_sampler
 from .utils import apply_umask, get_logger
@@ -211,7 +212,9 @@ class Unlearner:
         first, forget_it, remain_it, history = self._start_position(
             ctx, forget_loader, remain_loader, resume, accelerator
         )
-        total = cfg.max_steps
+        stop = HeldOutStop.build(self.family, split, cfg)  # None: the budget as given
+        self._forget_off = False  # set by the stop rule: the round's remaining cycles take remain steps only
+        total = cfg.max_steps if stop is None else stop.total
         bar = tqdm(
             range(first, total),
             initial=first,
@@ -244,6 +247,13 @@ class Unlearner:
                         saliency_runtime_s=before["saliency_runtime_s"] + saliency_s,
                     )
                     save_checkpoint(accelerator, cfg.output_dir, state, cfg.checkpoints_total_limit)
+                model = accelerator.unwrap_model(ctx.model)
+                action = "continue" if stop is None else stop.after_cycle(model, step + 1)
+                self._forget_off = self._forget_off or action == "remain_only"
+                if action == "stop":
+                    history[-1].update({f"stop_{k}": v for k, v in stop.last.items()})
+                    total = step + 1
+                    break
         except DivergenceError as err:  # the buffers a forward of the failed step moved go back too
             self._diverged = " ".join(str(err).split())[:200]
             self._restore_last_good()
@@ -331,14 +341,16 @@ class Unlearner:
         one joint step), then the β interpolation toward the weights at the start of the cycle."""
         cfg, method, total = self.config, self.method, self.config.max_steps
         ctx.step = step
-        alpha = alpha_at(step, total, cfg.forget_alpha, cfg.forget_alpha_schedule)
-        forget_on = method.forget_loss is not None and step < total * (cfg.forget_steps_fraction or 1.0)
+        local = step % total  # a round repeated by `stop_rule` restarts the schedules; otherwise local == step
+        alpha = alpha_at(local, total, cfg.forget_alpha, cfg.forget_alpha_schedule)
+        forget_on = method.forget_loss is not None and local < total * (cfg.forget_steps_fraction or 1.0)
+        forget_on = forget_on and not getattr(self, "_forget_off", False)
         before = [p.detach().clone() for p in params] if cfg.interpolation_beta < 1 else None
-        logs = {"step": step, "lr": cfg.learning_rate * self._lr_at(step * self._lr_unit), "alpha": alpha}
+        logs = {"step": step, "lr": cfg.learning_rate * self._lr_at(local * self._lr_unit), "alpha": alpha}
         fast = 0  # remain-only steps of this cycle so far: each advances a per-remain-step schedule
         for plan in method.geometry.steps(cfg, forget_on, method.remain_loss is not None):
             # The authors' loop: the forget step takes the rate of the cycle's first remain step.
-            rate = cfg.learning_rate * self._lr_at(step * self._lr_unit + min(fast, self._lr_unit - 1))
+            rate = cfg.learning_rate * self._lr_at(local * self._lr_unit + min(fast, self._lr_unit - 1))
             for group in optimizer.param_groups:
                 group["lr"] = rate
             fast += plan.remain and not plan.forget

@@ -19,12 +19,17 @@ SETTINGS = [("resnet", "class"), ("resnet", "random"), ("vit", "class"), ("vit",
 PASTED = {
     "docs/benchmarks.md": [
         "benchmark_results/results.md",
+        "benchmark_results/default_rule/results-all.md",
         *sorted(f"benchmark_results/validation/{p.name}" for p in (RESULTS / "validation").glob("*.md")),
     ],
     "docs/benchmarks_diffusion.md": ["benchmark_results/diffusion/report.md"],
     "docs/budget.md": ["benchmark_results/budget_unit/results.md"],
     "docs/lora.md": ["benchmark_results/lora_vs_full/results.md"],
     "docs/performance.md": ["benchmark_results/performance/pass_ratio.md"],
+    "docs/privacy_audit.md": [
+        "benchmark_results/privacy_audit/results-cheap-8-4.md",
+        "benchmark_results/privacy_audit/results-full-32-16.md",
+    ],
     "docs/robustness.md": ["benchmark_results/robustness/results.md"],
     "docs/stable_diffusion.md": [
         "benchmark_results/world_t2i/report.md",

@@ -46,6 +46,7 @@ LAYERS = {
     "hf_unlearn.hub": 5,
     "hf_unlearn.evaluation": 5,
     "hf_unlearn.run_checks": 5,
+    "hf_unlearn.stopping": 5,  # the budget rule: reads the model through evaluation, never the loop
     "hf_unlearn.unlearner": 6,
     "hf_unlearn": 7,  # the package's public API (hf_unlearn/__init__.py)
     # Users of the API: command line, benchmarks, attacks, demo models.
@@ -56,7 +57,9 @@ LAYERS = {
     "hf_unlearn.evaluate_concept": 8,
     "hf_unlearn.benchmarks": 8,
     "hf_unlearn.attacks": 8,
-    "hf_unlearn.worlds": 8,  # the shape world: its models, trainer and prompts (benchmarks use them)
+    "hf_unlearn.worlds": 8,
+    "hf_unlearn.audit": 8,  # the privacy audit trains shadows through the API
+    "hf_unlearn.audit_cli": 8,  # the shape world: its models, trainer and prompts (benchmarks use them)
 }
 
 # Modules that need an optional dependency (the `nudity` extra: nudenet, onnxruntime, opencv): the only hf_unlearn

@@ -35,6 +35,9 @@ _SFR_DEFAULTS = {
         "forget_alpha": 1.0,
         "remain_steps_per_forget": 4,
         "remain_max_grad_norm": 0.0,
+        # The default budget is set from the data: stop when random forget rows reach the held-out loss, repeat the
+        # round class-wise until forget accuracy is at RT's floor (hf_unlearn/stopping.py, docs/benchmarks.md).
+        "stop_rule": "held_out",
     },
     "class_conditional_diffusion": {
         "learning_rate": 1e-4,
