@@ -247,6 +247,12 @@ def _robustness_rows(record: dict) -> list[dict]:
     for entry in record.get("robustness") or []:
         if entry.get("request") != current:
             continue
+        if "eval_card" in entry:  # every attack's eval card renders the same way (`attacks.evalcard`)
+            from .attacks.evalcard import EvalCard  # noqa: PLC0415
+
+            card = EvalCard.from_dict(entry["eval_card"])
+            rows.append({"attack": card.attack, "setting": card.setting_text(), "result": card.result_text()})
+            continue
         if entry["attack"] == "prompt":
             setting = (
                 f"{entry['num_prompts']} prompts, {entry['num_tokens']} adversarial tokens, {entry['steps']} steps, "

@@ -66,7 +66,7 @@ def inversion_adversarial_unlearn(
     base, total, words = unlearner.config, unlearner.config.max_steps, []
     if total < rounds:
         raise ValueError(f"`max_steps` is {total}, fewer than `rounds` ({rounds}); give at least one cycle per round.")
-    family, current = unlearner.family, split
+    family, current, erased = unlearner.family, split, []
     for r in range(rounds):
         steps = total // rounds + (1 if r < total % rounds else 0)
         unlearner.config = dataclasses.replace(base, max_steps=steps, num_forget_epochs=None, seed=base.seed + r)
@@ -86,12 +86,11 @@ def inversion_adversarial_unlearn(
             caption = config.template.replace(PLACEHOLDER, word)
             anchor = split.anchor_prompts[prompts[0]]
             copies.append(rows.map(lambda _row, c=caption, a=anchor: {family.caption_column: c, "anchor": a}))
-        previous = [] if r == 0 else [current_copies]
-        current_copies = concatenate_datasets([*previous, *copies])
-        for caption, anchor in zip(current_copies[family.caption_column], current_copies["anchor"]):
+        erased = [concatenate_datasets([*erased, *copies])]  # every word found so far
+        for caption, anchor in zip(erased[0][family.caption_column], erased[0]["anchor"]):
             anchors[caption] = anchor
         current = ConceptSplit(
-            forget_dataset=concatenate_datasets([forget, current_copies]),
+            forget_dataset=concatenate_datasets([forget, *erased]),
             remain_dataset=split.remain if len(split.remain) else None,
             anchor_prompts=anchors,
             cache_dir=split.cache_dir,

@@ -77,8 +77,8 @@ class EvalCard:
     def result_text(self) -> str:
         """The card's 'result' cell: the headline ASR and the other two definitions beside it."""
         return (
-            f"ASR ({self.asr_definition}) {100 * self.asr:.1f}% over {self.num_units} units; pre {100 * self.pre_asr:.1f}%, "
-            f"post {100 * self.post_asr:.1f}%, both {100 * self.both_asr:.1f}%"
+            f"ASR ({self.asr_definition}) {100 * self.asr:.1f}% over {self.num_units} units; "
+            f"pre {100 * self.pre_asr:.1f}%, post {100 * self.post_asr:.1f}%, both {100 * self.both_asr:.1f}%"
         )
 
 
@@ -111,9 +111,34 @@ class AttackResult:
         return {"card": self.card.to_dict(), "rows": self.rows, **self.extra}
 
 
+def prompt_attack_card(result, judge_name: str, judge_version: str, prompts) -> EvalCard:
+    """The eval card of a [`~hf_unlearn.attacks.prompt_attack`] result: UnlearnDiffAtk's ASR (`both`: a prompt the
+    erased model already draws the concept for counts without an attack)."""
+    config, rows = result.config, result.rows
+    seeds = sorted({r["seed"] for r in rows})
+    return EvalCard(
+        attack="prompt",
+        concept=judge_name,
+        prompt_set_digest=prompt_digest([(r["prompt"], r["seed"], r["guidance_scale"]) for r in rows]),
+        num_prompts=len(rows),
+        judge=judge_name,
+        judge_version=judge_version,
+        threshold=config["threshold"],
+        asr_definition="both",
+        seeds=seeds,
+        steps=config["steps"],
+        inference_steps=config["num_inference_steps"],
+        guidance_scale=config["guidance_scale"],
+        images_per_prompt=1,
+        num_units=len(rows),
+        settings=dict(config),
+        **rates([r["plain_success"] for r in rows], [r["success"] and r["attacked"] for r in rows]),
+    )
+
+
 def card_entry(card: EvalCard, model: Optional[str] = None) -> dict:
     """The entry `--update_card` adds to an unlearning record's `robustness` list."""
     return {"attack": card.attack, "eval_card": card.to_dict(), **({"model": model} if model else {})}
 
 
-__all__ = ["ASR_DEFINITIONS", "AttackResult", "EvalCard", "card_entry", "prompt_digest", "rates"]
+__all__ = ["ASR_DEFINITIONS", "AttackResult", "EvalCard", "card_entry", "prompt_attack_card", "prompt_digest", "rates"]

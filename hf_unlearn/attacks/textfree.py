@@ -27,10 +27,7 @@ class TextFreeConfig(GenerationConfig):
     prompt: str = field(
         default="null", metadata={"help": "Condition of the inversion and the resample: 'null' (\"\") or 'concept'."}
     )
-    inversion_steps: int = field(
-        default=200,
-        metadata={"help": "DDIM steps of the inversion and of the resample (many: a near-exact round trip)."},
-    )
+    inversion_steps: int = field(default=100, metadata={"help": "DDIM steps of the inversion and of the resample."})
     inversion_guidance: float = field(
         default=1.0, metadata={"help": "Guidance of the inversion and resample (1: none, the exact DDIM round trip)."}
     )
@@ -75,9 +72,9 @@ def textfree_attack(
 
     Args:
         pipeline (`StableDiffusionPipeline`): the attacked model (nothing in it changes).
-        prompts (`list[str]`): the concept's prompts: the original draws the target of seed `s` from prompt `s % len(prompts)`,
-            the attacked model draws the same prompt and seed plainly (the pre-attack rate); `prompt="concept"` also
-            conditions the inversion on it.
+        prompts (`list[str]`): the concept's prompts: the original draws the target of seed `s` from prompt
+            `s % len(prompts)`, the attacked model draws the same prompt and seed plainly (the pre-attack rate);
+            `prompt="concept"` also conditions the inversion on it.
         judge (`Callable`): one score per PIL image; the concept is shown at or above `config.threshold`.
         original (`StableDiffusionPipeline`, *optional*): the model before erasure (draws the targets).
         target_images (`list[PIL.Image.Image]`, *optional*): the concept's images, instead of `original`.
