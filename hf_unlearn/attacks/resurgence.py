@@ -29,7 +29,7 @@ class ResurgenceConfig:
 
     steps: int = field(default=200, metadata={"help": "Fine-tuning steps on the remain data."})
     learning_rate: float = field(default=1e-5, metadata={"help": "Adam learning rate of the fine-tuning."})
-    batch_size: int = field(default=4, metadata={"help": "Remain rows per step."})
+    batch_size: int = field(default=2, metadata={"help": "Remain rows per step."})
     eval_every: Optional[int] = field(
         default=None, metadata={"help": "Also measure every N steps (the curve); unset: before and after only."}
     )

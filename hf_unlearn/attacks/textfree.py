@@ -27,6 +27,9 @@ class TextFreeConfig(GenerationConfig):
     prompt: str = field(
         default="null", metadata={"help": "Condition of the inversion and the resample: 'null' (\"\") or 'concept'."}
     )
+    num_targets: int = field(
+        default=4, metadata={"help": "Concept images the original draws, each inverted and resampled (a judged unit)."}
+    )
     inversion_steps: int = field(default=100, metadata={"help": "DDIM steps of the inversion and of the resample."})
     inversion_guidance: float = field(
         default=1.0, metadata={"help": "Guidance of the inversion and resample (1: none, the exact DDIM round trip)."}

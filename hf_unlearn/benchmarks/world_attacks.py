@@ -235,7 +235,7 @@ def summary(rows: list[dict], output: Path) -> dict[str, dict]:
         table[method] = {
             "seeds": seeds,
             "collateral": coll,
-            "plain": interval(list(seed_means(rows, method, "inversion", "pre_asr").values())),
+            "plain": interval([seed_means(rows, method, "inversion", "pre_asr")[s] for s in seeds]),
             **{a: interval([per[a][s] for s in seeds]) for a in ATTACKS},
             "worst": interval(worst),
             "worst_attack": [max(ATTACKS, key=lambda a, s=s: per[a][s]) for s in seeds],
