@@ -143,9 +143,11 @@ class DDIM:
             x = a.sqrt() * x0 + (1 - a).sqrt() * eps
         return x.to(latents.dtype)
 
-    def invert(self, latents, cond, uncond=None, guidance: float = 1.0) -> torch.Tensor:
-        """Runs the sampler backwards from x_0 to x_T (the model's output at each step read at the next timestep,
-        the usual DDIM-inversion approximation)."""
+    def invert(self, latents, cond, uncond=None, guidance: float = 1.0, refine: int = 0) -> torch.Tensor:
+        """Runs the sampler backwards from x_0 to x_T. Each step first reads the model at the next timestep on the
+        current sample (the usual DDIM-inversion approximation), then, `refine` times, solves the sampler's own step
+        for the sample it starts from by fixed-point iteration (the model read at the estimate; AIDI, Pan et al.
+        2023), so that sampling retraces the inversion more exactly."""
         x = latents.double()
         ascending = self.timesteps[::-1]
         for i, t in enumerate(ascending):
@@ -153,8 +155,21 @@ class DDIM:
             out = self._output(x.to(latents.dtype), t, cond, uncond, guidance)
             x0, eps = self._split(x, out, self._alpha(current))  # x is still at the level it reached
             a = self._alpha(t)
-            x = a.sqrt() * x0 + (1 - a).sqrt() * eps
+            start, x = x, a.sqrt() * x0 + (1 - a).sqrt() * eps
+            if refine:
+                # The sampler's step from level t down to `current` is linear in (x_t, model output): A x_t + B out.
+                step = lambda xt, o, t=t, c=current: self._step(xt, o, self._alpha(t), self._alpha(c))  # noqa: E731
+                one, zero = torch.ones((), dtype=x.dtype), torch.zeros((), dtype=x.dtype)
+                coef_x, coef_out = step(one, zero), step(zero, one)
+                for _ in range(refine):
+                    out = self._output(x.to(latents.dtype), t, cond, uncond, guidance)
+                    x = (start - coef_out * out) / coef_x
         return x.to(latents.dtype)
+
+    def _step(self, x, out, alpha, alpha_next):
+        """One sampler step of `x` at level `alpha` to level `alpha_next`."""
+        x0, eps = self._split(x, out, alpha)
+        return alpha_next.sqrt() * x0 + (1 - alpha_next).sqrt() * eps
 
 
 def seeded_latents(pipeline, seeds: list[int]) -> torch.Tensor:

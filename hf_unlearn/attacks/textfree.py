@@ -28,9 +28,12 @@ class TextFreeConfig(GenerationConfig):
         default="null", metadata={"help": "Condition of the inversion and the resample: 'null' (\"\") or 'concept'."}
     )
     num_targets: int = field(
-        default=4, metadata={"help": "Concept images the original draws, each inverted and resampled (a judged unit)."}
+        default=6, metadata={"help": "Concept images the original draws, each inverted and resampled (a judged unit)."}
     )
-    inversion_steps: int = field(default=100, metadata={"help": "DDIM steps of the inversion and of the resample."})
+    inversion_steps: int = field(default=30, metadata={"help": "DDIM steps of the inversion and of the resample."})
+    refine_steps: int = field(
+        default=2, metadata={"help": "Fixed-point iterations per inversion step (0: plain DDIM inversion)."}
+    )
     inversion_guidance: float = field(
         default=1.0, metadata={"help": "Guidance of the inversion and resample (1: none, the exact DDIM round trip)."}
     )
@@ -55,7 +58,9 @@ def invert_and_resample(pipeline, images: list, conds: list, config: TextFreeCon
     sampler = DDIM(pipeline, config.inversion_steps)
     uncond = prompt_states(pipeline, "")
     cond = torch.cat(conds)
-    noise = sampler.invert(image_latents(pipeline, images), cond, uncond, config.inversion_guidance)
+    noise = sampler.invert(
+        image_latents(pipeline, images), cond, uncond, config.inversion_guidance, config.refine_steps
+    )
     return decode(pipeline, sampler.sample(noise, cond, uncond, config.inversion_guidance))
 
 
