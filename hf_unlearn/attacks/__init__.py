@@ -26,7 +26,7 @@ from .adversarial_inversion import inversion_adversarial_unlearn
 from .class_inversion import ClassInversionConfig, class_embedding_inversion
 from .evalcard import AttackResult, EvalCard, prompt_digest
 from .inversion import ConceptInversionConfig, concept_inversion
-from .judges import check_judge, judge_scores, nudity_judge, world_judge
+from .judges import check_judge, judge_scores, nudity_judge
 from .prompt import PromptAttackConfig, PromptAttackResult, adversarial_prompts, prompt_attack
 from .relearn import (
     RelearnConfig,
@@ -39,6 +39,7 @@ from .relearn import (
 )
 from .resurgence import ResurgenceConfig, concept_units, resurgence_attack
 from .textfree import TextFreeConfig, textfree_attack
+from .world_judge import world_judge
 
 __all__ = [
     "AttackResult",

@@ -156,7 +156,7 @@ def make_judge(spec: str):
 
         return ColourJudge()
     if spec.startswith("world:"):
-        from .judges import world_judge  # noqa: PLC0415
+        from .world_judge import world_judge  # noqa: PLC0415
 
         return world_judge(spec.partition(":")[2])
     module, _, name = spec.partition(":")

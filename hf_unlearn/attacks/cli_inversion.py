@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import os
 
+from ..config import UnlearnConfig
+from ..data import load_any_dataset
 from ..modelcard import record_robustness
+from ..unlearner import Unlearner
 from ..utils import atomic_write_json
 from .evalcard import card_entry
-from .inversion import ConceptInversionConfig
-from .resurgence import ResurgenceConfig
-from .textfree import TextFreeConfig
+from .inversion import ConceptInversionConfig, concept_inversion
+from .judges import check_judge
+from .resurgence import ResurgenceConfig, concept_units, resurgence_attack
+from .textfree import TextFreeConfig, textfree_attack
 
 CONFIGS = {"inversion": ConceptInversionConfig, "textfree": TextFreeConfig, "resurgence": ResurgenceConfig}
 HELP = {
@@ -72,7 +76,6 @@ def check_inputs(args) -> None:
 
 def run_inversion_attack(args, *, make_judge, load_pipeline, check_output_dir, card_folders, config, echo) -> int:
     """Runs `args.attack` (inversion, textfree or resurgence) as `attacks.cli` parsed it."""
-    from .judges import check_judge  # noqa: PLC0415
 
     check_output_dir(args, (f"{args.attack}.json", "eval_card.json"))
     if args.update_card:
@@ -87,9 +90,6 @@ def run_inversion_attack(args, *, make_judge, load_pipeline, check_output_dir, c
     if args.attack == "resurgence":
         result = _resurgence(args, model, judge, settings, common)
     else:
-        from .inversion import concept_inversion  # noqa: PLC0415
-        from .textfree import textfree_attack  # noqa: PLC0415
-
         original = load_pipeline(args.original, args.device, args.dtype)
         attack = concept_inversion if args.attack == "inversion" else textfree_attack
         result = attack(model, args.prompts, judge, original=original, config=settings, **common)
@@ -103,10 +103,6 @@ def run_inversion_attack(args, *, make_judge, load_pipeline, check_output_dir, c
 
 
 def _resurgence(args, model, judge, settings, common):
-    from ..config import UnlearnConfig  # noqa: PLC0415
-    from ..data import load_any_dataset  # noqa: PLC0415
-    from ..unlearner import Unlearner  # noqa: PLC0415
-    from .resurgence import concept_units, resurgence_attack  # noqa: PLC0415
 
     data = load_any_dataset(args.dataset, args.split)
     unlearner = Unlearner.from_pretrained(model, UnlearnConfig(output_dir=os.path.join(args.output_dir, "tmp")))

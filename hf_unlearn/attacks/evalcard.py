@@ -18,6 +18,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
+from ..modelcard import eval_card_result, eval_card_setting
+
 ASR_DEFINITIONS = ("pre", "post", "both")
 
 
@@ -66,20 +68,12 @@ class EvalCard:
         return cls(**{k: v for k, v in data.items() if k in names})
 
     def setting_text(self) -> str:
-        """The card's 'setting' cell."""
-        return (
-            f"{self.num_prompts} prompts (digest `{self.prompt_set_digest}`), judge `{self.judge}` "
-            f"{self.judge_version} ≥ {self.threshold}, seeds {self.seeds}, {self.steps} attack steps, "
-            f"{self.inference_steps} denoising steps, guidance {self.guidance_scale}, {self.images_per_prompt} "
-            "image(s) per prompt"
-        )
+        """The card's 'setting' cell (as the model card renders it)."""
+        return eval_card_setting(self.to_dict())
 
     def result_text(self) -> str:
         """The card's 'result' cell: the headline ASR and the other two definitions beside it."""
-        return (
-            f"ASR ({self.asr_definition}) {100 * self.asr:.1f}% over {self.num_units} units; "
-            f"pre {100 * self.pre_asr:.1f}%, post {100 * self.post_asr:.1f}%, both {100 * self.both_asr:.1f}%"
-        )
+        return eval_card_result(self.to_dict())
 
 
 def rates(pre: list, post: list) -> dict[str, float]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Optional
 
 from PIL import Image
@@ -80,39 +79,4 @@ def _package_version(name: str) -> str:
         return f"{name} (version unknown)"
 
 
-def world_judge(concept: str, world=None) -> Judge:
-    r"""A judge from the shape world's committed judge (`benchmark_results/world`): 1 when it names the concept's
-    attribute value in an image ("red": colour red), else 0. Images are resized to the world's 32×32 first.
-
-    Args:
-        concept (`str`): one of `hf_unlearn.worlds.prompts.CONCEPTS` ('red', 'striped', 'triangle').
-        world (`str` or `os.PathLike`, *optional*): the folder with `judge.safetensors`; the committed one by default.
-    """
-    from ..worlds import models  # noqa: PLC0415
-    from ..worlds.prompts import CONCEPTS  # noqa: PLC0415
-    from ..worlds.scenes import SIZE  # noqa: PLC0415
-
-    if concept not in CONCEPTS:
-        raise ValueError(f"`concept` is {concept!r}; the shape world's concepts are {sorted(CONCEPTS)}.")
-    folder = world or WORLD_FOLDER
-    model = models.Judge.load(folder)
-    key, value = CONCEPTS[concept]["attribute"]
-
-    def judge(images: list) -> list[float]:
-        small = [im.convert("RGB").resize((SIZE, SIZE), resample=3) for im in images]
-        return [float(n[key] == value) for n in model.name(small)]
-
-    judge.version = weights_digest(folder)
-    return judge
-
-
-def weights_digest(folder) -> str:
-    """sha256 (first 12 hex digits) of a judge's weights file: the judge's version on an eval card."""
-    import hashlib  # noqa: PLC0415
-
-    return "sha256:" + hashlib.sha256((Path(folder) / "judge.safetensors").read_bytes()).hexdigest()[:12]
-
-
-WORLD_FOLDER = Path(__file__).resolve().parents[2] / "benchmark_results" / "world"
-
-__all__ = ["Judge", "check_judge", "judge_scores", "nudity_judge", "weights_digest", "world_judge"]
+__all__ = ["Judge", "check_judge", "judge_scores", "nudity_judge"]

@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 
 from .evalcard import AttackResult, EvalCard, prompt_digest, rates
+from .inversion import GenerationConfig, draw
 from .judges import Judge, judge_scores
 from .relearn import finetune_steps
 
@@ -119,8 +120,6 @@ def concept_units(
 ) -> Units:
     """Text-to-image: one unit per (prompt, seed), the concept judged on what the measured UNet draws (prompt `i`
     from each seed `s`, DDIM, the same noise before and after)."""
-    from .inversion import GenerationConfig, draw  # noqa: PLC0415
-
     config = GenerationConfig(inference_steps=inference_steps, guidance_scale=guidance_scale, threshold=threshold)
     # seed s * len(prompts) + i draws prompt i (draw takes prompt `seed % len(prompts)`)
     all_seeds = [s * len(prompts) + i for s in seeds for i in range(len(prompts))]

@@ -35,9 +35,9 @@ from PIL import Image as PILImage
 
 from ..attacks.adversarial_inversion import inversion_adversarial_unlearn
 from ..attacks.inversion import ConceptInversionConfig, concept_inversion
-from ..attacks.judges import weights_digest, world_judge
 from ..attacks.resurgence import ResurgenceConfig, concept_units, resurgence_attack
 from ..attacks.textfree import TextFreeConfig, textfree_attack
+from ..attacks.world_judge import weights_digest, world_judge
 from ..config import UnlearnConfig
 from ..unlearner import Unlearner
 from ..utils import atomic_write_json, atomic_write_text
