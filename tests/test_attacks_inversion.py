@@ -117,6 +117,15 @@ def test_unrelated_scenes_hold_none_of_the_concepts():
         assert all(named.get(k) != v for k, v in (spec["attribute"] for spec in CONCEPTS.values()))
 
 
+def test_world_attacks_report_rebuilds_from_its_run_files():
+    """The committed table is the run files' table: a run file changed without its table fails here."""
+    from hf_unlearn.benchmarks.world_attacks import report_markdown, summary
+
+    folder = WORLD.parent / "world_attacks"
+    rows = [json.loads(p.read_text()) for p in sorted((folder / "runs").glob("*-s*.json"))]
+    assert report_markdown(summary(rows, folder)) == (folder / "report.md").read_text()
+
+
 def test_eval_card_rates_follow_their_definitions():
     got = rates([True, False, False, True], [False, True, False, True])
     assert got == {"pre_asr": 0.5, "post_asr": 0.5, "both_asr": 0.75}

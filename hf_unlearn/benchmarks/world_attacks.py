@@ -226,7 +226,8 @@ def seed_means(rows: list[dict], method: str, name: str, key: str = "asr") -> di
 
 def summary(rows: list[dict], output: Path) -> dict[str, dict]:
     table = {}
-    for method in dict.fromkeys(r["method"] for r in rows):
+    present = {r["method"] for r in rows}
+    for method in [m for m in METHODS if m in present]:  # the original first, then the erasers
         per = {a: seed_means(rows, method, a) for a in ATTACKS}
         seeds = sorted(set.intersection(*(set(v) for v in per.values())))
         worst = [max(per[a][s] for a in ATTACKS) for s in seeds]
