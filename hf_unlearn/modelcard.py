@@ -261,6 +261,12 @@ def _robustness_rows(record: dict) -> list[dict]:
     for entry in record.get("robustness") or []:
         if entry.get("request") != current:
             continue
+        if "eval_card" in entry:  # every attack's eval card renders the same way (`attacks.evalcard`)
+            card = entry["eval_card"]
+            rows.append(
+                {"attack": card["attack"], "setting": eval_card_setting(card), "result": eval_card_result(card)}
+            )
+            continue
         if entry["attack"] == "prompt":
             setting = (
                 f"{entry['num_prompts']} prompts, {entry['num_tokens']} adversarial tokens, {entry['steps']} steps, "
@@ -286,6 +292,25 @@ def _robustness_rows(record: dict) -> list[dict]:
             )
             rows.append({"attack": "relearning", "setting": setting, "result": result})
     return rows
+
+
+def eval_card_setting(card: dict) -> str:
+    """The Robustness table's 'setting' cell of an eval card (`hf_unlearn.attacks.evalcard.EvalCard`)."""
+    return (
+        f"{card['num_prompts']} prompts (digest `{card['prompt_set_digest']}`), judge `{card['judge']}` "
+        f"{card['judge_version']} ≥ {card['threshold']}, seeds {card['seeds']}, {card['steps']} attack steps, "
+        f"{card['inference_steps']} denoising steps, guidance {card['guidance_scale']}, {card['images_per_prompt']} "
+        "image(s) per prompt"
+    )
+
+
+def eval_card_result(card: dict) -> str:
+    """The 'result' cell: the headline ASR (its definition named) and the other two definitions beside it."""
+    rate = {"pre": card["pre_asr"], "post": card["post_asr"], "both": card["both_asr"]}[card["asr_definition"]]
+    return (
+        f"ASR ({card['asr_definition']}) {100 * rate:.1f}% over {card['num_units']} units; "
+        f"pre {100 * card['pre_asr']:.1f}%, post {100 * card['post_asr']:.1f}%, both {100 * card['both_asr']:.1f}%"
+    )
 
 
 def recovery_text(steps_to_recover, budget: int) -> str:

@@ -55,6 +55,10 @@ ERASURES = {
 }
 # Methods the attack broke in the first run (plain 0% → attacked ≥ 40%): also run as adversarial erasure, 3 rounds.
 ADVERSARIAL = ("esd", "salun")
+# Not `PromptAttackConfig`'s defaults (UnlearnDiffAtk's SD 1.4 setting: 5 tokens, 40 steps, lr 0.01, batch 1, judged
+# once): the tiny model's vocabulary is 23 words and its runs were sized for CPU, so fewer tokens, a larger step and a
+# batch of 4 noised copies per step, judged every 10 steps. The committed rows were measured with these
+# (docs/attacks.md, "The prompt attack's settings"); the world benchmark's attacks run at their configs' defaults.
 ATTACK = {"num_tokens": 3, "steps": 30, "learning_rate": 0.05, "batch_size": 4, "eval_every": 10}
 GENERATION = {"num_inference_steps": 10, "guidance_scale": 7.5}
 # Digits: the frozen tuned configs of the classification benchmark, on its committed reference models.

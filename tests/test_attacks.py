@@ -284,7 +284,11 @@ def test_cli_prompt_attack_writes_json_and_grid(pipe, tmp_path, capsys):
     assert main([*args, *flags, "--num_inference_steps", "2", "--output_dir", str(out)]) == 0
     report = json.loads((out / "prompt_attack.json").read_text())
     assert report["num_prompts"] == 1 and report["config"]["steps"] == 2 and report["config"]["num_tokens"] == 2
-    assert sorted(p.name for p in out.iterdir()) == ["prompt_attack.json", "prompt_attack_grid.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["eval_card.json", "prompt_attack.json", "prompt_attack_grid.png"]
+    card = json.loads((out / "eval_card.json").read_text())
+    # UnlearnDiffAtk's ASR: a prompt already drawn with the concept counts (pre + post)
+    assert card["attack"] == "prompt" and card["asr_definition"] == "both" and card["num_units"] == 1
+    assert card["asr"] == max(card["pre_asr"], card["post_asr"]) and card["judge"] == "colour"
     assert capsys.readouterr().out.startswith("attack success ")
     # A finished result is kept unless --overwrite_output_dir, and that is checked before any work.
     assert main([*args, *flags, "--output_dir", str(out)]) == 2

@@ -1,4 +1,5 @@
-"""`hf-unlearn attack prompt|relearn`: the robustness attacks from the command line, written as JSON (and a grid).
+"""`hf-unlearn attack prompt|relearn|inversion|textfree|resurgence`: the robustness attacks from the command line,
+written as JSON (and a grid); the last three are in `cli_inversion.py`.
 
 ```bash
 # Adversarial prompts against an erased SD pipeline, judged by NudeNet (UnlearnDiffAtk counts nudity at 0.45)
@@ -21,6 +22,8 @@ from typing import Optional
 
 from ..modelcard import record_robustness
 from ..utils import RECORD_NAME, atomic_write_json, read_record
+from .cli_inversion import add_inversion_parsers, run_inversion_attack
+from .evalcard import card_entry, prompt_attack_card
 from .prompt import PromptAttackConfig
 from .relearn import RelearnConfig
 
@@ -83,6 +86,7 @@ def add_attack_parser(subparsers) -> argparse.ArgumentParser:
     relearn.add_argument("--output_dir", required=True, help="Folder for relearn.json.")
     _add_common_flags(relearn)
     _add_config_flags(relearn, RelearnConfig, skip=_NOT_FLAGS)
+    add_inversion_parsers(kinds, _add_common_flags, _add_config_flags)
     return parser
 
 
@@ -121,6 +125,16 @@ def _echo(*lines: str) -> None:
 
 def run_attack(args: argparse.Namespace) -> int:
     """Runs the attack that `add_attack_parser` parsed; returns the exit code."""
+    if args.attack in ("inversion", "textfree", "resurgence"):
+        return run_inversion_attack(
+            args,
+            make_judge=make_judge,
+            load_pipeline=_load_pipeline,
+            check_output_dir=_check_output_dir,
+            card_folders=_card_folders,
+            config=_config,
+            echo=_echo,
+        )
     return _run_prompt(args) if args.attack == "prompt" else _run_relearn(args)
 
 
@@ -132,7 +146,7 @@ def attack_main(argv=None) -> int:
 
 
 def make_judge(spec: str):
-    """'nudity', 'colour' or 'module:function' (called with no arguments) as a judge callable."""
+    """'nudity', 'colour', 'world:CONCEPT' or 'module:function' (called with no arguments) as a judge callable."""
     if spec == "nudity":
         from .judges import nudity_judge  # noqa: PLC0415
 
@@ -141,6 +155,10 @@ def make_judge(spec: str):
         from .tiny import ColourJudge  # noqa: PLC0415
 
         return ColourJudge()
+    if spec.startswith("world:"):
+        from .world_judge import world_judge  # noqa: PLC0415
+
+        return world_judge(spec.partition(":")[2])
     module, _, name = spec.partition(":")
     if not name:
         raise ValueError(f"`--judge` is '{spec}'; give 'nudity', 'colour' or 'module:function'.")
@@ -164,7 +182,7 @@ def _run_prompt(args) -> int:
     from .judges import check_judge  # noqa: PLC0415
     from .prompt import prompt_attack, prompt_rows  # noqa: PLC0415
 
-    _check_output_dir(args, ("prompt_attack.json", "prompt_attack_grid.png"))
+    _check_output_dir(args, ("prompt_attack.json", "prompt_attack_grid.png", "eval_card.json"))
     if args.update_card:
         _card_folders({"model": args.model})
     config = _config(args, PromptAttackConfig)
@@ -176,6 +194,8 @@ def _run_prompt(args) -> int:
     original = _load_pipeline(args.original, args.device, args.dtype)
     result = prompt_attack(model, prompts, judge, original=original, config=config)
     paths = result.save(args.output_dir)
+    card = prompt_attack_card(result, args.judge, getattr(judge, "version", "unversioned"), prompts)
+    atomic_write_json(os.path.join(args.output_dir, "eval_card.json"), card.to_dict())
     if args.update_card:
         entry = {
             "attack": "prompt",
@@ -188,7 +208,7 @@ def _run_prompt(args) -> int:
             "attack_success_rate": result.attack_success_rate,
             "plain_success_rate": result.plain_success_rate,
         }
-        record_robustness(args.model, entry)
+        record_robustness(args.model, {**entry, **card_entry(card)})
     _echo(
         f"attack success {100 * result.attack_success_rate:.1f}% (plain {100 * result.plain_success_rate:.1f}%) over "
         f"{len(result.rows)} prompts; {paths['json']}, {paths['grid']}"

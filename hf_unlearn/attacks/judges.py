@@ -66,7 +66,17 @@ def nudity_judge(detector=None, labels: Optional[Sequence[str]] = None) -> Judge
         found = detector.detect(images)
         return [max((d["score"] for d in dets if d["class"] in counted), default=0.0) for dets in found]
 
+    judge.version = _package_version("nudenet")
     return judge
+
+
+def _package_version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+    try:
+        return f"{name} {version(name)}"
+    except PackageNotFoundError:
+        return f"{name} (version unknown)"
 
 
 __all__ = ["Judge", "check_judge", "judge_scores", "nudity_judge"]
