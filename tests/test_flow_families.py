@@ -65,7 +65,7 @@ def test_detected_and_conditioned_as_the_pipeline_does(flow_paths, tmp_path, kin
     unlearner = Unlearner.from_pretrained(flow_paths[kind], UnlearnConfig(output_dir=str(tmp_path), resolution=8))
     family, pipe = unlearner.family, unlearner.family.pipeline
     # The family's method and the methods' text-to-image defaults apply as they are.
-    assert unlearner.config.method == "sfr_on_remap"
+    assert unlearner.config.method == "anchor_remap" and unlearner.config.train_modules == "cross_attention_kv"
     assert type(family) is FAMILY[kind] and family.name == "text_to_image" and unlearner.config.learning_rate == 1e-5
     assert type(Unlearner.from_pretrained(BUILD[kind](), config(tmp_path, "esd")).family) is FAMILY[kind]
     prompts = [FORGET, UNRELATED[0]]

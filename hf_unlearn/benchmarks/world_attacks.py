@@ -49,7 +49,7 @@ from .world_uce import uce_edit
 
 ATTACKS = ("inversion", "textfree_null", "textfree_concept", "resurgence")
 ADVERSARIAL = "sfr_on_remap_adv_inversion"
-METHODS = ("original", "sfr_on_remap", ADVERSARIAL, "hand_remap", "uce", "esd", "salun")
+METHODS = ("original", "anchor_remap", "sfr_on_remap", ADVERSARIAL, "hand_remap", "uce", "esd", "salun")
 SEEDS = (0, 1, 2, 3, 4)
 GENERATION = {"inference_steps": 10, "guidance_scale": 5.0}  # the world benchmark's sampling
 SELECTION = WORLD.parent / "world_t2i" / "selection.json"

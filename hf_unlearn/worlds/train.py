@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from . import models, scenes
+from .prompts import CONCEPTS
 
 
 @dataclass(frozen=True)
@@ -272,8 +273,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.retrain_without is None:
         train_world(args.output, settings)
         return 0
-    from .prompts import CONCEPTS  # noqa: PLC0415
-
     names = [c for c in args.retrain_without.split(",") if c]
     unknown = [c for c in names if c not in CONCEPTS]
     if unknown or not names:
