@@ -59,6 +59,22 @@ def test_sfr_on_remap_pulls_forget_prompt_to_anchor(sd_path, tmp_path, subset, r
     assert result.num_forget == 8 and len(result.fingerprint) == 64
 
 
+def test_default_method_remaps_through_the_cross_attention_keys_and_values_only(sd_path, tmp_path):
+    # No method given: the family's default, `anchor_remap` (docs/world.md): no mask, only attn2.to_k / to_v move.
+    config = unlearn_config(tmp_path, None, learning_rate=3e-3, forget_alpha=5.0)
+    unlearner = Unlearner.from_pretrained(sd_path, config)
+    assert (unlearner.config.method, unlearner.config.train_modules) == ("anchor_remap", "cross_attention_kv")
+    probe = Probe(unlearner.family)
+    before, weights = probe(unlearner.model), snapshot(unlearner.model)
+    result = unlearner.unlearn(dataset_split())
+    after = probe(unlearner.model)
+    moved = {n for n, q in unlearner.model.named_parameters() if not torch.equal(q.detach(), weights[n])}
+    assert moved and all(".attn2.to_k." in n or ".attn2.to_v." in n for n in moved), sorted(moved)[:5]
+    assert unlearner.mask is None and result.mask_fraction is None
+    # The forget prompt's prediction went (most of the way) to the anchor's.
+    assert _rms(after[FORGET], after[ANCHOR]) <= 0.5 * _rms(before[FORGET], before[ANCHOR])
+
+
 # ESD has no remaining term. ESD-u style (whole UNet) reaches the target but drags unrelated prompts half as far; ESD-x
 # (cross-attention) keeps them but, in this 2-block UNet, closes only ~70% of the gap (docs/stable_diffusion.md).
 @pytest.mark.parametrize(
