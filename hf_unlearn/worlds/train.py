@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..utils import atomic_directory
 from . import models, scenes
 from .prompts import CONCEPTS
 
@@ -191,10 +191,12 @@ def train_unet(pipe, images: np.ndarray, attributes: list[dict], settings: World
 
 def train_world(output: str | os.PathLike, settings: WorldSettings = WorldSettings()) -> Path:
     """Trains every model of the world and writes them to `output` (built in a temporary folder, then renamed)."""
-    output = Path(output)
-    tmp = output.with_name(output.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    with atomic_directory(output) as tmp:
+        _train_world(tmp, settings)
+    return Path(output)
+
+
+def _train_world(tmp: Path, settings: WorldSettings) -> None:
     log = Log(tmp / "train_log.jsonl")
     log("settings", **asdict(settings), torch_threads=torch.get_num_threads())
     torch.manual_seed(settings.seed)
@@ -210,9 +212,6 @@ def train_world(output: str | os.PathLike, settings: WorldSettings = WorldSettin
     pipe.save_pretrained(tmp / "pipeline")
     judge.save(tmp)
     log("done")
-    shutil.rmtree(output, ignore_errors=True)
-    os.replace(tmp, output)
-    return output
 
 
 def without(attributes: list[dict], excluded: dict[str, tuple[str, ...]]) -> list[int]:
@@ -226,12 +225,14 @@ def retrain_without(
     """RT for concept erasure: the world's UNet trained from a fresh init, with the world's recipe, on scenes that
     show none of the `excluded` attributes (their captions cannot name them). VAE, text encoder, tokenizer, scheduler
     and judge are the world's own, so only what the generative model learned differs."""
+    with atomic_directory(output) as tmp:
+        _retrain_without(Path(world), tmp, excluded, settings)
+    return Path(output)
+
+
+def _retrain_without(world: Path, tmp: Path, excluded: dict[str, tuple[str, ...]], settings: WorldSettings) -> None:
     from diffusers import StableDiffusionPipeline  # noqa: PLC0415
 
-    output, world = Path(output), Path(world)
-    tmp = output.with_name(output.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     log = Log(tmp / "train_log.jsonl")
     log("settings", **asdict(settings), excluded={k: list(v) for k, v in excluded.items()}, world=str(world))
     torch.manual_seed(settings.seed)
@@ -250,9 +251,6 @@ def retrain_without(
     train_unet(pipe, images, attributes, settings, rng, log)
     pipe.save_pretrained(tmp / "pipeline")
     log("done")
-    shutil.rmtree(output, ignore_errors=True)
-    os.replace(tmp, output)
-    return output
 
 
 def main(argv: Optional[list[str]] = None) -> int:
