@@ -245,6 +245,14 @@ class UnlearnConfig:
     ewc_lambda: float = field(
         default=100.0, metadata={"help": "Selective amnesia: weight of the Fisher (EWC) penalty."}
     )
+    uce_lambda: float = field(
+        default=0.1,
+        metadata={"help": "UCE: the pull of each edited weight toward its value at θ0 (λ > 0, the authors' 0.1)."},
+    )
+    uce_preserve_scale: Optional[float] = field(
+        default=None,
+        metadata={"help": "UCE: the weight s of the remain prompts' keys/values; unset: max(0.1, 1/#remain prompts)."},
+    )
     retrain_init: str = field(
         default="config", metadata={"help": "Retrain start: 'config' (fresh init) or a checkpoint path / repo id."}
     )
@@ -334,7 +342,7 @@ class UnlearnConfig:
         check_field_types(self)  # types first (`ConfigTypeError`, a TypeError and a ValueError), then ranges
         positive = ["learning_rate", "max_steps", "num_forget_epochs", "per_device_train_batch_size"]
         positive += ["gradient_accumulation_steps"]
-        positive += ["eval_batch_size", "logging_steps", "lora_r"]
+        positive += ["eval_batch_size", "logging_steps", "lora_r", "uce_lambda"]
         for name in positive:
             _check_number(self, name, minimum=0, strict=True)
         for name in ["forget_alpha", "mask_threshold", "mask_eps", "mask_noise_floor", "max_grad_norm"]:
@@ -348,6 +356,7 @@ class UnlearnConfig:
             "remain_steps_per_forget",
             "warmup_steps",
             "ewc_lambda",
+            "uce_preserve_scale",
             "salun_sparsity",
             "forget_bound",
             "dataloader_num_workers",

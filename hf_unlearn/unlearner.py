@@ -333,6 +333,7 @@ class Unlearner:
             )
         check_not_source(self.config.output_dir, self.input_paths())
         check_run_inputs(self.config, self.method, self.model)  # checkpoint, mask, retrain start, LoRA targets
+        self.method.geometry.check(self.family, self.config)
         if self.config.checkpointing_steps or self.config.resume_from_checkpoint:
             check_run_output_dir(self.config)
 

@@ -55,6 +55,10 @@ def main() -> None:
     )
     # The name the first exploration gave it (its run files keep it).
     world_t2i.VARIANTS["x_remap_preserve"] = ("remap_preserve", {})
+    # The forget step's weight: fast-slow steps share Adam's moments, so α sets the forget step's size against the
+    # remain step's (Adam alone is scale-free).
+    for alpha in (2.0, 4.0, 8.0):
+        world_t2i.VARIANTS[f"anchor_remap_alpha{alpha:g}"] = ("anchor_remap", {"forget_alpha": alpha})
     bench = world_t2i.Benchmark(args.output, resume=True)
     for row in args.rows.split(","):
         runs = [bench.run("validate", row, int(s), args.train_modules, args.cycles) for s in args.seeds.split(",")]

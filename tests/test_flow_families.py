@@ -199,6 +199,11 @@ def test_lora_keeps_the_base_and_loads_with_load_lora_weights(flow_paths, tmp_pa
 def test_every_text_to_image_method_runs_two_cycles(flow_paths, tmp_path, kind, method):
     unlearner = Unlearner.from_pretrained(flow_paths[kind], config(tmp_path, method, max_steps=2))
     before, frozen = snapshot(unlearner.model), frozen_parts(kind, unlearner.family.pipeline)
+    if method == "uce":  # a closed form needs the states the k/v read fixed; here the timestep modulates them
+        with pytest.raises(ValueError, match="anchor_remap"):
+            unlearner.unlearn(dataset_split(2))
+        assert all(torch.equal(p.detach(), before[n]) for n, p in unlearner.model.named_parameters())
+        return
     if method == "selective_amnesia":  # generative replay: remain images drawn by the pipeline from remain prompts
         split = ConceptSplit(
             forget_prompts=[FORGET],

@@ -1,5 +1,5 @@
 """The shape world (`hf_unlearn.worlds`): captions state what the scenes show, the committed weights load, the judge
-names rendered scenes' attributes, UCE's closed form does what it claims, and the benchmark's quick mode runs."""
+names rendered scenes' attributes, and the benchmark's quick mode runs."""
 
 import json
 
@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from hf_unlearn.benchmarks import world_t2i
-from hf_unlearn.benchmarks.world_uce import _states, uce_edit
 from hf_unlearn.worlds import models, prompts, scenes
 
 WORLD = world_t2i.WORLD
@@ -39,7 +38,7 @@ def test_benchmark_prompts_use_the_world_words():
         assert set(prompt.split()) <= vocab, prompt
         assert "shape" in scenes.stated(prompt), prompt
     for forget, anchor in prompts.anchors().items():
-        assert len(forget.split()) == len(anchor.split())  # UCE pairs their token states position by position
+        assert len(forget.split()) == len(anchor.split())  # a remap swaps one word: the prompts stay comparable
 
 
 def test_judge_names_rendered_scenes():
@@ -52,21 +51,6 @@ def test_judge_names_rendered_scenes():
         assert accuracy >= JUDGE_ACCURACY, (key, accuracy)
     empty = judge.name(np.stack([scenes.render({**a, "shape": "none"}, rng) for a in attributes[:50]]))
     assert np.mean([n["shape"] == "none" for n in empty]) >= JUDGE_ACCURACY
-
-
-def test_uce_maps_forget_keys_to_the_anchor_keys_and_keeps_preserved_ones():
-    pipe = world_t2i._load(WORLD / "pipeline")
-    erase = {"a red circle": "a green circle"}
-    kept = ["a blue square", ""]
-    layer = next(m for n, m in pipe.unet.named_modules() if n.endswith("attn2.to_k"))
-    c, c_star, p = (_states(pipe, [x]).reshape(-1, models.HIDDEN) for x in ("a red circle", "a green circle", kept[0]))
-    w = layer.weight.detach().clone()
-    work = uce_edit(pipe, erase, kept, preserve_scale=1.0)
-    w2 = layer.weight.detach()
-    assert work["edited_projections"] == 2 * sum(n.endswith("attn2.to_k") for n, _ in pipe.unet.named_modules())
-    before, after = (c @ w.T - c_star @ w.T).norm(), (c @ w2.T - c_star @ w.T).norm()
-    assert after < 0.2 * before  # the forget prompt's keys now sit where the anchor's were
-    assert (p @ w2.T - p @ w.T).norm() < 0.2 * before  # a preserved prompt's keys barely move
 
 
 def test_score_reads_the_judge():
@@ -107,7 +91,7 @@ def test_benchmark_quick_mode_runs(tmp_path):
     # RT draws with the original's noise but never saw the concepts: the samples differ from the original's.
     assert rows["retrain"]["unrelated_mmd"] > 0
     assert rows["original"]["unrelated_mmd"] == 0.0 and rows["resampled"]["unrelated_mmd"] > 0
-    assert rows["hand_remap"]["work"]["optimizer_steps"] == 8 and rows["uce"]["work"]["edited_projections"] > 0
+    assert rows["hand_remap"]["work"]["optimizer_steps"] == 8 and rows["uce"]["work"]["optimizer_steps"] == 0
     assert "| anchor_remap |" in (out / "report.md").read_text() and "| retrain |" in (out / "report.md").read_text()
 
 

@@ -42,10 +42,9 @@ from ..config import UnlearnConfig
 from ..unlearner import Unlearner
 from ..utils import atomic_write_json, atomic_write_text
 from ..worlds import scenes
-from ..worlds.prompts import CONCEPTS, anchors
+from ..worlds.prompts import CONCEPTS
 from .text_to_image import hand_remap
-from .world_t2i import WORLD, Benchmark, Settings, collateral, concept_split, score
-from .world_uce import uce_edit
+from .world_t2i import WORLD, Benchmark, Settings, collateral, concept_split, library_config, score
 
 ATTACKS = ("inversion", "textfree_null", "textfree_concept", "resurgence")
 ADVERSARIAL = "sfr_on_remap_adv_inversion"
@@ -80,31 +79,15 @@ def erase(method: str, world: Path, selection: dict, tmp: Path):
         return _pipeline(world)
     chosen = selection["sfr_on_remap" if method == ADVERSARIAL else method]
     split = concept_split(seed, settings.images_per_prompt)
-    if method in ("hand_remap", "uce"):
+    if method == "hand_remap":
         pipe = _pipeline(world)
-        if method == "hand_remap":
-            split.materialize(pipe, resolution=scenes.SIZE, cache_dir=str(tmp))
-            hand_remap(
-                pipe,
-                split,
-                cycles=chosen["cycles"],
-                train_modules=chosen["train_modules"],
-                settings=settings,
-                seed=seed,
-            )
-        else:
-            uce_edit(pipe, anchors(), split.remain_dataset["text"], preserve_scale=chosen["cycles"] / 10)
+        split.materialize(pipe, resolution=scenes.SIZE, cache_dir=str(tmp))
+        hand_remap(
+            pipe, split, cycles=chosen["cycles"], train_modules=chosen["train_modules"], settings=settings, seed=seed
+        )
         return pipe
-    config = UnlearnConfig(
-        method="sfr_on_remap" if method == ADVERSARIAL else method,
-        seed=seed,
-        max_steps=chosen["cycles"],
-        learning_rate=settings.learning_rate,
-        per_device_train_batch_size=settings.batch_size,
-        lr_scheduler_type="constant",
-        train_modules=chosen["train_modules"],
-        output_dir=str(tmp / "run"),
-    )
+    row = "sfr_on_remap" if method == ADVERSARIAL else method
+    config = library_config(row, seed, chosen["train_modules"], chosen["cycles"], settings, tmp / "run")
     unlearner = Unlearner.from_pretrained(str(world / "pipeline"), config)
     if method == ADVERSARIAL:
         split.materialize(unlearner.family.pipeline, resolution=scenes.SIZE, cache_dir=str(tmp))

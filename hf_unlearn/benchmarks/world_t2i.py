@@ -8,8 +8,9 @@ Measured per concept: the share of samples the judge names with the concept on e
 paraphrases and implicit prompts (lower: erased); the benign part kept (every other attribute the prompt states
 still drawn: the object of "a red circle"); neighbours and unrelated prompts drawn right (judge accuracy) and the
 MMD between the judge features of their samples before and after (same noise). Rows: `original`, `resampled` (the
-original with other noise: the noise floor of every distance), `hand_remap`, `uce` (closed-form edit) and the
-library's text-to-image methods. Validation seeds choose each row's grid point, report seeds are run once with it.
+original with other noise: the noise floor of every distance), `hand_remap` and the library's text-to-image
+methods (`uce` among them: the closed-form edit). Validation seeds choose each row's grid point, report seeds are run
+once with it.
 """
 
 from __future__ import annotations
@@ -37,13 +38,12 @@ from ..worlds import models, scenes
 from ..worlds.prompts import all_prompts, anchors
 from .text_to_image import FLOOR, ORIGINAL, RESAMPLED, RETRAIN, hand_remap, methods_for_family
 from .world_scoring import _mean_std, chart, collateral, judge_samples, report_markdown, score
-from .world_uce import uce_edit
 
 WORLD = Path(__file__).resolve().parents[2] / "benchmark_results" / "world"
 # RT: the world's UNet retrained from scratch on scenes without the three concepts
 # (`python -m hf_unlearn.worlds.train --retrain_without red,striped,triangle --output benchmark_results/world_rt`).
 WORLD_RT = WORLD.with_name("world_rt")
-UCE = "uce"
+UCE = "uce"  # a library method with no steps: its grid's `cycles` are ten times its `uce_preserve_scale`
 # The 2026-12-05 run's grid (all / cross-attention × 40 / 120 cycles) chose cross-attention and 120 cycles for every
 # trained row; this grid keeps cross-attention, adds its key/value projections, and doubles the longest budget.
 GRID = {"train_modules": ("cross_attention", "cross_attention_kv"), "cycles": (120, 240)}
@@ -147,15 +147,11 @@ class Benchmark:
             after = self.samples(_load(self.world / "pipeline"), seed, offset=1000)
         elif method == RETRAIN:  # the original's noise, drawn by the model that never saw the concepts
             after = self.samples(_load(self.rt_world / "pipeline"), seed)
-        elif method in (FLOOR, FLOOR_KV, UCE):
+        elif method in (FLOOR, FLOOR_KV):
             pipe = _load(self.world / "pipeline")
             split = concept_split(seed, s.images_per_prompt)
-            if method != UCE:
-                split.materialize(pipe, resolution=scenes.SIZE, cache_dir=str(self.output / "tmp"))
-                work = hand_remap(pipe, split, cycles=cycles, train_modules=train_modules, settings=s, seed=seed)
-            else:
-                # UCE has no steps: its grid's `cycles` is ten times the preservation scale.
-                work = uce_edit(pipe, anchors(), split.remain_dataset["text"], preserve_scale=cycles / 10)
+            split.materialize(pipe, resolution=scenes.SIZE, cache_dir=str(self.output / "tmp"))
+            work = hand_remap(pipe, split, cycles=cycles, train_modules=train_modules, settings=s, seed=seed)
             after = self.samples(pipe, seed)
         else:
             after, work = self._library(method, seed, train_modules, cycles)
@@ -166,18 +162,8 @@ class Benchmark:
 
     def _library(self, method: str, seed: int, train_modules: str, cycles: int):
         s = self.settings
-        method, overrides = VARIANTS.get(method, (method, {}))
-        config = UnlearnConfig(
-            **overrides,
-            method=method,
-            seed=seed,
-            max_steps=cycles,
-            learning_rate=s.learning_rate,
-            per_device_train_batch_size=s.batch_size,
-            lr_scheduler_type="constant",
-            train_modules=train_modules,
-            output_dir=str(self.output / "tmp" / f"run-{os.getpid()}"),  # rows may run side by side
-        )
+        config = library_config(method, seed, train_modules, cycles, s, self.output / "tmp" / f"run-{os.getpid()}")
+        method = config.method
         unlearner = Unlearner.from_pretrained(str(self.world / "pipeline"), config)
         split = concept_split(seed, s.images_per_prompt)
         if method == "selective_amnesia":  # replay: the model draws its own remain images
@@ -188,6 +174,25 @@ class Benchmark:
         if unlearner.mask is not None:
             work.update(mask_fraction=result.mask_fraction, mask_by_module=mask_by_module(unlearner.mask))
         return self.samples(unlearner.family.pipeline, seed), work
+
+
+def library_config(method: str, seed: int, train_modules: str, cycles: int, s: Settings, output_dir) -> UnlearnConfig:
+    """The config of a library row (or variant) at a grid point; `uce` takes no steps, its `cycles` set its
+    preservation scale."""
+    method, overrides = VARIANTS.get(method, (method, {}))
+    values = dict(
+        method=method,
+        seed=seed,
+        max_steps=cycles,
+        learning_rate=s.learning_rate,
+        per_device_train_batch_size=s.batch_size,
+        lr_scheduler_type="constant",
+        train_modules=train_modules,
+        output_dir=str(output_dir),  # per process: rows may run side by side
+    )
+    if method == UCE:
+        values.update(max_steps=1, uce_preserve_scale=cycles / 10)
+    return UnlearnConfig(**{**values, **overrides})
 
 
 MODULE_GROUPS = {"cross-attention k/v": (".attn2.to_k", ".attn2.to_v"), "cross-attention q/out": (".attn2.",)}
@@ -235,7 +240,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "--cycles", default=None, help="Comma-separated budgets of the grid for these rows (default: 120,240)."
     )
     args = parser.parse_args(argv)
-    choices = [FLOOR, FLOOR_KV, UCE, *methods_for_family(), *VARIANTS]
+    choices = [FLOOR, FLOOR_KV, *methods_for_family(), *VARIANTS]
     methods = args.methods.split(",") if args.methods else choices
     unknown = [m for m in methods if m not in choices]
     if unknown:
@@ -254,7 +259,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         for method in methods:
             modules, cycles_grid = grid.values()
             if method == UCE:  # no steps: its "cycles" are ten times the preservation scale
-                modules, cycles_grid = ("cross_attention",), (1, 10)
+                modules, cycles_grid = ("cross_attention_kv",), (1, 10)
             elif method in (FLOOR, FLOOR_KV):
                 modules = grid["train_modules"][:1] if args.quick else FLOOR_MODULES[method]
             rows = [

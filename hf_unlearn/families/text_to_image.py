@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from ..concept import ConceptSplit
 from ..utils import sha256_of
 from .base import ModelFamily
+from .cross_attention import CrossAttentionStates
 from .detect import pipeline_components, read_config_file
 from .noise_losses import PromptNoiseLosses
 
@@ -38,7 +39,7 @@ _VARIANTS = (
 )
 
 
-class TextToImageFamily(PromptNoiseLosses, ModelFamily):
+class TextToImageFamily(CrossAttentionStates, PromptNoiseLosses, ModelFamily):
     r"""A Stable Diffusion pipeline whose `UNet2DConditionModel` is unlearned (held in `self.model`).
 
     Args:

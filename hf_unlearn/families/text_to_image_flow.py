@@ -74,6 +74,13 @@ class FlowMatchingTextToImageFamily(TextToImageFamily):
             return not any(f".{part}." in name or name.startswith(f"{part}.") for part in parts)
         return True
 
+    def key_value_projections(self, model):
+        raise ValueError(
+            f"`method` is 'uce', a closed-form edit of cross-attention keys/values, but a {self.pipeline_class}'s "
+            "text projections read timestep-modulated states that no single closed form covers; use "
+            "`method='anchor_remap'` (the family default), which trains the same projections."
+        )
+
     # Flow matching
     def _noised(self, latents: torch.Tensor):
         """x_t = (1 − σ)·x₀ + σ·ε at timesteps drawn as the training scripts draw them; returns the scheduler's

@@ -107,6 +107,17 @@ for _method in [
         defaults={"text_to_image": {**_SFR_DEFAULTS["text_to_image"], "train_modules": "cross_attention_kv"}},
         description="Remap each forget prompt to its anchor, then a remain step; no mask; cross-attention k/v.",
     ),
+    # UCE (Gandikota et al., WACV 2024): the remap objective and the remain prompts' preservation, on the same k/v
+    # projections, solved in closed form (`parts.closed_form`); its forget loss names the objective, never stepped.
+    UnlearnMethod(
+        "uce",
+        Remap(),
+        None,
+        geometry="closed_form",
+        families=("text_to_image",),
+        defaults={"text_to_image": {"train_modules": "cross_attention_kv", "max_steps": 1}},
+        description="UCE: each forget prompt's cross-attention keys/values moved to its anchor's in closed form.",
+    ),
     UnlearnMethod(
         "retrain",
         None,

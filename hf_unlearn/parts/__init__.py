@@ -3,11 +3,12 @@
 - `saliency`: M, which weights may move (`FisherRatio` for SFR-on, `TopK` for SalUn);
 - `forget`: L_forget, the loss on forget rows (`Ascent`, `Remap`, `KLUniform`, `TeacherKL`, `NegativeGuidance`);
 - `remain`: L_remain, the loss on remain rows (`TaskLoss`, `DistillRemain`);
-- `geometry`: G and the plan of a cycle (`Euclidean`, `FastSlow`, `EWC`).
+- `geometry`: G and the plan of a cycle (`Euclidean`, `FastSlow`, `EWC`; `ClosedFormEdit`, UCE's exact solve).
 
 Parts import nothing from the methods, the engine or the API; they only call family primitives.
 """
 
+from .closed_form import ClosedFormEdit, uce_solve
 from .context import StepContext
 from .forget import Ascent, ForgetLoss, KLUniform, NegativeGuidance, Remap, TeacherKL, adaptive_weights, distill_kl
 from .geometry import EWC, Euclidean, FastSlow, Geometry, Step, get_geometry, register_geometry
@@ -32,6 +33,7 @@ from .saliency import (
 
 __all__ = [
     "EWC",
+    "ClosedFormEdit",
     "Ascent",
     "DistillRemain",
     "Euclidean",
@@ -65,4 +67,5 @@ __all__ = [
     "register_saliency",
     "save_mask",
     "topk_mask",
+    "uce_solve",
 ]

@@ -31,6 +31,10 @@ class Geometry:
 
     name = "geometry"
 
+    def check(self, family, config) -> None:
+        """Raises `ValueError` naming the argument when this geometry cannot run on `family` with `config`; called
+        with the run's other checks, before any weight changes."""
+
     def setup(self, inputs: SaliencyInputs) -> Any:
         """Per-run state computed at θ0 (model in eval mode), before the first step; saved in checkpoints."""
         return None
