@@ -55,9 +55,9 @@ def main() -> None:
     )
     # The name the first exploration gave it (its run files keep it).
     world_t2i.VARIANTS["x_remap_preserve"] = ("remap_preserve", {})
-    # The forget step's weight: fast-slow steps share Adam's moments, so α sets the forget step's size against the
-    # remain step's (Adam alone is scale-free).
-    for alpha in (2.0, 4.0, 8.0):
+    # The forget step's weight (α 1 was `anchor_remap`'s default until α 4 won here): fast-slow steps share Adam's
+    # moments, so α sets the forget step's size against the remain step's (Adam alone is scale-free).
+    for alpha in (1.0, 2.0, 4.0, 8.0):
         world_t2i.VARIANTS[f"anchor_remap_alpha{alpha:g}"] = ("anchor_remap", {"forget_alpha": alpha})
     bench = world_t2i.Benchmark(args.output, resume=True)
     for row in args.rows.split(","):

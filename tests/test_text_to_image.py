@@ -61,6 +61,8 @@ def test_sfr_on_remap_pulls_forget_prompt_to_anchor(sd_path, tmp_path, subset, r
 
 def test_default_method_remaps_through_the_cross_attention_keys_and_values_only(sd_path, tmp_path):
     # No method given: the family's default, `anchor_remap` (docs/world.md): no mask, only attn2.to_k / to_v move.
+    # Its forget weight α, chosen on the shape world's validation seeds (docs/world.md): 4.
+    assert Unlearner.from_pretrained(sd_path, unlearn_config(tmp_path, None)).config.forget_alpha == 4.0
     config = unlearn_config(tmp_path, None, learning_rate=3e-3, forget_alpha=5.0)
     unlearner = Unlearner.from_pretrained(sd_path, config)
     assert (unlearner.config.method, unlearner.config.train_modules) == ("anchor_remap", "cross_attention_kv")

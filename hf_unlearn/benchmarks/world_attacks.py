@@ -43,12 +43,22 @@ from ..unlearner import Unlearner
 from ..utils import atomic_write_json, atomic_write_text
 from ..worlds import scenes
 from ..worlds.prompts import CONCEPTS
-from .text_to_image import hand_remap
-from .world_t2i import WORLD, Benchmark, Settings, collateral, concept_split, library_config, score
+from .text_to_image import hand_remap, methods_for_family
+from .world_t2i import WORLD, Benchmark, Settings, collateral, library_config, method_split, score
 
 ATTACKS = ("inversion", "textfree_null", "textfree_concept", "resurgence")
-ADVERSARIAL = "sfr_on_remap_adv_inversion"
-METHODS = ("original", "anchor_remap", "sfr_on_remap", ADVERSARIAL, "hand_remap", "uce", "esd", "salun")
+# The library's adversarial erasure against concept inversion, built on the published method and on the default.
+ADVERSARIAL = {"sfr_on_remap_adv_inversion": "sfr_on_remap", "anchor_remap_adv_inversion": "anchor_remap"}
+# The original, the default and its adversarial erasure first, then the hand loop and every listed method.
+METHODS = (
+    "original",
+    "anchor_remap",
+    "anchor_remap_adv_inversion",
+    "sfr_on_remap",
+    "sfr_on_remap_adv_inversion",
+    "hand_remap",
+    *[m for m in methods_for_family() if m not in ("anchor_remap", "sfr_on_remap")],
+)
 SEEDS = (0, 1, 2, 3, 4)
 GENERATION = {"inference_steps": 10, "guidance_scale": 5.0}  # the world benchmark's sampling
 SELECTION = WORLD.parent / "world_t2i" / "selection.json"
@@ -77,8 +87,9 @@ def erase(method: str, world: Path, selection: dict, tmp: Path):
     set_seed(seed)
     if method == "original":
         return _pipeline(world)
-    chosen = selection["sfr_on_remap" if method == ADVERSARIAL else method]
-    split = concept_split(seed, settings.images_per_prompt)
+    row = ADVERSARIAL.get(method, method)
+    chosen = selection[row]
+    split = method_split(row, seed, settings)
     if method == "hand_remap":
         pipe = _pipeline(world)
         split.materialize(pipe, resolution=scenes.SIZE, cache_dir=str(tmp))
@@ -86,10 +97,9 @@ def erase(method: str, world: Path, selection: dict, tmp: Path):
             pipe, split, cycles=chosen["cycles"], train_modules=chosen["train_modules"], settings=settings, seed=seed
         )
         return pipe
-    row = "sfr_on_remap" if method == ADVERSARIAL else method
     config = library_config(row, seed, chosen["train_modules"], chosen["cycles"], settings, tmp / "run")
     unlearner = Unlearner.from_pretrained(str(world / "pipeline"), config)
-    if method == ADVERSARIAL:
+    if method in ADVERSARIAL:
         split.materialize(unlearner.family.pipeline, resolution=scenes.SIZE, cache_dir=str(tmp))
         inversion_adversarial_unlearn(unlearner, split, {c: list(s["forget"]) for c, s in CONCEPTS.items()})
     else:
@@ -179,7 +189,9 @@ def run_all(output: Path, world: Path, methods, seeds) -> list[dict]:
             bench = Benchmark(tmp / "bench", world)
             before = before or bench.before(0)
             measured = score(before, bench.samples(pipe, 0))
-            atomic_write_json(collateral_path, {"method": method, "collateral": collateral(measured) / 3, **measured})
+            point = selection.get(ADVERSARIAL.get(method, method))  # the grid point the eraser ran at
+            record = {"method": method, "point": point, "collateral": collateral(measured) / 3, **measured}
+            atomic_write_json(collateral_path, record)
         for seed in seeds:
             for name in ATTACKS:
                 todo = [c for c in CONCEPTS if not paths[(name, c, seed)].exists()]

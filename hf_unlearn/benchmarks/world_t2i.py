@@ -165,15 +165,20 @@ class Benchmark:
         config = library_config(method, seed, train_modules, cycles, s, self.output / "tmp" / f"run-{os.getpid()}")
         method = config.method
         unlearner = Unlearner.from_pretrained(str(self.world / "pipeline"), config)
-        split = concept_split(seed, s.images_per_prompt)
-        if method == "selective_amnesia":  # replay: the model draws its own remain images
-            kept = list(dict.fromkeys(anchors().values()))
-            split = replace(split, remain_dataset=None, remain_prompts=kept, num_inference_steps=s.inference_steps)
-        result = unlearner.unlearn(split)
+        result = unlearner.unlearn(method_split(method, seed, s))
         work = dict(result.work)
         if unlearner.mask is not None:
             work.update(mask_fraction=result.mask_fraction, mask_by_module=mask_by_module(unlearner.mask))
         return self.samples(unlearner.family.pipeline, seed), work
+
+
+def method_split(method: str, seed: int, s: Settings) -> ConceptSplit:
+    """The benchmark's split as `method` takes it: selective amnesia's replay draws its own remain images."""
+    split = concept_split(seed, s.images_per_prompt)
+    if method == "selective_amnesia":
+        kept = list(dict.fromkeys(anchors().values()))
+        split = replace(split, remain_dataset=None, remain_prompts=kept, num_inference_steps=s.inference_steps)
+    return split
 
 
 def library_config(method: str, seed: int, train_modules: str, cycles: int, s: Settings, output_dir) -> UnlearnConfig:

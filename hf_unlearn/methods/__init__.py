@@ -97,14 +97,23 @@ for _method in [
     # The text-to-image default, chosen on the shape world's validation seeds (docs/world.md): `sfr_on_remap`'s
     # remap and remain steps without the Fisher-ratio mask (which held back the prompts that lead to the concept
     # without naming it), on the cross-attention keys and values only (what acts on the prompt's tokens: the q/out
-    # projections act on every prompt's image features, and moved unrelated prompts).
+    # projections act on every prompt's image features, and moved unrelated prompts). α 4: the two step kinds share
+    # Adam's moments, so α sets the forget step's size against the remain step's; on 3 validation seeds α 4 erased the
+    # implicit prompts best (0.009 against 0.046 at α 1, 0.019 at α 8) at collateral 0.713 against the loop's 1.014
+    # (scripts/world_variants.py, benchmark_results/world_t2i/variants/summary.txt).
     UnlearnMethod(
         "anchor_remap",
         Remap(),
         TaskLoss(),
         geometry="fast_slow",
         families=("text_to_image",),
-        defaults={"text_to_image": {**_SFR_DEFAULTS["text_to_image"], "train_modules": "cross_attention_kv"}},
+        defaults={
+            "text_to_image": {
+                **_SFR_DEFAULTS["text_to_image"],
+                "train_modules": "cross_attention_kv",
+                "forget_alpha": 4.0,
+            }
+        },
         description="Remap each forget prompt to its anchor, then a remain step; no mask; cross-attention k/v.",
     ),
     # UCE (Gandikota et al., WACV 2024): the remap objective and the remain prompts' preservation, on the same k/v
