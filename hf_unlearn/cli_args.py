@@ -101,7 +101,14 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "remaining (L_remain)": (
         "distill_ce_weight", "retrain_init", "condition_dropout", "replay_inference_steps", "replay_guidance_scale",
     ),
-    "geometry (G)": ("remain_steps_per_forget", "interpolation_beta", "remain_max_grad_norm", "ewc_lambda"),
+    "geometry (G)": (
+        "remain_steps_per_forget",
+        "interpolation_beta",
+        "remain_max_grad_norm",
+        "ewc_lambda",
+        "uce_lambda",
+        "uce_preserve_scale",
+    ),
     "training": (
         "optim", "learning_rate", "weight_decay", "momentum", "max_steps", "num_forget_epochs",
         "per_device_train_batch_size",
