@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 from hf_unlearn import ForgetRemainSplit, UnlearnConfig, Unlearner, load_digits_dataset  # noqa: E402
 from hf_unlearn.models import digits_image_processor, tiny_classifier  # noqa: E402
 from hf_unlearn.parts.saliency import global_batches  # noqa: E402
+from hf_unlearn.resolve import resolve_config
 from hf_unlearn.training import Endless, alpha_at, lr_schedule, make_accelerator, seed_sampler  # noqa: E402
 from hf_unlearn.unlearner import REMAIN_SEED_OFFSET  # noqa: E402
 
@@ -46,7 +47,7 @@ def engine_run(model, split, cfg) -> tuple[float, float]:
 
 def hand_run(model, split, cfg) -> tuple[float, float]:
     """The same passes written as a plain PyTorch loop (single process, fp32)."""
-    cfg = cfg.resolve("image_classifier")
+    cfg = resolve_config(cfg, "image_classifier")
     start, cpu = time.perf_counter(), time.process_time()
     model = copy.deepcopy(model).train()
     family = Unlearner.from_pretrained(model, cfg, image_processor=digits_image_processor()).family

@@ -12,6 +12,7 @@ import pytest
 from hf_unlearn import UnlearnConfig
 from hf_unlearn.methods import get_method
 from hf_unlearn.passes import planned_work
+from hf_unlearn.resolve import resolve_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,7 +35,7 @@ def test_mask_passes_follow_the_rows_and_cycle_passes_stay(tmp_path):
     )
     method = get_method("sfr_on", "image_classifier")
     for r in rows:
-        planned = planned_work(config.resolve("image_classifier"), method, r["forget_rows"], r["remain_rows"])
+        planned = planned_work(resolve_config(config, "image_classifier"), method, r["forget_rows"], r["remain_rows"])
         assert (
             r["mask_passes"] == planned["passes"]["saliency"] and r["mask_rows"] == r["forget_rows"] + r["remain_rows"]
         )
