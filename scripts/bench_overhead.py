@@ -31,9 +31,9 @@ import torch.nn.functional as F  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from hf_unlearn import ForgetRemainSplit, UnlearnConfig, Unlearner, load_digits_dataset  # noqa: E402
-from hf_unlearn.models import digits_image_processor, tiny_classifier  # noqa: E402
 from hf_unlearn.parts.saliency import global_batches  # noqa: E402
 from hf_unlearn.resolve import resolve_config
+from hf_unlearn.tiny.classifiers import digits_image_processor, tiny_classifier  # noqa: E402
 from hf_unlearn.training import Endless, alpha_at, lr_schedule, make_accelerator, seed_sampler  # noqa: E402
 from hf_unlearn.unlearner import REMAIN_SEED_OFFSET  # noqa: E402
 

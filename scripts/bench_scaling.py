@@ -53,7 +53,7 @@ def child(factor: int, cycles: int, cache_mb) -> dict:
     from datasets import concatenate_datasets
 
     from hf_unlearn import ForgetRemainSplit, UnlearnConfig, Unlearner, load_digits_dataset
-    from hf_unlearn.models import digits_image_processor, tiny_classifier
+    from hf_unlearn.tiny.classifiers import digits_image_processor, tiny_classifier
 
     train = load_digits_dataset()["train"]
     data = concatenate_datasets([train] * factor) if factor > 1 else train

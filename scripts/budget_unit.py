@@ -26,7 +26,7 @@ from accelerate import PartialState
 
 from hf_unlearn.benchmarks.classification import DEFAULT_CONFIG
 from hf_unlearn.benchmarks.runner import BenchmarkContext, run_one
-from hf_unlearn.models import TrainingRecipe
+from hf_unlearn.tiny.classifiers import TrainingRecipe
 from hf_unlearn.utils import atomic_write_json, atomic_write_text
 
 METHOD = "sfr_on_bound"  # the classifier family's default method

@@ -28,7 +28,7 @@ from transformers import AutoModelForImageClassification
 
 from hf_unlearn import UnlearnConfig, Unlearner, load_digits_dataset
 from hf_unlearn.benchmarks.runner import BenchmarkContext
-from hf_unlearn.models import TrainingRecipe, digits_image_processor, train_classifier
+from hf_unlearn.tiny.classifiers import TrainingRecipe, digits_image_processor, train_classifier
 from hf_unlearn.utils import atomic_directory, atomic_write_json, atomic_write_text
 
 RECIPES = {"resnet": TrainingRecipe(300, 2e-3, 64), "vit": TrainingRecipe(600, 2e-3, 64)}

@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     import torch
 
     from hf_unlearn import ForgetRemainSplit, UnlearnConfig, Unlearner, load_digits_dataset
-    from hf_unlearn.models import RECIPES, digits_image_processor, tiny_classifier, train_classifier
+    from hf_unlearn.tiny.classifiers import RECIPES, digits_image_processor, tiny_classifier, train_classifier
     from hf_unlearn.utils import atomic_write_json, atomic_write_text
 
     torch.set_num_threads(args.threads)

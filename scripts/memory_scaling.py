@@ -76,7 +76,7 @@ def child(folder: str, steps: int) -> dict:
     from datasets import load_from_disk
 
     from hf_unlearn import ForgetRemainSplit, UnlearnConfig, Unlearner
-    from hf_unlearn.models import digits_image_processor, tiny_classifier
+    from hf_unlearn.tiny.classifiers import digits_image_processor, tiny_classifier
 
     model = tiny_classifier("resnet", seed=0)
     baseline = memory_mb()

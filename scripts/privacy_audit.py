@@ -28,7 +28,7 @@ from hf_unlearn.benchmarks.classification import DEFAULT_CONFIG, classifier_meth
 from hf_unlearn.benchmarks.runner import SEED2_OFFSET, BenchmarkContext
 from hf_unlearn.data import ForgetRemainSplit
 from hf_unlearn.evaluation import predict_logits
-from hf_unlearn.models import TrainingRecipe, digits_image_processor, tiny_classifier, train_classifier
+from hf_unlearn.tiny.classifiers import TrainingRecipe, digits_image_processor, tiny_classifier, train_classifier
 from hf_unlearn.utils import atomic_directory, atomic_write_json, atomic_write_text
 
 ROWS = ("original", "retrain", "retrain_seed2")

@@ -33,10 +33,10 @@ from hf_unlearn.attacks import (
     relearn_attack,
 )
 from hf_unlearn.attacks.adversarial import adversarial_unlearn
-from hf_unlearn.attacks.tiny import ANCHOR, CAPTIONS, CONCEPT, ColourJudge, train_tiny_text_to_image
 from hf_unlearn.benchmarks.runner import make_split
 from hf_unlearn.metrics.samples import comparison_grid
-from hf_unlearn.models import digits_image_processor
+from hf_unlearn.tiny.classifiers import digits_image_processor
+from hf_unlearn.tiny.colour import ANCHOR, CAPTIONS, CONCEPT, ColourJudge, train_tiny_text_to_image
 from hf_unlearn.utils import atomic_write_json, atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]

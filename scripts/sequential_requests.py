@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from hf_unlearn import ForgetRemainSplit, UnlearnConfig, Unlearner, load_digits_dataset  # noqa: E402
-from hf_unlearn.models import RECIPES, digits_image_processor, tiny_classifier, train_classifier  # noqa: E402
+from hf_unlearn.tiny.classifiers import RECIPES, digits_image_processor, tiny_classifier, train_classifier  # noqa: E402
 
 KEYS = ("FA", "RA", "TA")
 

@@ -8,8 +8,8 @@ from datasets import Dataset
 from transformers import HfArgumentParser
 
 from hf_unlearn import ForgetRemainSplit, UnlearnConfig, Unlearner, detect_family
-from hf_unlearn.models import tiny_classifier
 from hf_unlearn.resolve import resolve_config
+from hf_unlearn.tiny.classifiers import tiny_classifier
 
 
 def test_split_by_classes_ids_fraction_and_filter(digits_small):
@@ -178,7 +178,7 @@ def test_num_labels_mismatch_and_missing_columns_refused_before_weights_change(d
 
 
 def test_images_the_model_cannot_take_are_refused(digits_small, tmp_path):
-    from hf_unlearn.models import digits_image_processor
+    from hf_unlearn.tiny.classifiers import digits_image_processor
 
     split = ForgetRemainSplit.from_dataset(digits_small["train"], forget_classes=[3])
     wrong_size = Unlearner.from_pretrained(

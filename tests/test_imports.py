@@ -52,7 +52,7 @@ LAYERS = {
     "hf_unlearn.unlearner": 6,
     "hf_unlearn": 7,  # the package's public API (hf_unlearn/__init__.py)
     # Users of the API: command line, benchmarks, attacks, demo models.
-    "hf_unlearn.models": 8,
+    "hf_unlearn.tiny": 8,  # the tiny models the package trains: classifiers, class-conditional diffusion, colour
     "hf_unlearn.demos": 8,
     "hf_unlearn.cli_args": 8,
     "hf_unlearn.cli": 8,

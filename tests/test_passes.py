@@ -7,8 +7,8 @@ import math
 import pytest
 
 from hf_unlearn import ForgetRemainSplit, UnlearnConfig, Unlearner
-from hf_unlearn.models import DIGITS_SIZE, digits_image_processor, tiny_classifier
 from hf_unlearn.passes import KINDS, PassCounter, planned_work, training_rows
+from hf_unlearn.tiny.classifiers import DIGITS_SIZE, digits_image_processor, tiny_classifier
 
 
 @pytest.fixture(scope="module")

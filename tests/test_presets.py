@@ -212,8 +212,8 @@ def _build(name: str, root: Path, digits) -> tuple[Path, Path | None]:
     """The model folder for preset `name` and a `save_to_disk` dataset with the preset's columns and splits."""
     from datasets import DatasetDict
 
-    from hf_unlearn.benchmarks.diffusion import tiny_scheduler
-    from hf_unlearn.models import digits_image_processor, tiny_classifier
+    from hf_unlearn.tiny.classifiers import digits_image_processor, tiny_classifier
+    from hf_unlearn.tiny.diffusion import tiny_scheduler
 
     model, test = root / name, digits["test"].select(range(20))
     if name in ("cifar10_resnet18", "tinyimagenet_swin_t"):

@@ -15,9 +15,9 @@ import hf_unlearn.parts.saliency as saliency
 import hf_unlearn.utils as utils
 from hf_unlearn import DivergenceError, ForgetRemainSplit, UnlearnConfig, Unlearner, list_methods
 from hf_unlearn.checkpointing import list_checkpoints
-from hf_unlearn.models import digits_image_processor, tiny_classifier
 from hf_unlearn.resolve import resolve_config
 from hf_unlearn.run_lock import LOCK_NAME
+from hf_unlearn.tiny.classifiers import digits_image_processor, tiny_classifier
 from hf_unlearn.utils import file_sha256
 
 

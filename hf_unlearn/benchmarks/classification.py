@@ -27,8 +27,8 @@ from accelerate.logging import get_logger
 
 from ..config import UnlearnConfig
 from ..methods import list_methods
-from ..models import TrainingRecipe
 from ..resolve import resolve_config
+from ..tiny.classifiers import TrainingRecipe
 from ..utils import atomic_write_text
 from .report import load_records, select_tuned, update_docs, write_outputs
 from .runner import REFERENCE_ROWS, BenchmarkContext, config_hash, run_one
