@@ -70,8 +70,9 @@ class DiffusionDemoSettings:
 
 @dataclass(frozen=True)
 class TextToImageDemoSettings:
-    """Sizes of the text-to-image demo: the tiny model's training as `scripts/robustness.py` trains it, and a shorter
-    erasure than that script's (60 cycles of 1 forget + 4 remain steps), with the family's 1 remain step per cycle."""
+    """Sizes of the text-to-image demo: the tiny model's training as `benchmarks/robustness.py` trains it, and a
+    shorter erasure than that script's (60 cycles of 1 forget + 4 remain steps), with the family's 1 remain step per
+    cycle."""
 
     vae_steps: int = 100
     unet_steps: int = 120

@@ -62,7 +62,7 @@ def test_sfr_on_passes_by_hand(split, tmp_path):
     }
     assert work["forward"] == work["passes"]  # no frozen model: one forward per backward
     assert training_rows(work) == nf + nr + _loader_rows(nf, batch, cycles) + _loader_rows(nr, batch, cycles * k)
-    # The planner that scripts/pass_ratio.py uses for the published presets gives the same counts without running.
+    # The planner that benchmarks/pass_ratio.py uses for the published presets gives the same counts without running.
     assert planned_work(unlearner.config, unlearner.method, nf, nr) == work
     # The record carries the same counts.
     unlearner.save_pretrained(tmp_path / "out")

@@ -6,9 +6,9 @@ step on a forget batch followed by K descent steps on remain batches, one AdamW,
 The hand loop has none of the engine's bookkeeping (accelerate wrappers, finite checks, logging, history). The ratio
 engine / hand loop is what the engine costs on top of the arithmetic; the target is at most 1.10.
 
-    python scripts/bench_overhead.py --repeats 5 --threads 1
-    python scripts/bench_overhead.py --profile      # batches fetched and time in data loading, per loop
-    python scripts/bench_overhead.py --guards       # the engine under each divergence_guard, against the hand loop
+    python benchmarks/bench_overhead.py --repeats 5 --threads 1
+    python benchmarks/bench_overhead.py --profile      # batches fetched and time in data loading, per loop
+    python benchmarks/bench_overhead.py --guards       # the engine under each divergence_guard, against the hand loop
 """
 
 from __future__ import annotations

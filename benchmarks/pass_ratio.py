@@ -5,7 +5,7 @@ The method's passes come from `hf_unlearn.passes.planned_work` (the engine's own
 tests/test_passes.py) on the preset's resolved config and the dataset's row counts; RT's rows are epochs × remain rows.
 The paper reports RTE/RT in wall time: 2.80 / 73.37 min = 0.038 (CIFAR-10) and 4.21 / 42.01 min = 0.10 (TinyImageNet).
 
-    python scripts/pass_ratio.py --output benchmark_results/performance/pass_ratio
+    python benchmarks/pass_ratio.py --output benchmark_results/performance/pass_ratio
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The per-example privacy audit (U-LiRA) of every classifier method on the digits benchmark.
 
-    OMP_NUM_THREADS=1 python scripts/privacy_audit.py [--model resnet] [--seed 0] [--num-shadows 8]
+    OMP_NUM_THREADS=1 python benchmarks/privacy_audit.py [--model resnet] [--seed 0] [--num-shadows 8]
         [--num-rt-shadows 4] [--memorised-rows 50] [--output benchmark_results/privacy_audit]
 
 Three forget sets of the benchmark's `original` (benchmark_results/models): class 3, a random half of the rows (the

@@ -10,7 +10,7 @@ back), sampled every 5 ms, and the kernel's peak total RSS, which also counts pa
 that the process has touched; those are clean page cache that the kernel drops under memory pressure, which is what
 lets a dataset larger than RAM work.
 
-    python scripts/memory_scaling.py --factors 10 100 --workdir /tmp/memory_scaling
+    python benchmarks/memory_scaling.py --factors 10 100 --workdir /tmp/memory_scaling
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ class 3's forget accuracy after each request (the second request's value is the 
 and the remain / test accuracy. For LoRA it also runs the alternative that docs/lora.md weighs: the second request
 training the first adapter itself (loaded trainable with plain peft) instead of a fresh adapter on the merged one.
 
-    python scripts/sequential_requests.py --output benchmark_results/sequential_requests   # results.json, results.md
+    python benchmarks/sequential_requests.py --output benchmark_results/sequential_requests  # results.json, results.md
 """
 
 from __future__ import annotations
