@@ -8,6 +8,7 @@ from datasets import Dataset
 from transformers import HfArgumentParser
 
 from hf_unlearn import ForgetRemainSplit, UnlearnConfig, Unlearner, detect_family
+from hf_unlearn.cli_args import DataArguments, parse_with_config
 from hf_unlearn.resolve import resolve_config
 from hf_unlearn.tiny.classifiers import tiny_classifier
 
@@ -97,6 +98,9 @@ def test_unknown_method_lists_valid_names():
     config = UnlearnConfig(method="nope")  # plain data: the name is checked where the registry is read
     with pytest.raises(ValueError, match="`method` is 'nope', which is not registered; valid names: .*sfr_on"):
         resolve_config(config, "image_classifier")
+    # The command line still refuses it while parsing, before it reads any data or model (the model is not looked at).
+    with pytest.raises(ValueError, match="`method` is 'nope', which is not registered"):
+        parse_with_config((DataArguments, UnlearnConfig), ["--model", "no/such-model", "--method", "nope"], "t")
 
 
 def test_config_round_trips_yaml_json_and_argparse(tmp_path):
