@@ -10,6 +10,7 @@ from .evaluation import evaluate
 from .families import detect_family, list_families
 from .methods import UnlearnMethod, get_method, list_methods, register_method
 from .metrics.samples import comparison_grid, generate_samples
+from .resolve import resolve_config
 from .unlearner import DivergenceError, Unlearner, UnlearnResult
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "comparison_grid",
     "generate_samples",
     "register_method",
+    "resolve_config",
 ]
 
 

@@ -36,7 +36,7 @@ from .metrics.privacy import (
     memorisation_scores,
     tpr_at_fpr,
 )
-from .models import TrainingRecipe
+from .tiny.classifiers import TrainingRecipe
 from .unlearner import Unlearner
 from .utils import atomic_directory, atomic_write_json, get_logger, sha256_of
 

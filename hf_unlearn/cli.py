@@ -345,7 +345,7 @@ def demo_main(argv=None) -> int:
     if args.family != "image_classifier":
         return run_family_demo(args)
     from .data import ForgetRemainSplit, load_digits_dataset  # noqa: PLC0415
-    from .models import RECIPES, digits_image_processor, tiny_classifier, train_classifier  # noqa: PLC0415
+    from .tiny.classifiers import RECIPES, digits_image_processor, tiny_classifier, train_classifier  # noqa: PLC0415
     from .unlearner import Unlearner  # noqa: PLC0415
     from .utils import apply_umask  # noqa: PLC0415
 

@@ -12,6 +12,9 @@ from typing import Optional, get_type_hints
 import yaml
 from transformers import HfArgumentParser
 
+from .config import UnlearnConfig
+from .methods import get_method
+
 
 @dataclass
 class DataArguments:
@@ -236,6 +239,9 @@ def parse_with_config(dataclass_types, argv, prog: str):
     )
     if unused:
         parser.error(f"unrecognized arguments: {' '.join(unused)}")
+    for values in parsed[: len(dataclass_types)]:
+        if isinstance(values, UnlearnConfig) and values.method is not None:
+            get_method(values.method)  # config.py reads no registry: an unknown name fails here, before any work
     return tuple(parsed[: len(dataclass_types)])
 
 

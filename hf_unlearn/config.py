@@ -13,27 +13,8 @@ from typing import Any, Optional
 import yaml
 
 from .config_checks import check_field_types
-from .families import get_family_class
-from .methods import get_method
 from .utils import CONFIG_NAME, atomic_write_json, atomic_write_text
 
-# Values used when neither the user, the method nor the family sets a field that defaults to `None`.
-GLOBAL_DEFAULTS: dict[str, Any] = {
-    "stop_rule": "none",
-    "learning_rate": 1e-3,
-    "max_steps": 100,
-    "max_grad_norm": 7.0,
-    "remain_max_grad_norm": 0.0,
-    "forget_alpha": 1.0,
-    "forget_alpha_schedule": "cosine",
-    "temperature": 0.5,
-    "remain_steps_per_forget": 1,
-    "per_device_train_batch_size": 64,
-    "divergence_guard": "copy",
-    "train_modules": "all",
-}
-_BUDGET_FIELDS = ("max_steps", "num_forget_epochs")
-DEFAULT_METHOD = "sfr_on"  # when no family is known; each family names its own recommended variant
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("cosine", "constant", "linear")
 PRECISIONS = ("no", "fp16", "bf16")
@@ -44,8 +25,9 @@ TRAIN_MODULES = ("all", "cross_attention", "cross_attention_kv", "non_cross_atte
 class UnlearnConfig:
     r"""Configuration of one unlearning run.
 
-    Fields that default to `None` are filled by [`UnlearnConfig.resolve`] from the method's defaults, then the model
-    family's, then library-wide ones; `resolve` is called by [`Unlearner`], and the resolved values are what is saved.
+    Plain data: fields that default to `None` are filled by [`hf_unlearn.resolve.resolve_config`] from the method's
+    defaults, then the model family's, then library-wide ones; [`Unlearner`] calls it, and the resolved values are
+    what is saved. The method's name is checked there too (this module reads no registry).
     Field names follow `transformers.TrainingArguments` where the meaning is the same. SFR-on's own fields keep the
     paper's names spelled out: `forget_alpha` (α), `temperature` (λ), `mask_threshold` (γ), `remain_steps_per_forget`
     (K). `max_steps` counts *cycles* (one forget step + K remain steps under the fast-slow geometry); the authors count
@@ -388,39 +370,6 @@ class UnlearnConfig:
             _check_choice(self, "train_modules", TRAIN_MODULES)
         if self.divergence_guard is not None:
             _check_choice(self, "divergence_guard", ("copy", "check", "off"))
-        if self.method is not None:
-            get_method(self.method)
-
-    def resolve(self, family: Optional[str] = None, model_defaults: Optional[dict] = None) -> UnlearnConfig:
-        """Returns a copy whose `None` fields are filled from `model_defaults` (what one model of the family needs,
-        e.g. a DiT's clipping: [`ModelFamily.model_defaults`]), then the method, the family and library defaults."""
-        family = family or self.family
-        name = self.method or (get_family_class(family).default_method if family else DEFAULT_METHOD)
-        method = get_method(name, family)
-        layers = [model_defaults or {}, method.defaults_for(family)]
-        if family is not None:
-            layers.append(get_family_class(family).default_config)
-        layers.append(GLOBAL_DEFAULTS)
-        values = self.to_dict()
-        default_budget = values["max_steps"] is None and values["num_forget_epochs"] is None
-        if values["stop_rule"] is None and not default_budget:
-            values["stop_rule"] = "none"  # a budget the user gives runs as given: no rule stops or extends it
-        if default_budget:
-            # A budget the user gives is used as given; the default one is a number of cycles raised to a number of
-            # passes over the forget set, so a large forget set is not cut short by a budget tuned on a small one.
-            for key in _BUDGET_FIELDS:
-                values[key] = next((d[key] for d in layers if d.get(key) is not None), None)
-            if method.forget_loss is None:  # retraining, fine-tuning: no forget set to pass over
-                values["num_forget_epochs"] = None
-        for key, value in values.items():
-            if value is None and key not in _BUDGET_FIELDS:
-                for layer in layers:
-                    if layer.get(key) is not None:
-                        values[key] = layer[key]
-                        break
-        values["family"] = family
-        values["method"] = name
-        return UnlearnConfig(**values)
 
     def resolve_budget(self, num_forget_rows: int, global_batch_size: int) -> UnlearnConfig:
         """Returns a copy whose `max_steps` is the run's number of cycles.
@@ -433,7 +382,7 @@ class UnlearnConfig:
         if self.num_forget_epochs is None:
             if self.max_steps is None:
                 raise ValueError(
-                    "Neither `max_steps` nor `num_forget_epochs` is set; call `resolve` first or set one."
+                    "Neither `max_steps` nor `num_forget_epochs` is set; call `resolve_config` first or set one."
                 )
             return self
         batches = math.ceil(num_forget_rows / max(1, global_batch_size))

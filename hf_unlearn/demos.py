@@ -2,7 +2,7 @@
 
 - `class_conditional_diffusion`: the diffusion benchmark's tiny 8×8 class-conditional `UNet2DModel`, trained briefly on
   scikit-learn's bundled digits, forgets one digit; a judge classifier (the benchmark's tiny ResNet) names the samples.
-- `text_to_image`: the tiny Stable Diffusion pipeline of `hf_unlearn.attacks.tiny` (one colour per prompt) forgets a
+- `text_to_image`: the tiny Stable Diffusion pipeline of `hf_unlearn.tiny.colour` (one colour per prompt) forgets a
   concept prompt, remapped to an anchor prompt; colours show what each prompt draws.
 
 Both erase through the public [`Unlearner`] with the family's default method, sample the same prompts or classes
@@ -23,9 +23,6 @@ from accelerate.utils import set_seed
 from diffusers import DDIMScheduler
 from PIL import Image, ImageDraw
 
-from .attacks.tiny import ANCHOR, CAPTIONS, CONCEPT, PALETTE, ColourJudge, colour_dataset, train_tiny_text_to_image
-from .benchmarks.diffusion import RECIPES as DIFFUSION_RECIPES
-from .benchmarks.diffusion import train_diffusion
 from .concept import ConceptSplit
 from .config import UnlearnConfig
 from .data import ForgetRemainSplit, load_digits_dataset
@@ -33,8 +30,11 @@ from .families import get_family_class
 from .methods import get_method
 from .metrics.generation import Judge, generate, per_class_accuracy, predictions
 from .metrics.samples import comparison_grid, generate_samples, mean_colours, pixel_arrays
-from .models import RECIPES as CLASSIFIER_RECIPES
-from .models import TrainingRecipe, tiny_classifier, train_classifier
+from .tiny.classifiers import RECIPES as CLASSIFIER_RECIPES
+from .tiny.classifiers import TrainingRecipe, tiny_classifier, train_classifier
+from .tiny.colour import ANCHOR, CAPTIONS, CONCEPT, PALETTE, ColourJudge, colour_dataset, train_tiny_text_to_image
+from .tiny.diffusion import RECIPES as DIFFUSION_RECIPES
+from .tiny.diffusion import train_diffusion
 from .unlearner import Unlearner
 from .utils import apply_umask, atomic_save_image
 
@@ -70,8 +70,9 @@ class DiffusionDemoSettings:
 
 @dataclass(frozen=True)
 class TextToImageDemoSettings:
-    """Sizes of the text-to-image demo: the tiny model's training as `scripts/robustness.py` trains it, and a shorter
-    erasure than that script's (60 cycles of 1 forget + 4 remain steps), with the family's 1 remain step per cycle."""
+    """Sizes of the text-to-image demo: the tiny model's training as `benchmarks/robustness.py` trains it, and a
+    shorter erasure than that script's (60 cycles of 1 forget + 4 remain steps), with the family's 1 remain step per
+    cycle."""
 
     vae_steps: int = 100
     unet_steps: int = 120

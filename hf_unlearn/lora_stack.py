@@ -3,7 +3,7 @@ saved adapter is the earlier one and the new one side by side (one peft adapter 
 
 Why: at the default settings on the demo's ResNet, a second request that trains the first adapter on keeps less than a
 fresh stacked adapter (TA 99.16 against 99.44, both forgetting fully; in a short large-step setting the two trade
-forgetting against remain accuracy; docs/lora.md, `scripts/sequential_requests.py`). Merging gives the next request
+forgetting against remain accuracy; docs/lora.md, `benchmarks/sequential_requests.py`). Merging gives the next request
 the model the folder describes and a fresh adapter to train. A peft adapter folder does not hold its base, so the two
 adapters are saved as one: for each layer, ΔW = s₁B₁A₁ + s₂B₂A₂ = [s₁B₁, s₂B₂]·[A₁; A₂], which is again a LoRA
 update, of rank r₁ + r₂ with scaling 1. Plain `PeftModel.from_pretrained(base, folder)` then loads both erasures on

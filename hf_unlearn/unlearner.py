@@ -35,6 +35,7 @@ from .network import check_hub_reachable
 from .parts import SaliencyInputs, Step, StepContext, load_mask, mask_fraction, pass_statistic, save_mask
 from .passes import PassCounter, step_rows
 from .requests import accumulate, keep_start, measure_after_run
+from .resolve import resolve_config
 from .run_checks import check_run_inputs
 from .run_lock import claim_output_dir, unlock_output_dir
 from .stopping import HeldOutStop
@@ -87,7 +88,7 @@ class Unlearner:
         config = config or UnlearnConfig()
         self.family = family
         # Also refuses a method that does not support the family; the model's own facts (e.g. DiT's clipping) first.
-        self.config = config.resolve(family.name, model_defaults=family.model_defaults())
+        self.config = resolve_config(config, family.name, model_defaults=family.model_defaults())
         self.method = get_method(self.config.method, family.name)
         # The budget as given or defaulted; each split turns it into cycles for its own forget-set size.
         self._budget = {"max_steps": self.config.max_steps, "num_forget_epochs": self.config.num_forget_epochs}
@@ -132,7 +133,7 @@ class Unlearner:
             config = replace(config, lora=True)
         family = normalize_family(family or config.family or detect_family(base))
         config = replace(config, family=family)
-        resolved = config.resolve(family)  # checks that the method supports the family, before any loading
+        resolved = resolve_config(config, family)  # checks that the method supports the family, before any loading
         family_obj = get_family_class(family).from_pretrained(
             base,
             resolved,

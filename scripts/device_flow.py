@@ -19,7 +19,7 @@ def build_flow(name: str, tiny: bool, train: str):
     from flow_memory import CLIP_G, CLIP_L, MODELS, T5_XXL, VAE16
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
-    from hf_unlearn.attacks.tiny import word_tokenizer
+    from hf_unlearn.tiny.colour import word_tokenizer
 
     torch.manual_seed(0)
     spec = MODELS["sd3-medium" if name == "sd3" else "flux-dev"]

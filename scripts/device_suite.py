@@ -100,7 +100,7 @@ def build_sd(tiny: bool):
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from hf_unlearn.attacks.tiny import word_tokenizer
+    from hf_unlearn.tiny.colour import word_tokenizer
 
     torch.manual_seed(0)
     if tiny:

@@ -16,8 +16,8 @@ import warnings
 import torch
 
 from hf_unlearn import ForgetRemainSplit, UnlearnConfig, Unlearner, load_digits_dataset
-from hf_unlearn.benchmarks.diffusion import tiny_scheduler, tiny_unet
-from hf_unlearn.models import TrainingRecipe, digits_image_processor, tiny_classifier, train_classifier
+from hf_unlearn.tiny.classifiers import TrainingRecipe, digits_image_processor, tiny_classifier, train_classifier
+from hf_unlearn.tiny.diffusion import tiny_scheduler, tiny_unet
 
 CLASSIFIER_RUNS = [
     ("sfr_on", {}),

@@ -57,7 +57,7 @@ def digits_small(digits):
 
 @pytest.fixture(scope="session")
 def processor():
-    from hf_unlearn.models import digits_image_processor
+    from hf_unlearn.tiny.classifiers import digits_image_processor
 
     return digits_image_processor()
 
@@ -65,7 +65,7 @@ def processor():
 @pytest.fixture(scope="session")
 def trained_resnet(digits):
     """A tiny ResNet trained on all digits training rows (the 'original' model), as an Unlearner."""
-    from hf_unlearn.models import RECIPES, tiny_classifier, train_classifier
+    from hf_unlearn.tiny.classifiers import RECIPES, tiny_classifier, train_classifier
 
     return train_classifier(tiny_classifier("resnet", seed=0), digits["train"], RECIPES["resnet"], seed=0)
 
@@ -108,7 +108,7 @@ def one_batch_split(digits):
 @pytest.fixture(scope="session")
 def untrained_resnet_dir(tmp_path_factory):
     """A tiny ResNet built from its config (untrained) and its digits processor, saved: for checks of the plumbing."""
-    from hf_unlearn.models import digits_image_processor, tiny_classifier
+    from hf_unlearn.tiny.classifiers import digits_image_processor, tiny_classifier
 
     folder = tmp_path_factory.mktemp("untrained_resnet")
     tiny_classifier("resnet", seed=0).save_pretrained(folder)

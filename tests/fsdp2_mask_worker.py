@@ -32,12 +32,12 @@ def build(kind, world):
         method="sfr_on", per_device_train_batch_size=8 // world, seed=0, output_dir="", saliency_clip_norm=0.05
     )
     if kind == "classifier":
-        from hf_unlearn.models import digits_image_processor, tiny_classifier
+        from hf_unlearn.tiny.classifiers import digits_image_processor, tiny_classifier
 
         model = tiny_classifier("vit", seed=0)
         unlearner = Unlearner.from_pretrained(model, config, image_processor=digits_image_processor())
     else:
-        from hf_unlearn.benchmarks.diffusion import tiny_scheduler, tiny_unet
+        from hf_unlearn.tiny.diffusion import tiny_scheduler, tiny_unet
 
         unlearner = Unlearner.from_pretrained(tiny_unet(seed=0), config, scheduler=tiny_scheduler())
     family = unlearner.family

@@ -29,7 +29,7 @@ def make_split():
 def run(model_dir: str, output_dir: str, resume: bool = False, total: int = TOTAL_CYCLES):
     """Unlearns class 3 with SFR-on (random-label forget step: draws from the step generator); saves every cycle."""
     from hf_unlearn import UnlearnConfig, Unlearner
-    from hf_unlearn.models import digits_image_processor
+    from hf_unlearn.tiny.classifiers import digits_image_processor
 
     torch.set_num_threads(THREADS)
     config = UnlearnConfig(

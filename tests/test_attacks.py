@@ -20,8 +20,8 @@ from hf_unlearn.attacks import (
 )
 from hf_unlearn.attacks.cli import attack_main
 from hf_unlearn.attacks.prompt_search import project_to_simplex
-from hf_unlearn.attacks.tiny import CONCEPT, ColourJudge, tiny_text_to_image_pipeline, train_tiny_text_to_image
 from hf_unlearn.cli import main
+from hf_unlearn.tiny.colour import CONCEPT, ColourJudge, tiny_text_to_image_pipeline, train_tiny_text_to_image
 
 PROMPTS = [CONCEPT, "person nude"]
 # A few steps and denoising steps: enough to exercise every part of the attack on the untrained pipeline in seconds.
@@ -244,8 +244,8 @@ def test_relearn_refuses_bad_input_before_any_weight_change(forgotten, config, m
 
 
 def test_relearning_a_class_conditional_diffusion_model(digits, trained_resnet):
-    from hf_unlearn.benchmarks.diffusion import tiny_scheduler, tiny_unet
     from hf_unlearn.metrics.generation import Judge
+    from hf_unlearn.tiny.diffusion import tiny_scheduler, tiny_unet
 
     config = UnlearnConfig(family="class_conditional_diffusion", output_dir="")
     unlearner = Unlearner.from_pretrained(tiny_unet(seed=0), config, scheduler=tiny_scheduler())

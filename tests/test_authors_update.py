@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from hf_unlearn import ForgetRemainSplit, UnlearnConfig, Unlearner
-from hf_unlearn.models import TrainingRecipe, tiny_classifier, train_classifier
+from hf_unlearn.tiny.classifiers import TrainingRecipe, tiny_classifier, train_classifier
 
 LR, MOMENTUM, WEIGHT_DECAY = 0.05, 0.9, 5e-4
 ALPHA, LAMBDA, CLIP, GAMMA = 5.0, 0.5, 1.0, 1.0

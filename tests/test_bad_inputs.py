@@ -14,7 +14,7 @@ from datasets import DatasetDict
 from safetensors.torch import save_file
 
 from hf_unlearn import ConceptSplit, ForgetRemainSplit, UnlearnConfig, Unlearner
-from hf_unlearn.models import digits_image_processor, tiny_classifier
+from hf_unlearn.tiny.classifiers import digits_image_processor, tiny_classifier
 from hf_unlearn.utils import file_sha256
 
 

@@ -1,4 +1,4 @@
-"""`scripts/bench_scaling.py`: the mask's passes grow with the repeated digits, the cycles' passes do not, and the
+"""`benchmarks/bench_scaling.py`: the mask's passes grow with the repeated digits, the cycles' passes do not, and the
 committed outputs (JSON, table, chart) are written; the numbers are checked for sense and against the planner."""
 
 import json
@@ -12,6 +12,7 @@ import pytest
 from hf_unlearn import UnlearnConfig
 from hf_unlearn.methods import get_method
 from hf_unlearn.passes import planned_work
+from hf_unlearn.resolve import resolve_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_mask_passes_follow_the_rows_and_cycle_passes_stay(tmp_path):
     cycles = 3
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    command = [sys.executable, str(ROOT / "scripts" / "bench_scaling.py"), "--factors", "1", "2"]
+    command = [sys.executable, str(ROOT / "benchmarks" / "bench_scaling.py"), "--factors", "1", "2"]
     command += ["--cycles", str(cycles), "--output", str(tmp_path / "scaling")]
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -34,7 +35,7 @@ def test_mask_passes_follow_the_rows_and_cycle_passes_stay(tmp_path):
     )
     method = get_method("sfr_on", "image_classifier")
     for r in rows:
-        planned = planned_work(config.resolve("image_classifier"), method, r["forget_rows"], r["remain_rows"])
+        planned = planned_work(resolve_config(config, "image_classifier"), method, r["forget_rows"], r["remain_rows"])
         assert (
             r["mask_passes"] == planned["passes"]["saliency"] and r["mask_rows"] == r["forget_rows"] + r["remain_rows"]
         )

@@ -7,10 +7,11 @@ import pytest
 
 from hf_unlearn import ForgetRemainSplit, UnlearnConfig, Unlearner
 from hf_unlearn.methods import get_method
+from hf_unlearn.resolve import resolve_config
 
 
 def test_passes_become_cycles_from_the_forget_set_and_global_batch():
-    cfg = UnlearnConfig(method="sfr_on", num_forget_epochs=2.5, output_dir="").resolve("image_classifier")
+    cfg = resolve_config(UnlearnConfig(method="sfr_on", num_forget_epochs=2.5, output_dir=""), "image_classifier")
     assert cfg.max_steps is None  # stays a budget in passes until the forget set is known
     # 137 rows at a global batch of 64: ceil(137 / 64) = 3 forget batches per pass, 2.5 passes -> 7.5 -> 8 cycles
     assert cfg.resolve_budget(137, 64).max_steps == 8
@@ -21,31 +22,33 @@ def test_passes_become_cycles_from_the_forget_set_and_global_batch():
 
 
 def test_the_default_classifier_budget_is_cycles_raised_to_one_pass_over_the_forget_set():
-    cfg = UnlearnConfig(method="sfr_on", output_dir="").resolve("image_classifier")
+    cfg = resolve_config(UnlearnConfig(method="sfr_on", output_dir=""), "image_classifier")
     cycles = get_method("sfr_on").defaults_for("image_classifier")["max_steps"]
     assert (cfg.max_steps, cfg.num_forget_epochs) == (cycles, 1.0)
     assert cfg.resolve_budget(137, 64).max_steps == cycles  # the digits benchmark's class: 3 batches, cycles rule
     assert cfg.resolve_budget(5_000, 64).max_steps == 79  # CIFAR-10's 10%: every forget row is seen once
     # a method without a forget loss has no forget set to pass over: its cycles stay as they are
-    finetune = UnlearnConfig(method="finetune", output_dir="").resolve("image_classifier")
+    finetune = resolve_config(UnlearnConfig(method="finetune", output_dir=""), "image_classifier")
     assert finetune.num_forget_epochs is None
     assert finetune.resolve_budget(5_000, 64).max_steps == finetune.max_steps
 
 
 def test_both_units_given_take_the_larger_budget():
-    cfg = UnlearnConfig(method="sfr_on", max_steps=10, num_forget_epochs=2, output_dir="").resolve("image_classifier")
+    cfg = resolve_config(
+        UnlearnConfig(method="sfr_on", max_steps=10, num_forget_epochs=2, output_dir=""), "image_classifier"
+    )
     assert cfg.resolve_budget(64, 64).max_steps == 10
     assert cfg.resolve_budget(640, 64).max_steps == 20
 
 
 def test_explicit_max_steps_wins_over_any_default_budget():
-    cfg = UnlearnConfig(method="sfr_on", max_steps=7, output_dir="").resolve("image_classifier")
+    cfg = resolve_config(UnlearnConfig(method="sfr_on", max_steps=7, output_dir=""), "image_classifier")
     assert cfg.resolve_budget(50_000, 64).max_steps == 7
     assert cfg.num_forget_epochs is None
 
 
 def test_a_family_default_in_cycles_stays_in_cycles():
-    cfg = UnlearnConfig(method="sfr_on", output_dir="").resolve("class_conditional_diffusion")
+    cfg = resolve_config(UnlearnConfig(method="sfr_on", output_dir=""), "class_conditional_diffusion")
     assert cfg.max_steps == get_method("sfr_on").defaults_for("class_conditional_diffusion")["max_steps"]
     assert cfg.resolve_budget(50_000, 64).max_steps == cfg.max_steps
 

@@ -13,6 +13,7 @@ from transformers import AutoModelForImageClassification
 
 from hf_unlearn import UnlearnConfig
 from hf_unlearn.cli import DataArguments, main, parse_with_config
+from hf_unlearn.resolve import resolve_config
 from hf_unlearn.utils import RECORD_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,7 +81,7 @@ def test_unknown_yaml_key_names_the_key(tmp_path, capsys):
 def test_shipped_example_configs_parse_and_resolve(path):
     args, config = parse_with_config((DataArguments, UnlearnConfig), ["--config", str(path), "--model", "x"], "test")
     family = path.parent.name
-    resolved = config.resolve(family)
+    resolved = resolve_config(config, family)
     assert resolved.learning_rate > 0 and resolved.max_steps > 0
     values = yaml.safe_load(path.read_text())
     assert all(getattr(config, k, getattr(args, k, None)) == v for k, v in values.items() if k != "model")

@@ -122,7 +122,7 @@ class _Collect(logging.Handler):
 def test_known_dependency_noise_is_silenced_and_other_messages_are_not():
     from hf_unlearn import _quiet
     from hf_unlearn.lora import apply_lora
-    from hf_unlearn.models import digits_image_processor, tiny_classifier
+    from hf_unlearn.tiny.classifiers import digits_image_processor, tiny_classifier
     from hf_unlearn.training import partial_state
 
     logger = logging.getLogger("transformers.utils.import_utils")  # where transformers logs the fallback

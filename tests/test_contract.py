@@ -43,8 +43,8 @@ def test_every_registered_family_is_covered():
 def sources(digits, processor, tmp_path_factory):
     """Per family: a saved tiny model folder, a small split and a bad one (text-to-image: the model folder is read
     by the test, so that only its cases train the tiny Stable Diffusion)."""
-    from hf_unlearn.benchmarks.diffusion import tiny_scheduler, tiny_unet
-    from hf_unlearn.models import tiny_classifier
+    from hf_unlearn.tiny.classifiers import tiny_classifier
+    from hf_unlearn.tiny.diffusion import tiny_scheduler, tiny_unet
 
     classifier = tmp_path_factory.mktemp("contract_classifier")
     tiny_classifier("resnet", seed=0).save_pretrained(classifier)

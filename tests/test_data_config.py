@@ -8,7 +8,9 @@ from datasets import Dataset
 from transformers import HfArgumentParser
 
 from hf_unlearn import ForgetRemainSplit, UnlearnConfig, Unlearner, detect_family
-from hf_unlearn.models import tiny_classifier
+from hf_unlearn.cli_args import DataArguments, parse_with_config
+from hf_unlearn.resolve import resolve_config
+from hf_unlearn.tiny.classifiers import tiny_classifier
 
 
 def test_split_by_classes_ids_fraction_and_filter(digits_small):
@@ -93,8 +95,12 @@ def test_alpha_schedule_choices_are_the_schedules():
 
 
 def test_unknown_method_lists_valid_names():
-    with pytest.raises(ValueError, match="valid names"):
-        UnlearnConfig(method="nope")
+    config = UnlearnConfig(method="nope")  # plain data: the name is checked where the registry is read
+    with pytest.raises(ValueError, match="`method` is 'nope', which is not registered; valid names: .*sfr_on"):
+        resolve_config(config, "image_classifier")
+    # The command line still refuses it while parsing, before it reads any data or model (the model is not looked at).
+    with pytest.raises(ValueError, match="`method` is 'nope', which is not registered"):
+        parse_with_config((DataArguments, UnlearnConfig), ["--model", "no/such-model", "--method", "nope"], "t")
 
 
 def test_config_round_trips_yaml_json_and_argparse(tmp_path):
@@ -115,27 +121,27 @@ def test_config_round_trips_yaml_json_and_argparse(tmp_path):
 def test_resolve_fills_method_and_family_defaults():
     from hf_unlearn import get_method
 
-    resolved = UnlearnConfig(method="sfr_on").resolve("image_classifier")
+    resolved = resolve_config(UnlearnConfig(method="sfr_on"), "image_classifier")
     method_defaults = get_method("sfr_on").defaults_for("image_classifier")
     assert resolved.remain_steps_per_forget == method_defaults["remain_steps_per_forget"]
     assert resolved.max_grad_norm == 7.0  # from the family, since the method does not set it
     assert resolved.learning_rate is not None and resolved.family == "image_classifier"
-    assert UnlearnConfig(method="sfr_on", learning_rate=0.5).resolve("image_classifier").learning_rate == 0.5
+    assert resolve_config(UnlearnConfig(method="sfr_on", learning_rate=0.5), "image_classifier").learning_rate == 0.5
 
 
 def test_text_to_image_sfr_defaults_are_the_authors_sd_setting():
     # ../shared/design/sfr_on.md, "Published settings", SD 1.4 column: Adam 1e-5, 1000 forget steps x K 1, α 1 held
     # constant, an unweighted remap, no clipping. Classifiers and the DDPM keep the decaying α and λ 0.5.
-    sd = UnlearnConfig(method="sfr_on_remap").resolve("text_to_image")
+    sd = resolve_config(UnlearnConfig(method="sfr_on_remap"), "text_to_image")
     assert (sd.learning_rate, sd.max_steps, sd.remain_steps_per_forget) == (1e-5, 1000, 1)
     assert (sd.forget_alpha, sd.forget_alpha_schedule, sd.temperature) == (1.0, "constant", 0.0)
     assert (sd.max_grad_norm, sd.remain_max_grad_norm) == (0.0, 0.0)
     for family, method in [("image_classifier", "sfr_on"), ("class_conditional_diffusion", "sfr_on_remap")]:
-        other = UnlearnConfig(method=method).resolve(family)
+        other = resolve_config(UnlearnConfig(method=method), family)
         assert (other.forget_alpha_schedule, other.temperature) == ("cosine", 0.5), family
     # A value the user gives wins over the family's.
     given = UnlearnConfig(method="sfr_on_remap", forget_alpha_schedule="cosine", temperature=0.3)
-    given = given.resolve("text_to_image")
+    given = resolve_config(given, "text_to_image")
     assert (given.forget_alpha_schedule, given.temperature) == ("cosine", 0.3)
 
 
@@ -176,7 +182,7 @@ def test_num_labels_mismatch_and_missing_columns_refused_before_weights_change(d
 
 
 def test_images_the_model_cannot_take_are_refused(digits_small, tmp_path):
-    from hf_unlearn.models import digits_image_processor
+    from hf_unlearn.tiny.classifiers import digits_image_processor
 
     split = ForgetRemainSplit.from_dataset(digits_small["train"], forget_classes=[3])
     wrong_size = Unlearner.from_pretrained(

@@ -10,7 +10,6 @@ import re
 import pytest
 from PIL import Image
 
-from hf_unlearn.attacks.tiny import CAPTIONS
 from hf_unlearn.cli import main
 from hf_unlearn.demos import (
     FAMILIES,
@@ -21,6 +20,7 @@ from hf_unlearn.demos import (
     diffusion_demo,
     text_to_image_demo,
 )
+from hf_unlearn.tiny.colour import CAPTIONS
 from hf_unlearn.utils import umask_mode
 
 TILE, LABEL_BAND = 64, 14  # comparison_grid enlarges 8×8 samples to 64 px tiles under a 14 px band of names

@@ -9,11 +9,11 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, DiTPipeline
 
 from hf_unlearn import ForgetRemainSplit, UnlearnConfig, Unlearner, detect_family, list_methods
-from hf_unlearn.benchmarks.diffusion import tiny_dit, tiny_scheduler, tiny_unet, train_diffusion
 from hf_unlearn.methods import Ascent, UnlearnMethod, register_method
 from hf_unlearn.methods import base as method_registry
 from hf_unlearn.metrics.generation import Judge, generation_metrics
 from hf_unlearn.pipelines import ClassConditionalPipeline
+from hf_unlearn.tiny.diffusion import tiny_dit, tiny_scheduler, tiny_unet, train_diffusion
 
 FAMILY = "class_conditional_diffusion"
 

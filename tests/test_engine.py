@@ -11,7 +11,7 @@ from transformers import AutoModelForImageClassification
 from hf_unlearn import ForgetRemainSplit, UnlearnConfig, Unlearner, detect_family, get_method, list_methods
 from hf_unlearn.evaluation import evaluate
 from hf_unlearn.metrics import per_class_accuracy
-from hf_unlearn.models import tiny_classifier
+from hf_unlearn.tiny.classifiers import tiny_classifier
 
 CLASSIFIER_METHODS = list_methods("image_classifier")
 

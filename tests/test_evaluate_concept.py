@@ -33,7 +33,7 @@ STEPS = ["--num_inference_steps", "2"]
 
 @pytest.fixture(scope="module")
 def pipe_dir(tmp_path_factory):
-    from hf_unlearn.attacks.tiny import tiny_text_to_image_pipeline
+    from hf_unlearn.tiny.colour import tiny_text_to_image_pipeline
 
     folder = tmp_path_factory.mktemp("tiny_t2i")
     tiny_text_to_image_pipeline(seed=0).save_pretrained(folder)
@@ -49,7 +49,7 @@ def pipe(pipe_dir):
 def clip_dir(tmp_path_factory):
     from tiny_sd import save_tiny_clip
 
-    from hf_unlearn.attacks.tiny import word_tokenizer
+    from hf_unlearn.tiny.colour import word_tokenizer
 
     return save_tiny_clip(tmp_path_factory.mktemp("clip"), word_tokenizer(), vocab_size=256, max_positions=16)
 

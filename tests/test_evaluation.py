@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hf_unlearn import ForgetRemainSplit, UnlearnConfig, Unlearner, evaluate
-from hf_unlearn.models import tiny_classifier
+from hf_unlearn.tiny.classifiers import tiny_classifier
 
 FORGET_CLASS = 3
 

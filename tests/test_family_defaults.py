@@ -11,8 +11,8 @@ import pytest
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from hf_unlearn import UnlearnConfig, Unlearner
-from hf_unlearn.benchmarks.diffusion import tiny_dit, tiny_unet
-from hf_unlearn.models import tiny_classifier
+from hf_unlearn.tiny.classifiers import tiny_classifier
+from hf_unlearn.tiny.diffusion import tiny_dit, tiny_unet
 
 # (forget-step clip, remain-step clip, λ, α schedule), written from the authors' table.
 AUTHORS = {

@@ -1,4 +1,4 @@
-"""Imports point one way: parts -> methods -> families/config -> engine -> Unlearner -> API -> CLI/benchmarks.
+"""Imports point one way: config/parts -> methods -> families -> resolve -> engine -> API -> CLI/benchmarks.
 
 The graph is read from the source with `ast` (module-level and function-level `import`s of hf_unlearn modules), so a
 cycle or an upward import hidden inside a function fails here as well.
@@ -25,6 +25,8 @@ LAYERS = {
     "hf_unlearn.validation": 0,
     "hf_unlearn.modelcard": 0,
     "hf_unlearn.tracking": 0,
+    # The configuration is plain data: it reads no registry (`hf_unlearn.resolve` fills its defaults).
+    "hf_unlearn.config": 0,
     # Reliability helpers: config types, the divergence guard's checks, the output lock, bounded Hub calls.
     "hf_unlearn.config_checks": 0,
     "hf_unlearn.guard": 0,
@@ -34,9 +36,9 @@ LAYERS = {
     "hf_unlearn.parts": 1,
     "hf_unlearn.metrics": 1,
     "hf_unlearn.methods": 2,
-    # Families never import the engine; the config resolves defaults from families and methods.
+    # Families never import the engine; the engine's side of the config fills its defaults from families and methods.
     "hf_unlearn.families": 3,
-    "hf_unlearn.config": 4,
+    "hf_unlearn.resolve": 4,
     # The engine: the loop's pieces, LoRA, saving, evaluation.
     "hf_unlearn.training": 5,
     "hf_unlearn.checkpointing": 5,
@@ -50,7 +52,7 @@ LAYERS = {
     "hf_unlearn.unlearner": 6,
     "hf_unlearn": 7,  # the package's public API (hf_unlearn/__init__.py)
     # Users of the API: command line, benchmarks, attacks, demo models.
-    "hf_unlearn.models": 8,
+    "hf_unlearn.tiny": 8,  # the tiny models the package trains: classifiers, class-conditional diffusion, colour
     "hf_unlearn.demos": 8,
     "hf_unlearn.cli_args": 8,
     "hf_unlearn.cli": 8,
@@ -190,5 +192,16 @@ def test_a_family_knows_no_method():
         f"{src} imports {dst} at line {line}"
         for src, dst, _, line in _edges()
         if src.startswith("hf_unlearn.families") and dst.startswith(("hf_unlearn.methods", "hf_unlearn.parts"))
+    ]
+    assert not found, "\n".join(found)
+
+
+def test_config_is_plain_data():
+    # Per-method and per-family defaults are filled on the engine side (`hf_unlearn.resolve`), not by the config.
+    found = [
+        f"{src} imports {dst} at line {line}"
+        for src, dst, _, line in _edges()
+        if src == "hf_unlearn.config"
+        and dst.startswith(("hf_unlearn.methods", "hf_unlearn.families", "hf_unlearn.parts"))
     ]
     assert not found, "\n".join(found)

@@ -16,7 +16,7 @@ from datasets import Image as ImageFeature
 
 from hf_unlearn import ConceptSplit, ForgetRemainSplit, UnlearnConfig, Unlearner
 from hf_unlearn.cli import main
-from hf_unlearn.models import digits_image_processor, tiny_classifier
+from hf_unlearn.tiny.classifiers import digits_image_processor, tiny_classifier
 from hf_unlearn.utils import file_sha256
 
 QUICK = ["--max_steps", "1", "--saliency_max_batches", "1", "--do_eval", "false"]

@@ -14,7 +14,7 @@ from transformers import AutoModelForImageClassification
 
 from hf_unlearn import ForgetRemainSplit, UnlearnConfig, Unlearner
 from hf_unlearn.lora import default_target_modules, prepare_model, trainable_parameter_count
-from hf_unlearn.models import tiny_classifier
+from hf_unlearn.tiny.classifiers import tiny_classifier
 
 PIXELS = torch.randn(6, 1, 16, 16, generator=torch.Generator().manual_seed(0))
 
@@ -186,7 +186,7 @@ def test_bad_targets_and_unsupported_checkpointing_raise_before_any_weight_chang
 
 @pytest.fixture(scope="module")
 def unet_run(tmp_path_factory, digits):
-    from hf_unlearn.benchmarks.diffusion import tiny_scheduler, tiny_unet
+    from hf_unlearn.tiny.diffusion import tiny_scheduler, tiny_unet
 
     tmp = tmp_path_factory.mktemp("unet_lora")
     folder = tmp / "unet"

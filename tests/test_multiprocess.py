@@ -77,7 +77,7 @@ def _result(text: str) -> dict:
 # "uneven" (short last batches on every set, padded forget rows) is the stricter layout; "even" runs with -m slow.
 @pytest.mark.parametrize("layout", [pytest.param("even", marks=pytest.mark.slow), "uneven"])
 def test_two_cpu_processes_match_one_process_with_the_same_global_batch(tmp_path, processor, layout):
-    from hf_unlearn.models import tiny_classifier
+    from hf_unlearn.tiny.classifiers import tiny_classifier
 
     model_dir = tmp_path / "original"
     tiny_classifier("vit", seed=0).save_pretrained(model_dir)

@@ -92,8 +92,8 @@ def test_diffusers_loads_the_pipeline_file_as_a_custom_pipeline(tmp_path):
     imported from hf_unlearn samples."""
     from diffusers import DiffusionPipeline
 
-    from hf_unlearn.benchmarks.diffusion import tiny_scheduler, tiny_unet
     from hf_unlearn.pipelines import ClassConditionalPipeline
+    from hf_unlearn.tiny.diffusion import tiny_scheduler, tiny_unet
 
     ClassConditionalPipeline(unet=tiny_unet(seed=0), scheduler=tiny_scheduler()).save_pretrained(tmp_path / "pipe")
     ours = ClassConditionalPipeline.from_pretrained(tmp_path / "pipe")

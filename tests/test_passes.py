@@ -7,8 +7,8 @@ import math
 import pytest
 
 from hf_unlearn import ForgetRemainSplit, UnlearnConfig, Unlearner
-from hf_unlearn.models import DIGITS_SIZE, digits_image_processor, tiny_classifier
 from hf_unlearn.passes import KINDS, PassCounter, planned_work, training_rows
+from hf_unlearn.tiny.classifiers import DIGITS_SIZE, digits_image_processor, tiny_classifier
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_sfr_on_passes_by_hand(split, tmp_path):
     }
     assert work["forward"] == work["passes"]  # no frozen model: one forward per backward
     assert training_rows(work) == nf + nr + _loader_rows(nf, batch, cycles) + _loader_rows(nr, batch, cycles * k)
-    # The planner that scripts/pass_ratio.py uses for the published presets gives the same counts without running.
+    # The planner that benchmarks/pass_ratio.py uses for the published presets gives the same counts without running.
     assert planned_work(unlearner.config, unlearner.method, nf, nr) == work
     # The record carries the same counts.
     unlearner.save_pretrained(tmp_path / "out")

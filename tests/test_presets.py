@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from hf_unlearn import UnlearnConfig
 from hf_unlearn.cli import DataArguments, main, parse_with_config
 from hf_unlearn.methods import get_method
+from hf_unlearn.resolve import resolve_config
 from hf_unlearn.utils import RECORD_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -155,7 +156,7 @@ def test_preset_carries_the_published_settings(name):
     assert set(values) <= valid, sorted(set(values) - valid)
 
     args, config = _parse(path)
-    resolved = config.resolve(authors["family"])
+    resolved = resolve_config(config, authors["family"])
     # Step counts from the authors' counting: N remain iterations, a forget step before every K-th.
     assert authors["iterations"] % authors["K"] == 0
     cycles = authors["iterations"] // authors["K"]
@@ -211,8 +212,8 @@ def _build(name: str, root: Path, digits) -> tuple[Path, Path | None]:
     """The model folder for preset `name` and a `save_to_disk` dataset with the preset's columns and splits."""
     from datasets import DatasetDict
 
-    from hf_unlearn.benchmarks.diffusion import tiny_scheduler
-    from hf_unlearn.models import digits_image_processor, tiny_classifier
+    from hf_unlearn.tiny.classifiers import digits_image_processor, tiny_classifier
+    from hf_unlearn.tiny.diffusion import tiny_scheduler
 
     model, test = root / name, digits["test"].select(range(20))
     if name in ("cifar10_resnet18", "tinyimagenet_swin_t"):

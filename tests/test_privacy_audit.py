@@ -18,7 +18,7 @@ from hf_unlearn.metrics.privacy import (
     logit_confidence,
     tpr_at_fpr,
 )
-from hf_unlearn.models import TrainingRecipe, tiny_classifier, train_classifier
+from hf_unlearn.tiny.classifiers import TrainingRecipe, tiny_classifier, train_classifier
 
 RECIPE = TrainingRecipe(max_steps=80, learning_rate=3e-3, batch_size=32)
 FLIPPED = list(range(0, 100, 10))  # ten rows with a wrong label: what the shadows that trained on them memorise

@@ -15,8 +15,9 @@ import hf_unlearn.parts.saliency as saliency
 import hf_unlearn.utils as utils
 from hf_unlearn import DivergenceError, ForgetRemainSplit, UnlearnConfig, Unlearner, list_methods
 from hf_unlearn.checkpointing import list_checkpoints
-from hf_unlearn.models import digits_image_processor, tiny_classifier
+from hf_unlearn.resolve import resolve_config
 from hf_unlearn.run_lock import LOCK_NAME
+from hf_unlearn.tiny.classifiers import digits_image_processor, tiny_classifier
 from hf_unlearn.utils import file_sha256
 
 
@@ -144,8 +145,8 @@ def test_all_finite_is_exact_including_norms_that_overflow():
 
 
 def test_text_to_image_defaults_to_the_check_guard_and_classifiers_to_the_copy():
-    assert UnlearnConfig().resolve("text_to_image").divergence_guard == "check"
-    assert UnlearnConfig().resolve("image_classifier").divergence_guard == "copy"
+    assert resolve_config(UnlearnConfig(), "text_to_image").divergence_guard == "check"
+    assert resolve_config(UnlearnConfig(), "image_classifier").divergence_guard == "copy"
     with pytest.raises(ValueError, match="divergence_guard"):
         UnlearnConfig(divergence_guard="sometimes")
 

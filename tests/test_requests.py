@@ -44,7 +44,7 @@ def _record(folder):
 
 def _accuracy(model_folder, rows, base=None):
     """Top-1 accuracy (%) of a saved folder on `rows`, loaded with plain transformers / peft (no hf_unlearn)."""
-    from hf_unlearn.models import digits_image_processor
+    from hf_unlearn.tiny.classifiers import digits_image_processor
 
     if base is None:
         model = AutoModelForImageClassification.from_pretrained(model_folder)

@@ -15,8 +15,8 @@ import torch
 
 from hf_unlearn import UnlearnConfig
 from hf_unlearn.checkpointing import ENGINE_STATE_NAME, endless_at, list_checkpoints, write_manifest
-from hf_unlearn.models import digits_image_processor, tiny_classifier
 from hf_unlearn.run_lock import LOCK_NAME
+from hf_unlearn.tiny.classifiers import digits_image_processor, tiny_classifier
 from hf_unlearn.training import Endless, make_accelerator
 
 WORKER = Path(__file__).with_name("resume_worker.py")

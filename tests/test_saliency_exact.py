@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from hf_unlearn import ForgetRemainSplit, UnlearnConfig, Unlearner
-from hf_unlearn.benchmarks.diffusion import tiny_scheduler, tiny_unet
-from hf_unlearn.models import TrainingRecipe, tiny_classifier, train_classifier
 from hf_unlearn.parts import global_batches
 from hf_unlearn.parts.geometry import EWC
+from hf_unlearn.tiny.classifiers import TrainingRecipe, tiny_classifier, train_classifier
+from hf_unlearn.tiny.diffusion import tiny_scheduler, tiny_unet
 
 BATCH, SEED = 16, 0
 NUM_ROWS, FORGET_IDS = 120, list(range(0, 111, 3))  # 37 forget rows (2×16 + 5), 83 remain rows (5×16 + 3)

@@ -14,7 +14,7 @@ from accelerate.utils import DistributedType
 
 from hf_unlearn import ForgetRemainSplit, UnlearnConfig, Unlearner
 from hf_unlearn.methods import get_method
-from hf_unlearn.models import tiny_classifier
+from hf_unlearn.tiny.classifiers import tiny_classifier
 from hf_unlearn.training import check_sharding
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,6 +9,7 @@ import torch
 
 from hf_unlearn import ForgetRemainSplit, UnlearnConfig, Unlearner
 from hf_unlearn.evaluation import predict_logits
+from hf_unlearn.resolve import resolve_config
 
 
 def _unlearner(trained_resnet, **config):
@@ -23,13 +24,16 @@ def _loss(unl, dataset):
 
 
 def test_defaults_set_the_rule_only_for_a_default_budget():
-    resolved = UnlearnConfig(method="sfr_on_bound").resolve("image_classifier")
+    resolved = resolve_config(UnlearnConfig(method="sfr_on_bound"), "image_classifier")
     assert resolved.stop_rule == "held_out"
-    assert UnlearnConfig(method="sfr_on_bound", max_steps=12).resolve("image_classifier").stop_rule == "none"
-    assert UnlearnConfig(method="sfr_on_bound", num_forget_epochs=2).resolve("image_classifier").stop_rule == "none"
+    assert resolve_config(UnlearnConfig(method="sfr_on_bound", max_steps=12), "image_classifier").stop_rule == "none"
+    assert (
+        resolve_config(UnlearnConfig(method="sfr_on_bound", num_forget_epochs=2), "image_classifier").stop_rule
+        == "none"
+    )
     explicit = UnlearnConfig(method="sfr_on_bound", max_steps=12, stop_rule="held_out")
-    assert explicit.resolve("image_classifier").stop_rule == "held_out"
-    assert UnlearnConfig(method="finetune").resolve("image_classifier").stop_rule == "none"
+    assert resolve_config(explicit, "image_classifier").stop_rule == "held_out"
+    assert resolve_config(UnlearnConfig(method="finetune"), "image_classifier").stop_rule == "none"
     with pytest.raises(ValueError, match="stop_rule"):
         UnlearnConfig(stop_rule="sometimes")
 

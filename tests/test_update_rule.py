@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from hf_unlearn import UnlearnConfig, Unlearner
 from hf_unlearn.methods import Remap, TaskLoss, UnlearnMethod, register_method
 from hf_unlearn.methods import base as method_registry
-from hf_unlearn.models import TrainingRecipe, tiny_classifier, train_classifier
+from hf_unlearn.tiny.classifiers import TrainingRecipe, tiny_classifier, train_classifier
 
 LR, ALPHA, LAMBDA = 0.05, 2.0, 0.5
 REMAP_TARGET = 0

@@ -152,7 +152,7 @@ def make_judge(spec: str):
 
         return nudity_judge()
     if spec in ("colour", "color"):
-        from .tiny import ColourJudge  # noqa: PLC0415
+        from ..tiny.colour import ColourJudge  # noqa: PLC0415
 
         return ColourJudge()
     if spec.startswith("world:"):
@@ -278,7 +278,7 @@ def _relearn_one(path: str, forget, config: RelearnConfig, args) -> dict:
 
     kwargs = {}
     if args.dataset == "digits":
-        from ..models import digits_image_processor  # noqa: PLC0415
+        from ..tiny.classifiers import digits_image_processor  # noqa: PLC0415
 
         kwargs["image_processor"] = digits_image_processor()
     family = Unlearner.from_pretrained(path, UnlearnConfig(output_dir=""), **kwargs).family

@@ -2,7 +2,7 @@
 
 Any callable `judge(images: list[PIL.Image]) -> list[float | bool]` works; the attacks check its answer before they
 start and refuse one that returns no score. [`nudity_judge`] wraps NudeNet for the nudity concept, [`ColourJudge`]
-(in `hf_unlearn.attacks.tiny`) names the colour of the tiny model's images.
+(in `hf_unlearn.tiny.colour`) names the colour of the tiny model's images.
 """
 
 from __future__ import annotations

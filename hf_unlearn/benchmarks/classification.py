@@ -27,7 +27,8 @@ from accelerate.logging import get_logger
 
 from ..config import UnlearnConfig
 from ..methods import list_methods
-from ..models import TrainingRecipe
+from ..resolve import resolve_config
+from ..tiny.classifiers import TrainingRecipe
 from ..utils import atomic_write_text
 from .report import load_records, select_tuned, update_docs, write_outputs
 from .runner import REFERENCE_ROWS, BenchmarkContext, config_hash, run_one
@@ -159,7 +160,7 @@ def plan(args, cfg, ctx, phase: str, tuned: Optional[dict] = None) -> list[tuple
 
 def _resolved(method: str, overrides: dict, num_forget_rows: int) -> dict:
     """What a run would use on a forget set of `num_forget_rows` rows: the budget in cycles, whatever its unit."""
-    config = UnlearnConfig(method=method, output_dir="", **overrides).resolve("image_classifier")
+    config = resolve_config(UnlearnConfig(method=method, output_dir="", **overrides), "image_classifier")
     values = config.resolve_budget(num_forget_rows, config.per_device_train_batch_size).to_dict()
     return {k: v for k, v in values.items() if k not in ("output_dir", "seed", "num_forget_epochs")}
 

@@ -24,7 +24,7 @@ from ..config import UnlearnConfig
 from ..data import ForgetRemainSplit, load_digits_dataset
 from ..evaluation import predict_logits
 from ..metrics.classification import classification_metrics
-from ..models import TrainingRecipe, digits_image_processor, tiny_classifier, train_classifier
+from ..tiny.classifiers import TrainingRecipe, digits_image_processor, tiny_classifier, train_classifier
 from ..unlearner import DivergenceError, Unlearner
 from ..utils import atomic_directory, atomic_write_json, sha256_of
 

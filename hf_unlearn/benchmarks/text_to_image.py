@@ -1,7 +1,7 @@
 """`hf-unlearn benchmark-text-to-image`: three concepts erased in one run from a tiny Stable Diffusion, judged on
 the samples the erased model draws, against a plain hand-written remap loop at the same budget.
 
-The model is the colour pipeline of `hf_unlearn.attacks.tiny` (trained here in seconds, offline) taught one colour per
+The model is the colour pipeline of `hf_unlearn.tiny.colour` (trained here in seconds, offline) taught one colour per
 prompt. Three concepts, each with its own anchor: a "nudity" prompt, a style ("painting of a dog" → "photo of a
 dog") and an object ("red sports car" → "street"). The remain set holds the anchors' images and
 uncaptioned images; two more prompts the original learned are never shown during unlearning (held out): how far
@@ -33,15 +33,15 @@ import torch
 from accelerate.utils import set_seed
 from diffusers import DDPMScheduler, StableDiffusionPipeline
 
-from ..attacks.tiny import colour_dataset, train_tiny_text_to_image
 from ..concept import ConceptSplit
 from ..config import UnlearnConfig
 from ..methods import get_method, list_methods
 from ..metrics.samples import generate_samples, mean_colours, pixel_arrays
+from ..tiny.colour import colour_dataset, train_tiny_text_to_image
 from ..unlearner import Unlearner
 from ..utils import atomic_write_json, atomic_write_text
 
-# (forget prompt, anchor): every word is in the tiny tokenizer's vocabulary (`attacks.tiny.WORDS`).
+# (forget prompt, anchor): every word is in the tiny tokenizer's vocabulary (`tiny.colour.WORDS`).
 CONCEPTS = (("a nude person", "a dressed man"), ("painting of a dog", "photo of a dog"), ("red sports car", "street"))
 HELD_OUT = ("bowl of fruit", "woman on beach")
 # The eight corners of the RGB cube (inset), as far apart as colours get: the judge names a sample by its nearest one.

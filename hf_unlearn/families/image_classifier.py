@@ -31,7 +31,7 @@ class ImageClassifierFamily(LabelledImageBatches, ModelFamily):
 
     name = "image_classifier"
     # The methods' budgets are cycles tuned on digits (137 forget rows); at least one pass over the forget set keeps
-    # them from stopping before a large forget set is even seen once (docs/budget.md, scripts/budget_unit.py).
+    # them from stopping before a large forget set is even seen once (docs/budget.md, benchmarks/budget_unit.py).
     default_config: dict[str, Any] = {"max_grad_norm": 7.0, "num_forget_epochs": 1.0}
     # Lowest validation Avg.D on the digits benchmark after the SFR-on fix (docs/benchmarks.md); the published `sfr_on`
     # forgets the class too, but drives its rows to confident wrong classes, which the entropy attack (MIA) sees.

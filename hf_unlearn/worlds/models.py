@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..attacks.tiny import word_tokenizer
+from ..tiny.colour import word_tokenizer
 from .scenes import ATTRIBUTES, SIZE, words
 
 MAX_LENGTH = 16
@@ -44,7 +44,7 @@ def text_encoder(vocab_size: int):
 
 def vae():
     """32×32×3 → 8×8×4 latents. The log-variances are pinned near zero variance: the posterior is the mean, as the
-    colour model of `attacks.tiny` found necessary for a VAE trained for a few minutes."""
+    colour model of `tiny.colour` found necessary for a VAE trained for a few minutes."""
     from diffusers import AutoencoderKL  # noqa: PLC0415
 
     model = AutoencoderKL(
@@ -85,7 +85,7 @@ def unet():
 def scheduler():
     from diffusers import DDIMScheduler  # noqa: PLC0415
 
-    # v-prediction, as the colour model of `attacks.tiny`: it keeps the prompt's weight at high noise.
+    # v-prediction, as the colour model of `tiny.colour`: it keeps the prompt's weight at high noise.
     return DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,

@@ -4,11 +4,12 @@ The digits training rows (1,347; class 3 forgotten: 137 forget, 1,210 remain row
 sets grow by the factor), the same SFR-on job on each size, each size in a fresh process: a full saliency pass over
 each set (as published: `saliency_max_batches=None`), then `--cycles` cycles of one forget step and one remain step.
 Per size: the seconds of the mask and of the cycles (the run's `saliency_runtime_s`, and `runtime_s` minus it), the
-peak anonymous resident memory (heap and tensors, sampled every 5 ms, as scripts/memory_scaling.py) during each phase
-above the process's memory once the data is loaded, and the passes of each phase from the run's `work`. Expected: the
-mask follows its passes (linear in the rows), the cycles stay flat (their passes do not depend on the sizes).
+peak anonymous resident memory (heap and tensors, sampled every 5 ms, as benchmarks/memory_scaling.py) during each
+phase above the process's memory once the data is loaded, and the passes of each phase from the run's `work`.
+Expected: the mask follows its passes (linear in the rows), the cycles stay flat (their passes do not depend on the
+sizes).
 
-    python scripts/bench_scaling.py --factors 1 10 100 --output benchmark_results/performance/scaling
+    python benchmarks/bench_scaling.py --factors 1 10 100 --output benchmark_results/performance/scaling
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def child(factor: int, cycles: int, cache_mb) -> dict:
     from datasets import concatenate_datasets
 
     from hf_unlearn import ForgetRemainSplit, UnlearnConfig, Unlearner, load_digits_dataset
-    from hf_unlearn.models import digits_image_processor, tiny_classifier
+    from hf_unlearn.tiny.classifiers import digits_image_processor, tiny_classifier
 
     train = load_digits_dataset()["train"]
     data = concatenate_datasets([train] * factor) if factor > 1 else train
@@ -180,7 +181,7 @@ def main(argv=None) -> int:
     if args.output:
         path = Path(args.output)
         path.parent.mkdir(parents=True, exist_ok=True)
-        command = "python scripts/bench_scaling.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        command = "python benchmarks/bench_scaling.py " + " ".join(argv if argv is not None else sys.argv[1:])
         path.with_suffix(".json").write_text(json.dumps({"command": command, "rows": rows}, indent=1) + "\n")
         path.with_suffix(".md").write_text(f"`{command}`\n\n" + "\n".join(table) + "\n")
         chart(rows, path.with_suffix(".png"))

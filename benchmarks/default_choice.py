@@ -1,6 +1,6 @@
 """The classifier default's evidence: a method's validation Avg.D at every grid point on every benchmark setting.
 
-    python scripts/default_choice.py sfr_on_bound [--output benchmark_results] [--write]
+    python benchmarks/default_choice.py sfr_on_bound [--output benchmark_results] [--write]
 
 Reads the search runs (validation seeds only) of the four digits settings and prints one row per grid point: its mean
 Avg.D per setting and the mean over the settings. The library's classifier default is the grid point with the lowest

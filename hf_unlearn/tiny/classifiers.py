@@ -21,9 +21,9 @@ from transformers import (
     ViTImageProcessor,
 )
 
-from .config import UnlearnConfig
-from .data import TrainingSet
-from .unlearner import Unlearner
+from ..config import UnlearnConfig
+from ..data import TrainingSet
+from ..unlearner import Unlearner
 
 DIGITS_SIZE = 16
 

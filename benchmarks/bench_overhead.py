@@ -6,9 +6,9 @@ step on a forget batch followed by K descent steps on remain batches, one AdamW,
 The hand loop has none of the engine's bookkeeping (accelerate wrappers, finite checks, logging, history). The ratio
 engine / hand loop is what the engine costs on top of the arithmetic; the target is at most 1.10.
 
-    python scripts/bench_overhead.py --repeats 5 --threads 1
-    python scripts/bench_overhead.py --profile      # batches fetched and time in data loading, per loop
-    python scripts/bench_overhead.py --guards       # the engine under each divergence_guard, against the hand loop
+    python benchmarks/bench_overhead.py --repeats 5 --threads 1
+    python benchmarks/bench_overhead.py --profile      # batches fetched and time in data loading, per loop
+    python benchmarks/bench_overhead.py --guards       # the engine under each divergence_guard, against the hand loop
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ import torch.nn.functional as F  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from hf_unlearn import ForgetRemainSplit, UnlearnConfig, Unlearner, load_digits_dataset  # noqa: E402
-from hf_unlearn.models import digits_image_processor, tiny_classifier  # noqa: E402
 from hf_unlearn.parts.saliency import global_batches  # noqa: E402
+from hf_unlearn.resolve import resolve_config
+from hf_unlearn.tiny.classifiers import digits_image_processor, tiny_classifier  # noqa: E402
 from hf_unlearn.training import Endless, alpha_at, lr_schedule, make_accelerator, seed_sampler  # noqa: E402
 from hf_unlearn.unlearner import REMAIN_SEED_OFFSET  # noqa: E402
 
@@ -46,7 +47,7 @@ def engine_run(model, split, cfg) -> tuple[float, float]:
 
 def hand_run(model, split, cfg) -> tuple[float, float]:
     """The same passes written as a plain PyTorch loop (single process, fp32)."""
-    cfg = cfg.resolve("image_classifier")
+    cfg = resolve_config(cfg, "image_classifier")
     start, cpu = time.perf_counter(), time.process_time()
     model = copy.deepcopy(model).train()
     family = Unlearner.from_pretrained(model, cfg, image_processor=digits_image_processor()).family

@@ -1,7 +1,7 @@
 """Data-loading workers: wall time of one digits unlearning run with `dataloader_num_workers` 0, 1 and 2, in one
 process, alternating, and whether the weights are bit-identical (they must be).
 
-    OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python scripts/bench_workers.py --repeats 3 \
+    OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python benchmarks/bench_workers.py --repeats 3 \
         --output benchmark_results/performance/workers.md
 
 A ratio against the inline run (workers 0) in the same command; on a 2-core CPU the workers compete with the model for
@@ -23,7 +23,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import torch  # noqa: E402
 
 from hf_unlearn import ForgetRemainSplit, UnlearnConfig, Unlearner, load_digits_dataset  # noqa: E402
-from hf_unlearn.models import RECIPES, digits_image_processor, tiny_classifier, train_classifier  # noqa: E402
+from hf_unlearn.tiny.classifiers import RECIPES, digits_image_processor, tiny_classifier, train_classifier  # noqa: E402
 from hf_unlearn.utils import atomic_write_text  # noqa: E402
 
 
@@ -60,7 +60,7 @@ def main(argv=None) -> int:
             digests.setdefault(w, set()).add(_digest(unlearner.model))
     base = statistics.median(times[workers[0]])
     lines = [
-        f"<!-- written by: python scripts/bench_workers.py --repeats {args.repeats} --cycles {args.cycles} -->",
+        f"<!-- written by: python benchmarks/bench_workers.py --repeats {args.repeats} --cycles {args.cycles} -->",
         "",
         f"Digits ResNet, `sfr_on`, {args.cycles} cycles, class 3 forgotten, 1 torch thread, {os.cpu_count()} CPUs.",
         "",

@@ -5,7 +5,7 @@ The method's passes come from `hf_unlearn.passes.planned_work` (the engine's own
 tests/test_passes.py) on the preset's resolved config and the dataset's row counts; RT's rows are epochs × remain rows.
 The paper reports RTE/RT in wall time: 2.80 / 73.37 min = 0.038 (CIFAR-10) and 4.21 / 42.01 min = 0.10 (TinyImageNet).
 
-    python scripts/pass_ratio.py --output benchmark_results/performance/pass_ratio
+    python benchmarks/pass_ratio.py --output benchmark_results/performance/pass_ratio
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import yaml
 from hf_unlearn import UnlearnConfig
 from hf_unlearn.methods import get_method
 from hf_unlearn.passes import planned_work, training_rows
+from hf_unlearn.resolve import resolve_config
 from hf_unlearn.utils import atomic_write_json, atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,7 +36,7 @@ RT_EPOCHS = {"CIFAR-10 ResNet-18": (160, 182), "TinyImageNet Swin-T": (10, 20, 3
 
 def resolved(overrides: dict) -> UnlearnConfig:
     names = {f.name for f in dataclasses.fields(UnlearnConfig)}
-    return UnlearnConfig(**{k: v for k, v in overrides.items() if k in names}).resolve("image_classifier")
+    return resolve_config(UnlearnConfig(**{k: v for k, v in overrides.items() if k in names}), "image_classifier")
 
 
 def method_cost(config: UnlearnConfig, num_forget: int, num_remain: int) -> dict:

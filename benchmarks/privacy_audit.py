@@ -1,6 +1,6 @@
 """The per-example privacy audit (U-LiRA) of every classifier method on the digits benchmark.
 
-    OMP_NUM_THREADS=1 python scripts/privacy_audit.py [--model resnet] [--seed 0] [--num-shadows 8]
+    OMP_NUM_THREADS=1 python benchmarks/privacy_audit.py [--model resnet] [--seed 0] [--num-shadows 8]
         [--num-rt-shadows 4] [--memorised-rows 50] [--output benchmark_results/privacy_audit]
 
 Three forget sets of the benchmark's `original` (benchmark_results/models): class 3, a random half of the rows (the
@@ -28,7 +28,7 @@ from hf_unlearn.benchmarks.classification import DEFAULT_CONFIG, classifier_meth
 from hf_unlearn.benchmarks.runner import SEED2_OFFSET, BenchmarkContext
 from hf_unlearn.data import ForgetRemainSplit
 from hf_unlearn.evaluation import predict_logits
-from hf_unlearn.models import TrainingRecipe, digits_image_processor, tiny_classifier, train_classifier
+from hf_unlearn.tiny.classifiers import TrainingRecipe, digits_image_processor, tiny_classifier, train_classifier
 from hf_unlearn.utils import atomic_directory, atomic_write_json, atomic_write_text
 
 ROWS = ("original", "retrain", "retrain_seed2")

@@ -1,7 +1,7 @@
 """Robustness evidence for docs/robustness.md: the prompt attack on the tiny text-to-image model (original and erased)
 and the relearning attack on the digits classifiers (the committed benchmark reference models).
 
-    OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python scripts/robustness.py --output benchmark_results/robustness
+    OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python benchmarks/robustness.py --output benchmark_results/robustness
 
 Writes `results.json` (every number), `results.md` (the tables of docs/robustness.md) and `prompt_attack_grid.png`
 (target | plain | attacked, per prompt and model) into `--output`. The tiny model and the erased models are cached in
@@ -33,10 +33,10 @@ from hf_unlearn.attacks import (
     relearn_attack,
 )
 from hf_unlearn.attacks.adversarial import adversarial_unlearn
-from hf_unlearn.attacks.tiny import ANCHOR, CAPTIONS, CONCEPT, ColourJudge, train_tiny_text_to_image
 from hf_unlearn.benchmarks.runner import make_split
 from hf_unlearn.metrics.samples import comparison_grid
-from hf_unlearn.models import digits_image_processor
+from hf_unlearn.tiny.classifiers import digits_image_processor
+from hf_unlearn.tiny.colour import ANCHOR, CAPTIONS, CONCEPT, ColourJudge, train_tiny_text_to_image
 from hf_unlearn.utils import atomic_write_json, atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -372,7 +372,7 @@ def main(argv=None) -> int:
     if unknown:
         raise SystemExit(f"error: --parts has {sorted(unknown)}; choose from {', '.join(PARTS)}.")
     wall, cpu = time.time(), time.process_time()
-    command = "python scripts/robustness.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python benchmarks/robustness.py " + " ".join(sys.argv[1:] if argv is None else argv)
     results, grid = {"command": command.strip(), "quick": args.quick}, {}
     # The cheap digits part first; the files are rewritten after each part, so a stopped run keeps what it finished.
     for earlier in args.reuse:  # parts run as separate processes (in parallel), written as one result

@@ -10,7 +10,7 @@ back), sampled every 5 ms, and the kernel's peak total RSS, which also counts pa
 that the process has touched; those are clean page cache that the kernel drops under memory pressure, which is what
 lets a dataset larger than RAM work.
 
-    python scripts/memory_scaling.py --factors 10 100 --workdir /tmp/memory_scaling
+    python benchmarks/memory_scaling.py --factors 10 100 --workdir /tmp/memory_scaling
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def child(folder: str, steps: int) -> dict:
     from datasets import load_from_disk
 
     from hf_unlearn import ForgetRemainSplit, UnlearnConfig, Unlearner
-    from hf_unlearn.models import digits_image_processor, tiny_classifier
+    from hf_unlearn.tiny.classifiers import digits_image_processor, tiny_classifier
 
     model = tiny_classifier("resnet", seed=0)
     baseline = memory_mb()

@@ -1,7 +1,7 @@
 """Prints (or writes) the validation-search table of one benchmark tag as markdown, from the run files and the frozen
 selection.
 
-    python scripts/validation_table.py resnet-class-c3 [--output benchmark_results] [--write]
+    python benchmarks/validation_table.py resnet-class-c3 [--output benchmark_results] [--write]
         [--config hf_unlearn/benchmarks/benchmark_classification.yaml]
 
 One row per method: the grid point frozen by `hf-unlearn benchmark --phase select --freeze`, its mean ± std Avg.D and

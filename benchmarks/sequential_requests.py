@@ -5,7 +5,7 @@ class 3's forget accuracy after each request (the second request's value is the 
 and the remain / test accuracy. For LoRA it also runs the alternative that docs/lora.md weighs: the second request
 training the first adapter itself (loaded trainable with plain peft) instead of a fresh adapter on the merged one.
 
-    python scripts/sequential_requests.py --output benchmark_results/sequential_requests   # results.json, results.md
+    python benchmarks/sequential_requests.py --output benchmark_results/sequential_requests  # results.json, results.md
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from hf_unlearn import ForgetRemainSplit, UnlearnConfig, Unlearner, load_digits_dataset  # noqa: E402
-from hf_unlearn.models import RECIPES, digits_image_processor, tiny_classifier, train_classifier  # noqa: E402
+from hf_unlearn.tiny.classifiers import RECIPES, digits_image_processor, tiny_classifier, train_classifier  # noqa: E402
 
 KEYS = ("FA", "RA", "TA")
 

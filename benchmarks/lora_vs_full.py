@@ -1,6 +1,6 @@
 """Full fine-tuning vs LoRA-only unlearning on the digits ViT: trainable parameters, peak memory, forgetting quality.
 
-    python scripts/lora_vs_full.py --seeds 0 1 2 --output benchmark_results/lora_vs_full
+    python benchmarks/lora_vs_full.py --seeds 0 1 2 --output benchmark_results/lora_vs_full
 
 Trains the tiny digits ViT (the benchmark recipe) once per seed, then runs SFR-on class-wise forgetting of one digit
 twice, full and LoRA (`--lora-lr` for the adapters), each in its own process so the peak resident memory of one does
@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     import torch
 
     from hf_unlearn import ForgetRemainSplit, UnlearnConfig, Unlearner, load_digits_dataset
-    from hf_unlearn.models import RECIPES, digits_image_processor, tiny_classifier, train_classifier
+    from hf_unlearn.tiny.classifiers import RECIPES, digits_image_processor, tiny_classifier, train_classifier
     from hf_unlearn.utils import atomic_write_json, atomic_write_text
 
     torch.set_num_threads(args.threads)

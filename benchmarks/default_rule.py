@@ -1,6 +1,6 @@
 """The classifier default with `stop_rule='held_out'` against the previous fixed budget and against doing nothing.
 
-    OMP_NUM_THREADS=1 python scripts/default_rule.py [--part benchmark|heldout|all] [--seeds 0,1,2,3,4]
+    OMP_NUM_THREADS=1 python benchmarks/default_rule.py [--part benchmark|heldout|all] [--seeds 0,1,2,3,4]
 
 - **benchmark**: the digits benchmark's ResNet and ViT (benchmark_results/models), class 3 and random rows at two
   forget sizes (half of the rows, the benchmark's, and a tenth; RT for the tenth is trained into
@@ -28,7 +28,7 @@ from transformers import AutoModelForImageClassification
 
 from hf_unlearn import UnlearnConfig, Unlearner, load_digits_dataset
 from hf_unlearn.benchmarks.runner import BenchmarkContext
-from hf_unlearn.models import TrainingRecipe, digits_image_processor, train_classifier
+from hf_unlearn.tiny.classifiers import TrainingRecipe, digits_image_processor, train_classifier
 from hf_unlearn.utils import atomic_directory, atomic_write_json, atomic_write_text
 
 RECIPES = {"resnet": TrainingRecipe(300, 2e-3, 64), "vit": TrainingRecipe(600, 2e-3, 64)}

@@ -6,7 +6,7 @@ the default method on the benchmark's *validation* seeds (never the report seeds
 and the tiny ViT) and two forget-set sizes (class 3: 137 rows; random 50%: 674 rows), with budgets laid on a grid of
 passes over the forget set, and asks which unit keeps the best budget constant across forget-set sizes.
 
-    OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python scripts/budget_unit.py --output benchmark_results
+    OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python benchmarks/budget_unit.py --output benchmark_results
 
 Run files go to `<output>/runs/budget-*.json` (resumable; the benchmark's committed reference models are reused), the
 summary to `<output>/budget_unit/results.json` and `results.md`.
@@ -26,7 +26,7 @@ from accelerate import PartialState
 
 from hf_unlearn.benchmarks.classification import DEFAULT_CONFIG
 from hf_unlearn.benchmarks.runner import BenchmarkContext, run_one
-from hf_unlearn.models import TrainingRecipe
+from hf_unlearn.tiny.classifiers import TrainingRecipe
 from hf_unlearn.utils import atomic_write_json, atomic_write_text
 
 METHOD = "sfr_on_bound"  # the classifier family's default method

@@ -1,6 +1,6 @@
 """Parameter counts and the memory they imply for an SD-1.x-size UNet, full fine-tuning vs LoRA (docs/scaling.md).
 
-    python scripts/sd_memory_estimate.py [--lora-r 8]
+    python benchmarks/sd_memory_estimate.py [--lora-r 8]
 
 Builds `UNet2DConditionModel` with Stable Diffusion 1.4's architecture on the meta device (no weights, no download),
 counts its parameters and those LoRA adds on the attention projections (to_q, to_k, to_v, to_out.0, the library's
