@@ -12,12 +12,9 @@ PAGES = sorted(p.relative_to(ROOT).as_posix() for p in [*ROOT.glob("docs/*.md"),
 # an upstream project's `eval-scripts/x.py` is not read as ours).
 PATH = re.compile(r"(?<![\w/.-])((?:scripts|benchmarks|hf_unlearn|tests|configs|pipelines)/[\w/.-]*\w\.(?:py|yaml))")
 MODULE = re.compile(r"`(hf_unlearn(?:\.\w+)+)")
-# Names known to be stale in pages that another change is rewriting (UCE became a library method and
-# `hf_unlearn/benchmarks/world_uce.py` went). Each must still be missing, so an entry goes the day its page is fixed.
-KNOWN_STALE = {
-    "docs/stable_diffusion.md": ["path benchmarks/world_uce.py"],
-    "docs/world.md": ["path benchmarks/world_uce.py"],
-}
+# Names known to be stale in pages that another change is rewriting, e.g. {"docs/x.md": ["path benchmarks/y.py"]}.
+# Each must still be missing, so an entry goes the day its page is fixed.
+KNOWN_STALE: dict[str, list[str]] = {}
 
 
 def _exists(path: str) -> bool:

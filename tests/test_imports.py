@@ -48,6 +48,7 @@ LAYERS = {
     "hf_unlearn.hub": 5,
     "hf_unlearn.evaluation": 5,
     "hf_unlearn.run_checks": 5,
+    "hf_unlearn.finetune": 5,  # plain fine-tuning with a family's loss (attacks, tiny models)
     "hf_unlearn.stopping": 5,  # the budget rule: reads the model through evaluation, never the loop
     "hf_unlearn.unlearner": 6,
     "hf_unlearn": 7,  # the package's public API (hf_unlearn/__init__.py)

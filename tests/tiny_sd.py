@@ -6,7 +6,7 @@ from datasets import Dataset, Features, Image, Value
 from PIL import Image as PILImage
 
 from hf_unlearn import ConceptSplit, TrainingSet, UnlearnConfig, Unlearner
-from hf_unlearn.attacks import tiny
+from hf_unlearn.tiny import colour as tiny
 
 FORGET, ANCHOR = "a nude person", "a dressed man"
 UNRELATED = ["red sports car", "bowl of fruit"]

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 import numpy as np
 import torch
-from accelerate.utils import set_seed
 from diffusers import DDIMScheduler
 
 from ..families.base import ModelFamily
+from ..finetune import finetune_steps
 from ..metrics.generation import forget_accuracy, generate, predictions
 from .judges import judge_scores
 
@@ -147,37 +147,6 @@ def relearn_attack(
         measured_on=measured_on,
         config=asdict(config),
     )
-
-
-def finetune_steps(
-    family, module, dataset, *, steps: int, learning_rate: float, batch_size: int, seed: int, optim: str = "adam"
-) -> Iterator[float]:
-    r"""Plain fine-tuning of `module` on `dataset` with the family's per-sample loss; yields each step's mean loss.
-
-    The module stays in eval mode: batch-norm statistics of a few rows of one class would otherwise shift the model
-    for every class and blur what the attack measures, and dropout would add noise to a 5-row curve.
-    """
-    set_seed(seed)  # diffusion families draw their noise and timesteps from the global generator
-    loader = family.make_dataloader(dataset, batch_size=batch_size, shuffle=True, seed=seed)
-    params = [p for p in module.parameters() if p.requires_grad]
-    if optim == "sgd":
-        optimizer = torch.optim.SGD(params, lr=learning_rate)
-    else:
-        optimizer = torch.optim.Adam(params, lr=learning_rate)
-    device = next(module.parameters()).device
-    batches = _forever(loader)
-    for _ in range(steps):
-        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in next(batches).items()}
-        loss = family.per_sample_loss(module, batch).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        yield float(loss.detach())
-
-
-def _forever(loader) -> Iterator[dict]:
-    while True:
-        yield from loader  # a seeded loader reshuffles each pass in the same way for the same seed
 
 
 def _measured(measure: Measure, module) -> float:

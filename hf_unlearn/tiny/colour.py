@@ -18,8 +18,8 @@ import torch
 from datasets import Dataset, Features, Image, Value
 from PIL import Image as PILImage
 
-from ..attacks.relearn import finetune_steps
 from ..config import UnlearnConfig
+from ..finetune import finetune_steps
 from ..unlearner import Unlearner
 
 CONCEPT = "a nude person"
