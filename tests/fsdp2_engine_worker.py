@@ -65,7 +65,6 @@ def main(kind: str, out: str, resume: bool = False) -> None:
             "world": state.num_processes,
             "mask_fraction": result.mask_fraction,
             "history": [{k: v for k, v in h.items() if k.endswith("loss")} for h in result.history],
-            "sharded": type(unlearner.model).__name__,
         }
         with open(os.path.join(out, "result.json"), "w") as fh:
             json.dump(summary, fh)
