@@ -16,13 +16,13 @@ The worker is tests/fsdp2_engine_worker.py. Slow: 8 launches of two ranks on two
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -79,8 +79,13 @@ def _killed_and_resumed(kind: str, out: Path) -> dict:
         assert proc.poll() is None, proc.stderr.read()[-3000:]
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks at once
+    # The launcher and both ranks at once: torchrun starts its workers in sessions of their own, so a kill of the
+    # launcher's process group would leave them running to the end of the run.
+    tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    for process in reversed(tree):
+        process.kill()
     proc.wait()
+    psutil.wait_procs(tree, timeout=30)
     assert not (out / "run" / f"checkpoint-{CYCLES}").exists(), "the kill must land mid-run"
     return _run("fsdp2_cpu.yaml", kind, out, "--resume")
 
