@@ -5,9 +5,9 @@ Why `fully_shard` directly and not accelerate's FSDP2 path: accelerate (1.16, pi
 plain data parallelism (`AcceleratorState` sets `DistributedType.FSDP` only for GPU-like devices; on CPU it reports
 `MULTI_CPU`), so its path cannot run, nor be tested, without GPUs; and its `save_state` writes a sharded model through
 `torch.distributed.checkpoint`, whose metadata is a pickle, while the engine's checkpoints hold no pickle. Sharding
-here is the same on every device: the engine never hands the model or the optimizer to `accelerator.prepare` under an
-FSDP launch (which would wrap the module in DDP on CPU, or shard it a second time on GPUs); the data loaders, RNG states,
-autocast and gradient clipping (`Accelerator.clip_grad_norm_` is DTensor-aware) still go through accelerate.
+here is the same on every device: under an FSDP launch the engine never hands the model or the optimizer to
+`accelerator.prepare` (which would wrap the module in DDP on CPU, or shard it a second time on GPUs); the data loaders,
+RNG states, autocast and gradient clipping (`Accelerator.clip_grad_norm_` is DTensor-aware) go through accelerate.
 
 What is sharded: every module whose class the model lists in `_no_split_modules` (transformers' and diffusers' own
 "one block" list, which accelerate's FSDP auto-wrap policy reads too), else every child of the root (the items of a
@@ -137,14 +137,7 @@ class Fsdp2:
     def load(self, folder: str | os.PathLike) -> None:
         """Puts this rank's saved shards back into the weights and the optimizer (see [`save`])."""
         self._reshard()
-        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-        file = Path(folder) / SHARD_FILE.format(rank=rank)
-        saved_world = _world_of(file)
-        if saved_world != world:
-            raise ValueError(
-                f"`resume_from_checkpoint` {folder} was written by an FSDP2 run on {saved_world} processes; this run has "
-                f"{world}. Resume with `--num_processes {saved_world}`, or start a fresh run (another output_dir)."
-            )
+        file = Path(folder) / SHARD_FILE.format(rank=torch.distributed.get_rank())
         tensors = load_file(file)
         with torch.no_grad():
             for name, param in self.model.named_parameters():
@@ -178,8 +171,18 @@ def _metadata(file: Path) -> dict:
         return fh.metadata() or {}
 
 
-def _world_of(file: Path) -> Optional[int]:
-    return int(_metadata(file).get("world_size", 0)) or None if file.is_file() else None
+def check_layout(folder: str | os.PathLike, world: Optional[int]) -> None:
+    """Refuses, before anything is loaded, to resume a checkpoint written under another sharding: `world` is the
+    number of ranks this run shards over (`None`: not sharded)."""
+    saved = len(list(Path(folder).glob(SHARD_FILE.format(rank="*"))))
+    if saved == (world or 0):
+        return
+    wrote = f"an FSDP2 run on {saved} processes" if saved else "a run that was not sharded"
+    now = f"shards over {world} processes" if world else "is not sharded"
+    raise ValueError(
+        f"`resume_from_checkpoint` {folder} was written by {wrote}, and this run {now}; resume it under the launch "
+        "that wrote it (the same accelerate config and process count), or start a fresh run (another output_dir)."
+    )
 
 
 def _units(model: nn.Module) -> list[nn.Module]:
@@ -207,4 +210,4 @@ def _innermost_first(units: list[nn.Module]) -> list[nn.Module]:
     return sorted(units, key=lambda u: -depth[id(u)])
 
 
-__all__ = ["Fsdp2", "fsdp_requested", "gathered_mask", "mask_like"]
+__all__ = ["Fsdp2", "check_layout", "fsdp_requested", "gathered_mask", "mask_like"]

@@ -16,7 +16,7 @@ from .checkpointing import EngineState, continue_run, endless_at, resolve_checkp
 from .config import UnlearnConfig
 from .evaluation import evaluate as evaluate_classifier
 from .families import detect_family, get_family_class, normalize_family
-from .fsdp import Fsdp2, fsdp_requested, gathered_mask, mask_like
+from .fsdp import Fsdp2, check_layout, fsdp_requested, gathered_mask, mask_like
 from .guard import DivergenceError, check_finite_model, watched_tensors
 from .hub import base_model_of, read_previous_record, save_unlearned
 from .hub import push_to_hub as push_unlearned
@@ -385,6 +385,7 @@ class Unlearner:
             return None
         state = EngineState.load(folder, rank=accelerator.process_index, device=accelerator.device)
         state.check_identity(identity, folder)
+        check_layout(folder, accelerator.num_processes if self._fsdp else None)
         return state
 
     def _start_position(self, ctx, forget_loader, remain_loader, resume, accelerator):

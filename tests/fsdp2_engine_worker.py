@@ -42,7 +42,9 @@ def make_unlearner(kind: str, out: str, world: int, resume: bool):
     if kind == "classifier":
         from hf_unlearn.models import digits_image_processor, tiny_classifier
 
-        return Unlearner.from_pretrained(tiny_classifier("vit", seed=0), config, image_processor=digits_image_processor())
+        return Unlearner.from_pretrained(
+            tiny_classifier("vit", seed=0), config, image_processor=digits_image_processor()
+        )
     from hf_unlearn.benchmarks.diffusion import tiny_scheduler, tiny_unet
 
     return Unlearner.from_pretrained(tiny_unet(seed=0), config, scheduler=tiny_scheduler())

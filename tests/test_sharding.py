@@ -120,3 +120,21 @@ def test_the_cli_refuses_a_masked_method_under_a_deepspeed_launch_in_one_line_be
     assert "under DeepSpeed" in errors[0] and "ACCELERATE_USE_DEEPSPEED" in errors[0] and "FSDP" in errors[0]
     assert {p.name: p.read_bytes() for p in Path(untrained_resnet_dir).iterdir()} == files
     assert not out.exists()
+
+
+def test_a_checkpoint_resumes_only_under_the_sharding_that_wrote_it(tmp_path):
+    from hf_unlearn.fsdp import check_layout
+
+    sharded, plain = tmp_path / "sharded", tmp_path / "plain"
+    sharded.mkdir()
+    plain.mkdir()
+    for rank in (0, 1):
+        (sharded / f"fsdp_rank_{rank}.safetensors").write_bytes(b"")
+    check_layout(sharded, 2)
+    check_layout(plain, None)
+    with pytest.raises(ValueError, match=r"written by an FSDP2 run on 2 processes, and this run is not sharded"):
+        check_layout(sharded, None)
+    with pytest.raises(ValueError, match=r"FSDP2 run on 2 processes, and this run shards over 4 processes"):
+        check_layout(sharded, 4)
+    with pytest.raises(ValueError, match=r"written by a run that was not sharded, and this run shards over 2"):
+        check_layout(plain, 2)
