@@ -224,6 +224,9 @@ def endless_at(loader, consumed: int = 0) -> Endless:
     if offset:
         loader.set_epoch(epoch)
         endless._iter = iter(skip_first_batches(loader, offset))
+        # The position in the epoch tells which batch is the last one, whose padding rows weigh zero (several
+        # processes): without it a resumed run would weigh the padded batch of the resumed epoch as full.
+        endless._position = offset - 1
     return endless
 
 
