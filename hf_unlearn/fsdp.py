@@ -62,11 +62,10 @@ class Fsdp2:
 
     Args:
         model (`torch.nn.Module`): the model to train; sharded in place by [`shard`].
-        device (`torch.device`): where the shards live (the accelerator's device).
     """
 
-    def __init__(self, model: nn.Module, device: torch.device):
-        self.model, self.device = model, device
+    def __init__(self, model: nn.Module):
+        self.model = model
         self.optimizer: Optional[torch.optim.Optimizer] = None
         self._skeleton: Optional[nn.Module] = None
 
@@ -75,7 +74,7 @@ class Fsdp2:
         replace the originals, so lists made before are stale)."""
         from torch.distributed.fsdp import fully_shard  # noqa: PLC0415
 
-        model = self.model.to(self.device)
+        model = self.model  # `fully_shard` moves each unit to the mesh's device as it shards it, not all at once
         # A copy of the module tree on the meta device (no memory): at the end the gathered weights fill it, so the
         # result is a plain model that saves, evaluates and loads like the unsharded run's.
         memo = {id(p): nn.Parameter(torch.empty_like(p, device="meta"), p.requires_grad) for p in model.parameters()}
@@ -91,8 +90,10 @@ class Fsdp2:
 
     def _reshard(self) -> None:
         # The root keeps its gathered parameters after a forward; the weights to read or write are the shards.
+        from torch.distributed.fsdp import FSDPModule  # noqa: PLC0415
+
         for module in self.model.modules():
-            if hasattr(module, "reshard") and hasattr(module, "_get_fsdp_state"):
+            if isinstance(module, FSDPModule):
                 module.reshard()
 
     def gather(self) -> nn.Module:

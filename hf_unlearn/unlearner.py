@@ -431,7 +431,7 @@ class Unlearner:
             if part is not None:
                 part.setup(ctx)
         # FSDP2 shards made here rather than by `accelerator.prepare` (which cannot on CPU): see hf_unlearn/fsdp.py.
-        self._fsdp = Fsdp2(model, accelerator.device) if fsdp_requested(accelerator) else None
+        self._fsdp = Fsdp2(model) if fsdp_requested(accelerator) else None
         if self._fsdp is not None:
             named = self._fsdp.shard([n for n, _ in named])
         optimizer = build_optimizer([p for _, p in named], cfg)
