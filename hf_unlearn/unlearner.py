@@ -269,9 +269,9 @@ class Unlearner:
         counter.agree(accelerator)
         accelerator.wait_for_everyone()
         stop_tracking(accelerator)
-        # Under FSDP2 the result is a plain model holding the gathered full weights, on every rank.
+        # Under FSDP2 the result is a plain model with the gathered full weights, and a whole mask, on every rank.
         self.family.model = self._fsdp.gather() if self._fsdp else accelerator.unwrap_model(ctx.model)
-        self._fsdp = None
+        self.mask, self._fsdp = gathered_mask(self.mask), None
         self.family.model.eval()
         if frozen is not None:  # the saved adapter does not hold the base: the model must be what reloads
             restore_base_buffers(frozen)

@@ -54,6 +54,7 @@ def main(kind: str, out: str, resume: bool = False) -> None:
     import torch
 
     from hf_unlearn import ForgetRemainSplit, load_digits_dataset
+    from hf_unlearn.parts.sharded import is_sharded
     from hf_unlearn.training import partial_state
 
     torch.set_num_threads(1)
@@ -67,6 +68,10 @@ def main(kind: str, out: str, resume: bool = False) -> None:
             "world": state.num_processes,
             "mask_fraction": result.mask_fraction,
             "history": [{k: v for k, v in h.items() if k.endswith("loss")} for h in result.history],
+            # What the run leaves in memory: a plain model and a whole mask, as an unsharded run does.
+            "sharded_left": [
+                is_sharded(t) for t in [*unlearner.model.parameters(), *(unlearner.mask or {}).values()]
+            ],
         }
         with open(os.path.join(out, "result.json"), "w") as fh:
             json.dump(summary, fh)

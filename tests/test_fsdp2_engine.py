@@ -106,6 +106,7 @@ def test_sfr_on_on_fsdp2_shards_equals_the_unsharded_run_and_resumes_after_a_kil
     mask, sharded_mask = _mask(tmp_path / "reference"), _mask(tmp_path / "fsdp")
     assert mask.keys() == sharded_mask.keys() and all(torch.equal(mask[n], sharded_mask[n]) for n in mask)
     assert sharded["mask_fraction"] == reference["mask_fraction"] and 0.05 < sharded["mask_fraction"] < 0.95
+    assert sharded["sharded_left"] and not any(sharded["sharded_left"])  # a plain model and mask in memory after it
 
     start = _weights_at_start(kind)
     expected, got = _weights(tmp_path / "reference"), _weights(tmp_path / "fsdp")
