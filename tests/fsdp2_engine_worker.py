@@ -69,9 +69,7 @@ def main(kind: str, out: str, resume: bool = False) -> None:
             "mask_fraction": result.mask_fraction,
             "history": [{k: v for k, v in h.items() if k.endswith("loss")} for h in result.history],
             # What the run leaves in memory: a plain model and a whole mask, as an unsharded run does.
-            "sharded_left": [
-                is_sharded(t) for t in [*unlearner.model.parameters(), *(unlearner.mask or {}).values()]
-            ],
+            "sharded_left": [is_sharded(t) for t in [*unlearner.model.parameters(), *(unlearner.mask or {}).values()]],
         }
         with open(os.path.join(out, "result.json"), "w") as fh:
             json.dump(summary, fh)
