@@ -224,6 +224,9 @@ def endless_at(loader, consumed: int = 0) -> Endless:
     if offset:
         loader.set_epoch(epoch)
         endless._iter = iter(skip_first_batches(loader, offset))
+        # The position in the epoch tells which batch is the last one, whose padding rows weigh zero (several
+        # processes): without it a resumed run would weigh the padded batch of the resumed epoch as full.
+        endless._position = offset - 1
     return endless
 
 
@@ -263,13 +266,14 @@ def resolve_checkpoint(resume_from_checkpoint: Optional[str], output_dir: str | 
 
 
 def save_checkpoint(
-    accelerator, output_dir: str | os.PathLike, state: EngineState, total_limit: Optional[int] = None
+    accelerator, output_dir: str | os.PathLike, state: EngineState, total_limit: Optional[int] = None, shards=None
 ) -> Path:
     """Writes `output_dir/checkpoint-{state.step}` under a temporary name, then renames it; keeps `total_limit`.
 
     Every process takes part (accelerate saves one RNG file per process); the main process renames and prunes.
+    `shards` (an [`~fsdp.Fsdp2`]) writes each rank's shards of a model and optimizer that accelerate does not hold.
     """
-    check_checkpointable(accelerator._models, state.step)
+    check_checkpointable(accelerator._models or ([shards.model] if shards else []), state.step)
     output_dir = Path(output_dir).absolute()
     target = output_dir / f"{CHECKPOINT_PREFIX}{state.step}"
     tmp = output_dir / f".{target.name}.partial"
@@ -280,6 +284,8 @@ def save_checkpoint(
     accelerator.wait_for_everyone()
     try:
         accelerator.save_state(str(tmp))
+        if shards is not None:
+            shards.save(tmp)
         state.save(tmp, rank=accelerator.process_index, main=accelerator.is_main_process)
         accelerator.wait_for_everyone()
     except BaseException:

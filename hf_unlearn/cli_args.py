@@ -91,7 +91,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     ),
     "data (text-to-image: a concept given by prompts)": (
         "forget_prompts", "remain_prompts", "anchor_prompts", "num_concept_images", "generation_steps",
-        "caption_column", "resolution",
+        "caption_column", "resolution", "max_sequence_length", "flux_guidance_scale",
     ),
     "saliency (the mask M)": (
         "mask_threshold", "mask_eps", "mask_zero_fisher", "mask_noise_floor", "saliency_max_batches",

@@ -315,6 +315,22 @@ class UnlearnConfig:
             "the weights stops the run without restoring them); 'off'. Family default: copy; text-to-image check."
         },
     )
+    # Flow-matching text-to-image families (SD3, FLUX)
+    max_sequence_length: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "T5 tokens each prompt is padded or cut to, as the pipelines' `max_sequence_length` (SD3 and FLUX "
+            "only; at most 512). Unset: the pipeline's default, 256 for SD3 and 512 for FLUX."
+        },
+    )
+    flux_guidance_scale: Optional[float] = field(
+        default=None,
+        metadata={
+            "help": "The guidance embedding's value in every prediction of a guidance-distilled FLUX transformer "
+            "(FLUX.1-dev; the pipeline's `guidance_scale`). Unset: 3.5, the pipeline's and diffusers' FLUX "
+            "training scripts' default."
+        },
+    )
 
     def __post_init__(self):
         self.validate()

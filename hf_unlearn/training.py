@@ -146,30 +146,47 @@ def requested_sharding() -> Optional[DistributedType]:
 
 
 def check_sharding(distributed_type, method, config) -> None:
-    """Refuses a saliency mask under DeepSpeed or FSDP, before any work: the mask multiplies `param.grad`, which ZeRO
-    leaves empty (its gradients live in partitioned buffers) and FSDP holds as flat shards, so the mask would be
-    silently skipped or misapplied and the method would no longer be the one asked for.
+    """Refuses, before any work, what cannot run sharded: a saliency mask under DeepSpeed, whose ZeRO stages keep the
+    gradients in partitioned buffers rather than `param.grad`, so the mask would silently not apply; and, under an
+    FSDP launch of several processes, the options the engine's FSDP2 sharding (hf_unlearn/fsdp.py) was not built for.
 
-    `distributed_type` is the accelerator's, or `None` before there is one; either way a launch that asks for FSDP or
-    DeepSpeed is refused too. accelerate falls back to plain data parallelism for FSDP on CPUs and fails on a missing
-    DeepSpeed install before any check of ours, so the request, not the device, decides: the same launch is refused
-    on every machine, before the `Accelerator` is built.
+    FSDP itself runs every method, masked ones included: the engine shards the model with FSDP2 and the mask applies
+    to each rank's shard. `distributed_type` is the accelerator's, or `None` before there is one; the launch's request
+    (`ACCELERATE_USE_DEEPSPEED` / `ACCELERATE_USE_FSDP`) counts too, so the same launch is refused on every machine
+    (accelerate fails on a missing DeepSpeed install before any check of ours, and turns FSDP on CPUs into DDP).
     """
+    if requested_sharding() == DistributedType.FSDP and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        _check_fsdp2(method, config)
     if method.saliency is None:
         return
-    sharded = (DistributedType.DEEPSPEED, DistributedType.FSDP)
-    kind, source = distributed_type, "the accelerator runs it"
-    if kind not in sharded:
-        kind = requested_sharding()
-        if kind is None:
+    source = "the accelerator runs it"
+    if distributed_type != DistributedType.DEEPSPEED:
+        if os.environ.get(_SHARDING_FLAGS[DistributedType.DEEPSPEED], "false").lower() not in ("1", "true", "yes"):
             return
-        source = f"the launch set {_SHARDING_FLAGS[kind]}, e.g. from an accelerate config with `distributed_type`"
+        source = "the launch set ACCELERATE_USE_DEEPSPEED, e.g. from an accelerate config with `distributed_type`"
     raise ValueError(
-        f"Method '{method.name}' uses a saliency mask, which is not supported under {kind.value} yet ({source}; the "
-        "mask would silently not apply to sharded gradients). Launch with DDP (e.g. "
-        "configs/accelerate/multi_gpu_ddp.yaml), add `lora=True` if memory is short, or pick a method without a mask "
-        "(finetune, gradient_ascent, random_label, bad_teacher, scrub, esd)."
+        f"Method '{method.name}' uses a saliency mask, which cannot apply under DeepSpeed ({source}; ZeRO keeps "
+        "gradients out of `param.grad`, so the mask would silently not apply). Shard with FSDP instead (an accelerate "
+        "config with `distributed_type: FSDP`, e.g. configs/accelerate/fsdp2_cpu.yaml), or launch with DDP "
+        "(configs/accelerate/multi_gpu_ddp.yaml) and add `lora=True` if memory is short, or pick a method without a "
+        "mask (finetune, gradient_ascent, random_label, bad_teacher, scrub, esd)."
     )
+
+
+def _check_fsdp2(method, config) -> None:
+    # Not built, or not tested, on FSDP2 shards: refused rather than run unchecked.
+    unsupported = {
+        "lora": "LoRA adapters are small: launch with DDP (configs/accelerate/multi_gpu_ddp.yaml) instead",
+        "gradient_checkpointing": "set gradient_checkpointing=False",
+    }
+    for name, fix in unsupported.items():
+        if getattr(config, name):
+            raise ValueError(f"`{name}=True` is not supported under an FSDP launch (FSDP2 shards); {fix}.")
+    if method.geometry.name == "ewc":
+        raise ValueError(
+            f"Method '{method.name}' keeps an EWC anchor, which is not supported under an FSDP launch (FSDP2 shards); "
+            "launch it with DDP (configs/accelerate/multi_gpu_ddp.yaml)."
+        )
 
 
 def partial_state() -> PartialState:

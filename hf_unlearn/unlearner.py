@@ -16,6 +16,7 @@ from .checkpointing import EngineState, continue_run, endless_at, resolve_checkp
 from .config import UnlearnConfig
 from .evaluation import evaluate as evaluate_classifier
 from .families import detect_family, get_family_class, normalize_family
+from .fsdp import Fsdp2, check_layout, fsdp_requested, gathered_mask, mask_like
 from .guard import DivergenceError, check_finite_model, watched_tensors
 from .hub import base_model_of, read_previous_record, save_unlearned
 from .hub import push_to_hub as push_unlearned
@@ -33,6 +34,7 @@ from .methods import get_method
 from .metrics.concept import concept_metrics
 from .network import check_hub_reachable
 from .parts import SaliencyInputs, Step, StepContext, load_mask, mask_fraction, pass_statistic, save_mask
+from .parts.sharded import local
 from .passes import PassCounter, step_rows
 from .requests import accumulate, keep_start, measure_after_run
 from .resolve import resolve_config
@@ -94,6 +96,7 @@ class Unlearner:
         self._budget = {"max_steps": self.config.max_steps, "num_forget_epochs": self.config.num_forget_epochs}
         self._budget_fixed = tuple(self._budget.values())  # what the last split fixed it to
         self.mask: Optional[dict[str, torch.Tensor]] = None
+        self._fsdp: Optional[Fsdp2] = None  # the run's FSDP2 sharding, under an FSDP launch
         self.result: Optional[UnlearnResult] = None
         self.metrics_before: Optional[dict] = None  # the model's metrics before the current run (record, card)
         self.records: list[dict] = list(getattr(family, "previous_records", []))
@@ -209,7 +212,7 @@ class Unlearner:
         if resume is None:
             saliency_s, geometry_state = self._at_theta0(ctx, named, split, accelerator)
         else:  # the saved mask and geometry state: recomputing them would draw other batches and change the result
-            saliency_s, self.mask, geometry_state = 0.0, resume.mask, resume.ewc
+            saliency_s, self.mask, geometry_state = 0.0, mask_like(resume.mask, named), resume.ewc
         first, forget_it, remain_it, history = self._start_position(
             ctx, forget_loader, remain_loader, resume, accelerator
         )
@@ -239,7 +242,7 @@ class Unlearner:
                         _consumed(forget_it, remain_it),
                         identity,
                         history,
-                        mask=self.mask,
+                        mask=gathered_mask(self.mask),
                         ewc=geometry_state,
                         generator_state=ctx.generator.get_state(),
                         run_id=run_id,
@@ -247,7 +250,7 @@ class Unlearner:
                         runtime_s=before["runtime_s"] + time.perf_counter() - start,
                         saliency_runtime_s=before["saliency_runtime_s"] + saliency_s,
                     )
-                    save_checkpoint(accelerator, cfg.output_dir, state, cfg.checkpoints_total_limit)
+                    save_checkpoint(accelerator, cfg.output_dir, state, cfg.checkpoints_total_limit, self._fsdp)
                 model = accelerator.unwrap_model(ctx.model)
                 action = "continue" if stop is None else stop.after_cycle(model, step + 1)
                 self._forget_off = self._forget_off or action == "remain_only"
@@ -267,7 +270,9 @@ class Unlearner:
         counter.agree(accelerator)
         accelerator.wait_for_everyone()
         stop_tracking(accelerator)
-        self.family.model = accelerator.unwrap_model(ctx.model)
+        # Under FSDP2 the result is a plain model with the gathered full weights, and a whole mask, on every rank.
+        self.family.model = self._fsdp.gather() if self._fsdp else accelerator.unwrap_model(ctx.model)
+        self.mask, self._fsdp = gathered_mask(self.mask), None
         self.family.model.eval()
         if frozen is not None:  # the saved adapter does not hold the base: the model must be what reloads
             restore_base_buffers(frozen)
@@ -382,6 +387,7 @@ class Unlearner:
             return None
         state = EngineState.load(folder, rank=accelerator.process_index, device=accelerator.device)
         state.check_identity(identity, folder)
+        check_layout(folder, accelerator.num_processes if self._fsdp else None)
         return state
 
     def _start_position(self, ctx, forget_loader, remain_loader, resume, accelerator):
@@ -395,6 +401,8 @@ class Unlearner:
             return 0, forget_it, remain_it, []
         # Restored after positioning the loaders, so the RNG states are exactly those of the save.
         accelerator.load_state(str(resume.folder))
+        if self._fsdp is not None:  # the model and optimizer are not accelerate's under FSDP2: their shards
+            self._fsdp.load(resume.folder)
         if resume.generator_state is not None:
             ctx.generator.set_state(resume.generator_state)
         logger.info(f"Resumed from {resume.folder} at cycle {resume.step}.")
@@ -424,6 +432,10 @@ class Unlearner:
         for part in (method.forget_loss, method.remain_loss):  # frozen originals, teachers: from θ0, before any step
             if part is not None:
                 part.setup(ctx)
+        # FSDP2 shards made here rather than by `accelerator.prepare` (which cannot on CPU): see hf_unlearn/fsdp.py.
+        self._fsdp = Fsdp2(model) if fsdp_requested(accelerator) else None
+        if self._fsdp is not None:
+            named = self._fsdp.shard([n for n, _ in named])
         optimizer = build_optimizer([p for _, p in named], cfg)
         batch = cfg.per_device_train_batch_size
         # The saliency passes read the datasets themselves (`pass_statistic`); these loaders feed the steps only.
@@ -437,7 +449,10 @@ class Unlearner:
             if method.remain_loss is not None
             else None
         )
-        ctx.model, optimizer = accelerator.prepare(model, optimizer)
+        if self._fsdp is None:
+            ctx.model, optimizer = accelerator.prepare(model, optimizer)
+        else:
+            self._fsdp.optimizer = optimizer
         forget_loader, remain_loader = (
             None if dl is None else seed_sampler(accelerator.prepare_data_loader(dl), seed)
             # The samplers reseed every epoch with seed + epoch, so the remain seed sits far from the forget seed.
@@ -523,12 +538,12 @@ class Unlearner:
             if getattr(self, "_guarded", None) is not params:  # a new run: new parameter list
                 self._guarded, self._last_good = params, [p.detach().clone() for p in params]
             else:  # one fused copy over all tensors rather than a call per parameter (this runs every step)
-                torch._foreach_copy_(self._last_good, params)
+                torch._foreach_copy_(_local(self._last_good), _local(params))
 
     def _restore_last_good(self) -> None:
         if getattr(self, "_last_good", None) is not None and self.config.divergence_guard == "copy":
             with torch.no_grad():
-                torch._foreach_copy_(self._guarded, self._last_good)
+                torch._foreach_copy_(_local(self._guarded), _local(self._last_good))
 
     def _check_weights(self, params, step: int, restore: bool) -> None:
         with torch.no_grad():
@@ -586,10 +601,11 @@ class Unlearner:
                 geometry_state = method.geometry.setup(inputs)
         finally:
             module.train(training)
+        whole = gathered_mask(self.mask)  # on every rank: under FSDP2 an all-gather of the shards
         if self.mask is not None and not cfg.mask_path and accelerator.is_main_process and cfg.output_dir:
             os.makedirs(cfg.output_dir, exist_ok=True)
             path = os.path.join(cfg.output_dir, "saliency_mask.safetensors")
-            save_mask(self.mask, path)
+            save_mask(whole, path)
             apply_umask(path)  # save_mask writes through a 0600 temporary file
             saliency_s = time.perf_counter() - start
         return saliency_s, geometry_state
@@ -655,6 +671,11 @@ def _lr_unit(method, cfg) -> int:
         return 1
     plan = method.geometry.steps(cfg, method.forget_loss is not None, method.remain_loss is not None)
     return max(1, sum(1 for s in plan if s.remain and not s.forget))
+
+
+def _local(tensors) -> list[torch.Tensor]:
+    # FSDP2 parameters are DTensors, for which `_foreach_copy_` has no sharding rule: copy each rank's shard.
+    return [local(t) for t in tensors]
 
 
 def _consumed(forget_it, remain_it) -> dict[str, int]:

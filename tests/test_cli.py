@@ -98,13 +98,14 @@ def test_accelerate_configs_load(path):
         "fsdp.yaml": ("FSDP", 8),
         "deepspeed_zero2.yaml": ("DEEPSPEED", 8),
         "cpu_2proc.yaml": ("MULTI_GPU", 2),
+        "fsdp2_cpu.yaml": ("FSDP", 2),
     }[path.name]
     assert (str(config.distributed_type).split(".")[-1], config.num_processes) == expected
     if path.name == "fsdp.yaml":
         assert config.fsdp_config["fsdp_sharding_strategy"] == "FULL_SHARD"
     if path.name == "deepspeed_zero2.yaml":
         assert config.deepspeed_config["zero_stage"] == 2
-    if path.name == "cpu_2proc.yaml":
+    if path.name in ("cpu_2proc.yaml", "fsdp2_cpu.yaml"):
         assert config.use_cpu
 
 

@@ -361,3 +361,63 @@ def test_lora_on_a_bf16_base_trains_fp32_adapters_that_load_with_load_lora_weigh
     pipe.load_lora_weights(tmp_path / "adapter")
     trained = [n for n, p in pipe.transformer.named_parameters() if "lora_B" in n and p.any()]
     assert trained and all(".add_" in n or ".to_add_out." in n for n in trained)
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_max_sequence_length_from_the_config_encodes_as_the_pipeline_with_that_length(flow_paths, tmp_path, kind):
+    length, prompts = 9, [FORGET, UNRELATED[0]]
+    unlearner = Unlearner.from_pretrained(
+        flow_paths[kind], UnlearnConfig(output_dir=str(tmp_path), resolution=8, max_sequence_length=length)
+    )
+    family, pipe = unlearner.family, unlearner.family.pipeline
+    assert family.max_sequence_length == length and type(family).max_sequence_length != length
+    cond = family.encode_prompts(family.tokenize(prompts))
+    if kind == "sd3":
+        states, _, pooled, _ = pipe.encode_prompt(prompts, None, None, device="cpu", max_sequence_length=length)
+    else:
+        states, pooled, _ = pipe.encode_prompt(prompts, device="cpu", max_sequence_length=length)
+    assert torch.equal(cond["encoder_hidden_states"], states) and torch.equal(cond["pooled_projections"], pooled)
+    default = Unlearner.from_pretrained(flow_paths[kind], UnlearnConfig(output_dir=str(tmp_path), resolution=8))
+    longer = default.family.encode_prompts(default.family.tokenize(prompts))["encoder_hidden_states"]
+    assert longer.shape[1] - states.shape[1] == type(family).max_sequence_length - length  # only T5's part shrank
+    with pytest.raises(ValueError, match=r"`max_sequence_length` is 513.*1 to 512"):
+        Unlearner.from_pretrained(flow_paths[kind], UnlearnConfig(resolution=8, max_sequence_length=513))
+
+
+def test_flux_guidance_scale_from_the_config_is_the_pipelines_guidance_embedding(flow_paths, tmp_path):
+    prompts = [FORGET, UNRELATED[0]]
+    unlearner = Unlearner.from_pretrained(
+        flow_paths["flux"], UnlearnConfig(output_dir=str(tmp_path), resolution=8, flux_guidance_scale=6.0)
+    )
+    family, pipe = unlearner.family, unlearner.family.pipeline
+    assert family.guidance_scale == 6.0 and TextToImageFluxFamily.guidance_scale == 3.5
+    cond = family.encode_prompts(family.tokenize(prompts))
+    # One sampler step from σ = 1 to 0 is x − v: the pipeline's call at guidance_scale 6 gives `predict`'s velocity.
+    x = torch.randn((2, 4, 4, 4), generator=torch.Generator().manual_seed(0))
+    out = pipe(
+        prompts,
+        latents=pipe._pack_latents(x, 2, 4, 4, 4),
+        num_inference_steps=1,
+        height=8,
+        width=8,
+        output_type="latent",
+        guidance_scale=6.0,
+    )
+    stepped = pipe._unpack_latents(out.images, 8, 8, family.vae_scale_factor)
+    with torch.no_grad():
+        velocity = family.predict(family.model, x, torch.full((2,), 1000.0), cond)
+        default = Unlearner.from_pretrained(flow_paths["flux"], UnlearnConfig(resolution=8)).family
+        at_default = default.predict(default.model, x, torch.full((2,), 1000.0), cond)
+    assert torch.allclose(x - stepped, velocity, atol=1e-5) and not torch.allclose(velocity, at_default, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "kind, field, value",
+    [("sd3", "flux_guidance_scale", 5.0), ("sd", "max_sequence_length", 64), ("sd", "flux_guidance_scale", 5.0)],
+)
+def test_flow_settings_are_refused_by_a_family_without_them(flow_paths, kind, field, value):
+    from tiny_sd import tiny_sd_pipeline
+
+    model = tiny_sd_pipeline() if kind == "sd" else flow_paths[kind]
+    with pytest.raises(ValueError, match=rf"`{field}` is set, but a \w+Pipeline has no use for it"):
+        Unlearner.from_pretrained(model, UnlearnConfig(resolution=8, **{field: value}))

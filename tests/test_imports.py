@@ -42,6 +42,7 @@ LAYERS = {
     # The engine: the loop's pieces, LoRA, saving, evaluation.
     "hf_unlearn.training": 5,
     "hf_unlearn.checkpointing": 5,
+    "hf_unlearn.fsdp": 5,  # the engine's FSDP2 sharding, checkpoint shards and gather
     "hf_unlearn.lora": 5,
     "hf_unlearn.lora_stack": 5,
     "hf_unlearn.requests": 5,

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -56,8 +57,13 @@ def test_two_process_kill_and_resume_equals_the_uninterrupted_two_process_run(mo
         assert proc.poll() is None, proc.stderr.read()[-3000:]
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks at once
+    # The launcher and both ranks at once: torchrun starts its workers in sessions of their own, so a kill of the
+    # launcher's process group alone left them running to the end of the run (and the resume resumed nothing).
+    tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    for process in reversed(tree):
+        process.kill()
     proc.wait()
+    psutil.wait_procs(tree, timeout=30)
     assert not (out / f"checkpoint-{TOTAL}").exists(), "the kill must land mid-run"
     resumed = _launch(worker, model_dir, out, "--resume")
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-3000:]

@@ -164,6 +164,8 @@ def test_skipping_batches_gives_the_replayed_order(reference, digits_small):
         for _ in range(7):
             a, b = next(replayed), next(skipped)
             assert torch.equal(a["labels"], b["labels"]) and torch.equal(a["pixel_values"], b["pixel_values"])
+            # and the position in the epoch, which marks the last (padded) batch under several processes
+            assert replayed._position == skipped._position
         assert replayed.consumed == skipped.consumed == consumed + 7
 
 

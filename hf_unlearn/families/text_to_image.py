@@ -63,6 +63,9 @@ class TextToImageFamily(CrossAttentionStates, PromptNoiseLosses, ModelFamily):
         "divergence_guard": "check",  # a copy of a full SD UNet is 3.2 GiB more on the device
     }
 
+    # The family-specific `UnlearnConfig` fields this family reads (any other one set is refused).
+    config_fields: ClassVar[tuple[str, ...]] = ()
+
     def __init__(self, pipeline, config):
         missing = [c for c in self.required_components if getattr(pipeline, c, None) is None]
         if missing:
@@ -71,6 +74,12 @@ class TextToImageFamily(CrossAttentionStates, PromptNoiseLosses, ModelFamily):
                 f"with {', '.join(self.required_components)}."
             )
         self._check_unet(getattr(pipeline, self.denoiser))
+        for name in ("max_sequence_length", "flux_guidance_scale"):  # the flow families' own settings
+            if getattr(config, name, None) is not None and name not in self.config_fields:
+                raise ValueError(
+                    f"`{name}` is set, but a {self.pipeline_class} has no use for it (it is for "
+                    f"{'SD3 and FLUX' if name == 'max_sequence_length' else 'FLUX.1-dev'}); leave it unset."
+                )
         self._pipeline = pipeline
         self.model = getattr(pipeline, self.denoiser)
         self.vae, self.text_encoder, self.tokenizer = pipeline.vae, pipeline.text_encoder, pipeline.tokenizer

@@ -42,6 +42,19 @@ class FlowMatchingTextToImageFamily(TextToImageFamily):
     denoiser: ClassVar[str] = "transformer"
     # `compute_density_for_timestep_sampling` / `compute_loss_weighting_for_sd3` scheme of the training script.
     weighting_scheme: ClassVar[str] = "none"
+    config_fields: ClassVar[tuple[str, ...]] = ("max_sequence_length",)
+    max_sequence_length: ClassVar[int] = 512  # T5 tokens per prompt: each pipeline's default (the config's if set)
+
+    def __init__(self, pipeline, config):
+        super().__init__(pipeline, config)
+        length = getattr(config, "max_sequence_length", None)
+        if length is not None:
+            if not 0 < length <= 512:
+                raise ValueError(
+                    f"`max_sequence_length` is {length}; give a number of T5 tokens from 1 to 512 (the limit of "
+                    f"{self.pipeline_class})."
+                )
+            self.max_sequence_length = length
 
     @classmethod
     def handles(cls, components: set[str]) -> bool:

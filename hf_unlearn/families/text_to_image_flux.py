@@ -17,14 +17,15 @@ class TextToImageFluxFamily(FlowMatchingTextToImageFamily):
     Loaded by [`TextToImageFamily.from_pretrained`] for any pipeline, folder or repo id with a `transformer` and a
     `text_encoder_2` but no `text_encoder_3`; its `name` stays `"text_to_image"`.
 
-    The conditioning is what `FluxPipeline.encode_prompt` computes (`max_sequence_length=512`, its default): T5's last
-    hidden states (`encoder_hidden_states`), the pooled output of the CLIP encoder (`pooled_projections`), zero text
-    position ids; `predict` packs the latents into 2×2 patches as `FluxPipeline._pack_latents` does, with the
-    pipeline's image position ids, passes the timestep divided by 1000, and, for a guidance-distilled transformer
-    (`guidance_embeds`, FLUX-dev), the guidance embedding at `guidance_scale` (3.5, the pipeline's and diffusers' FLUX
-    training scripts' default), then unpacks the prediction. The empty prompt is the encoded `""` (what the
-    pipeline's true-CFG branch encodes for `negative_prompt=""`), at the same guidance embedding. Training noise is
-    flow matching with uniform timesteps (`weighting_scheme="none"`, the FLUX scripts' default), target ε − x₀.
+    The conditioning is what `FluxPipeline.encode_prompt` computes (`max_sequence_length`: the config's, else 512, the
+    pipeline's default): T5's last hidden states (`encoder_hidden_states`), the pooled output of the CLIP encoder
+    (`pooled_projections`), zero text position ids; `predict` packs the latents into 2×2 patches as
+    `FluxPipeline._pack_latents` does, with the pipeline's image position ids, passes the timestep divided by 1000,
+    and, for a guidance-distilled transformer (`guidance_embeds`, FLUX-dev), the guidance embedding at the config's
+    `flux_guidance_scale` (else 3.5, the pipeline's and diffusers' FLUX training scripts' default), then unpacks the
+    prediction. The empty prompt is the encoded `""` (what the pipeline's true-CFG branch encodes for
+    `negative_prompt=""`), at the same guidance embedding. Training noise is flow matching with uniform timesteps
+    (`weighting_scheme="none"`, the FLUX scripts' default), target ε − x₀.
 
     Args:
         pipeline (`FluxPipeline`): the pipeline; its VAE and text encoders are frozen.
@@ -44,7 +45,8 @@ class TextToImageFluxFamily(FlowMatchingTextToImageFamily):
         "scheduler",
     )
     max_sequence_length: ClassVar[int] = 512  # the pipeline's `encode_prompt` / `__call__` default
-    guidance_scale: float = 3.5  # the guidance embedding's value in every prediction (FLUX-dev)
+    guidance_scale: float = 3.5  # the guidance embedding's value in every prediction (FLUX-dev; the config's if set)
+    config_fields: ClassVar[tuple[str, ...]] = ("max_sequence_length", "flux_guidance_scale")
 
     def __init__(self, pipeline, config):
         self.text_encoder_2 = getattr(pipeline, "text_encoder_2", None)
@@ -52,6 +54,14 @@ class TextToImageFluxFamily(FlowMatchingTextToImageFamily):
         self.default_sample_size = int(getattr(pipeline, "default_sample_size", 128))
         super().__init__(pipeline, config)
         self.guidance_embeds = bool(self.model.config.guidance_embeds)
+        scale = getattr(config, "flux_guidance_scale", None)
+        if scale is not None:
+            if not self.guidance_embeds:
+                raise ValueError(
+                    "`flux_guidance_scale` is set, but this FLUX transformer has no guidance embedding "
+                    "(`guidance_embeds` is false, as FLUX.1-schnell); leave it unset."
+                )
+            self.guidance_scale = float(scale)
 
     @classmethod
     def handles(cls, components: set[str]) -> bool:

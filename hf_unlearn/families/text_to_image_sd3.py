@@ -20,7 +20,7 @@ class TextToImageSD3Family(FlowMatchingTextToImageFamily):
     and default of the family applies unchanged.
 
     The conditioning is what `StableDiffusion3Pipeline.encode_prompt` computes for a prompt (`clip_skip=None`,
-    `max_sequence_length=256`, its defaults): the penultimate hidden states of both CLIP encoders concatenated,
+    `max_sequence_length`: the config's, else 256, its default): both CLIP encoders' penultimate states concatenated,
     zero-padded to T5's width and followed along the sequence by T5's last hidden states (`encoder_hidden_states`), and
     both CLIP encoders' projected pooled outputs concatenated (`pooled_projections`). The empty prompt is the encoded
     `""`, as the pipeline's negative branch. Training noise is flow matching with logit-normal timesteps (the default
