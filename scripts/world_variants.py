@@ -59,6 +59,11 @@ def main() -> None:
     # moments, so α sets the forget step's size against the remain step's (Adam alone is scale-free).
     for alpha in (1.0, 2.0, 4.0, 8.0):
         world_t2i.VARIANTS[f"anchor_remap_alpha{alpha:g}"] = ("anchor_remap", {"forget_alpha": alpha})
+        # Two remain steps per forget step (SFR-on's K): more of the update on what must stay.
+        world_t2i.VARIANTS[f"anchor_remap_alpha{alpha:g}_k2"] = (
+            "anchor_remap",
+            {"forget_alpha": alpha, "remain_steps_per_forget": 2},
+        )
     bench = world_t2i.Benchmark(args.output, resume=True)
     for row in args.rows.split(","):
         runs = [bench.run("validate", row, int(s), args.train_modules, args.cycles) for s in args.seeds.split(",")]
