@@ -244,6 +244,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument(
         "--cycles", default=None, help="Comma-separated budgets of the grid for these rows (default: 120,240)."
     )
+    parser.add_argument("--report_seeds", default=None, help="Comma-separated report seeds (default: 0,1,2,3,4).")
     args = parser.parse_args(argv)
     choices = [FLOOR, FLOOR_KV, *methods_for_family(), *VARIANTS]
     methods = args.methods.split(",") if args.methods else choices
@@ -258,6 +259,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.cycles:
         grid["cycles"] = tuple(int(c) for c in args.cycles.split(","))
     validation, report = ((7,), (8,)) if args.quick else (VALIDATION_SEEDS, REPORT_SEEDS)
+    if args.report_seeds:
+        report = tuple(int(seed) for seed in args.report_seeds.split(","))
     selection_path = Path(args.output) / "selection.json"
     selection = json.loads(selection_path.read_text()) if selection_path.exists() else {}
     if args.phase in ("validate", "all"):
