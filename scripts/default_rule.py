@@ -1,6 +1,7 @@
 """The classifier default with `stop_rule='held_out'` against the previous fixed budget and against doing nothing.
 
     OMP_NUM_THREADS=1 python scripts/default_rule.py [--part benchmark|heldout|all] [--seeds 0,1,2,3,4]
+        [--settings vit-random-f0.1,...] [--output benchmark_results/default_rule]
 
 - **benchmark**: the digits benchmark's ResNet and ViT (benchmark_results/models), class 3 and random rows at two
   forget sizes (half of the rows, the benchmark's, and a tenth; RT for the tenth is trained into
@@ -121,6 +122,7 @@ def main(argv=None) -> int:
     p.add_argument("--part", default="all", choices=["benchmark", "heldout", "all"])
     p.add_argument("--seeds", default="0,1,2,3,4", help="Benchmark seeds.")
     p.add_argument("--heldout-seeds", default="0,1,2")
+    p.add_argument("--settings", default=None, help="Only these settings (tags, e.g. vit-random-f0.1).")
     p.add_argument("--models", default="benchmark_results")
     p.add_argument("--output", default="benchmark_results/default_rule")
     args = p.parse_args(argv)
@@ -138,6 +140,8 @@ def main(argv=None) -> int:
             for scenario in ("class", "random"):
                 ctx = HeldOutContext(output, arch, scenario, 0.5)
                 contexts.append((ctx, [int(s) for s in args.heldout_seeds.split(",")]))
+    if args.settings:
+        contexts = [(ctx, seeds) for ctx, seeds in contexts if ctx.tag in args.settings.split(",")]
     records = []
     for ctx, seeds in contexts:
         for seed in seeds:
