@@ -126,6 +126,7 @@ VARIANTS = {  # validation/<folder>: what the rule was when it ran (docs/benchma
     "v3_attack_tolerance0.5": "attack target, do no harm (0.5 point), one round",
     "v3_attack_tolerance2.0": "attack target, do no harm (2 points), one round",
     "v4_attack_rounds": "attack target, do no harm, up to 4 rounds",
+    "v5_attack_and_accuracy": "attack target and forget accuracy at most held-out accuracy, do no harm, one round",
 }
 
 
