@@ -1,6 +1,9 @@
 """The classifier default with `stop_rule='held_out'` against the previous fixed budget and against doing nothing.
 
     OMP_NUM_THREADS=1 python benchmarks/default_rule.py [--part benchmark|heldout|all] [--seeds 0,1,2,3,4]
+        [--settings vit-random-f0.1,...] [--output benchmark_results/default_rule]
+    python benchmarks/default_rule.py --part validation-summary
+    OMP_NUM_THREADS=1 python benchmarks/default_rule.py --part trace
 
 - **benchmark**: the digits benchmark's ResNet and ViT (benchmark_results/models), class 3 and random rows at two
   forget sizes (half of the rows, the benchmark's, and a tenth; RT for the tenth is trained into
@@ -116,17 +119,116 @@ def table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+VARIANTS = {  # validation/<folder>: what the rule was when it ran (docs/benchmarks.md)
+    "v1_rounds": "loss target, do no harm, up to 4 rounds",
+    "v2_one_round": "loss target, do no harm, one round",
+    "v3_attack": "attack target, do no harm (1 point), one round (the default)",
+    "v3_attack_tolerance0.5": "attack target, do no harm (0.5 point), one round",
+    "v3_attack_tolerance2.0": "attack target, do no harm (2 points), one round",
+    "v4_attack_rounds": "attack target, do no harm, up to 4 rounds",
+    "v5_attack_and_accuracy": "attack target and forget accuracy at most held-out accuracy, do no harm, one round",
+}
+
+
+def validation_summary(folder: Path) -> str:
+    """Mean Avg.D of `default` per variant and random setting on the validation seeds, and `original`'s."""
+    tags = ("resnet-random-f0.5", "resnet-random-f0.1", "vit-random-f0.5", "vit-random-f0.1")
+    lines = ["| rule variant (validation seeds) | " + " | ".join(tags) + " | mean |", "|---" * (len(tags) + 2) + "|"]
+    references = [("v3_attack", "original (doing nothing)", "original"), ("v3_attack", "fixed budget", "fixed budget")]
+    for name, label, row in references + [(name, label, "default") for name, label in VARIANTS.items()]:
+        runs = [json.loads(f.read_text()) for f in (folder / name / "runs").glob("*.json")]
+        means = []
+        for tag in tags:
+            vals = [r["avg_d"] for r in runs if r["tag"] == tag and r["row"] == row]
+            means.append((statistics.mean(vals), statistics.stdev(vals), len(vals)))
+        cells = " | ".join(f"{m:.2f} ± {sd:.2f} (n={n})" for m, sd, n in means)
+        lines.append(f"| {label} | {cells} | {statistics.mean(m for m, _, _ in means):.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+# Diagnostic runs on a validation seed (vit/resnet, a tenth of the rows, seed 100): what each cycle does.
+TRACES = {
+    "vit-fixed_budget": ("vit", {"stop_rule": "none", "max_steps": 12}),
+    "vit-forget_step_only": ("vit", {"stop_rule": "none", "max_steps": 2, "remain_steps_per_forget": 0}),
+    "vit-remain_steps_only_finetune": ("vit", {"method": "finetune", "learning_rate": 3e-3, "max_steps": 12}),
+    "vit-default": ("vit", {}),
+    "resnet-fixed_budget": ("resnet", {"stop_rule": "none", "max_steps": 12}),
+    "resnet-default": ("resnet", {}),
+}
+
+
+def trace(output: Path, seed: int = 100) -> None:
+    """Per-cycle loss and accuracy on the forget, held-out and remain rows (at most 512 of each) of `TRACES`.
+
+    Diagnostic only: it swaps the engine's stop rule for a wrapper that measures after every cycle (the rule, when
+    the run has one, still decides), so the engine needs no tracing hook."""
+    import hf_unlearn.unlearner as engine
+    from hf_unlearn.stopping import HeldOutStop, _sample
+
+    class Traced:
+        def __init__(self, family, split, config):
+            self.rule = HeldOutStop.build(family, split, config)
+            self.total = self.rule.total if self.rule else config.max_steps
+            self.sets = {"forget": split.forget, "held_out": split.test_dataset, "remain": split.remain}
+            self.sets = {k: _sample(v, 512, seed + i) for i, (k, v) in enumerate(self.sets.items())}
+            self.probe, self.rows = HeldOutStop(family, self.sets["forget"], None, config), []
+            self.measure(family.model, 0, "start")
+
+        @property
+        def last(self):
+            return self.rule.last
+
+        def measure(self, model, cycles, action):
+            row = {"cycle": cycles, "action": action}
+            for name, data in self.sets.items():
+                loss, accuracy = self.probe._loss_and_accuracy(model, data)
+                row |= {f"{name} loss": f"{loss:.3f}", f"{name} acc": f"{accuracy:.1f}"}
+            self.rows.append(row)
+
+        def after_cycle(self, model, cycles):
+            action = self.rule.after_cycle(model, cycles) if self.rule else "continue"
+            self.measure(model, cycles, action)
+            return action
+
+    made = []
+    engine.HeldOutStop = type("Build", (), {"build": staticmethod(lambda *a: made.append(Traced(*a)) or made[-1])})
+    try:
+        for name, (model, overrides) in TRACES.items():
+            ctx = BenchmarkContext("benchmark_results", model, "random", RECIPES[model], forget_fraction=0.1)
+            _, folder, _ = ctx.reference_model(seed, "original")
+            config = UnlearnConfig(**{"method": "sfr_on_bound", "seed": seed, "output_dir": "", **overrides})
+            Unlearner.from_pretrained(str(folder), config, image_processor=ctx.processor).unlearn(ctx.split(seed))
+            rows = made[-1].rows
+            text = f"{name}: {overrides}, {ctx.tag} seed {seed}\n\n| " + " | ".join(rows[0]) + " |\n"
+            text += (
+                "|---" * len(rows[0]) + "|\n" + "".join("| " + " | ".join(map(str, r.values())) + " |\n" for r in rows)
+            )
+            atomic_write_text(output / "traces" / f"{name}.md", text)
+            print(text)
+    finally:
+        engine.HeldOutStop = HeldOutStop
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--part", default="all", choices=["benchmark", "heldout", "all"])
+    p.add_argument("--part", default="all", choices=["benchmark", "heldout", "all", "validation-summary", "trace"])
     p.add_argument("--seeds", default="0,1,2,3,4", help="Benchmark seeds.")
     p.add_argument("--heldout-seeds", default="0,1,2")
+    p.add_argument("--settings", default=None, help="Only these settings (tags, e.g. vit-random-f0.1).")
     p.add_argument("--models", default="benchmark_results")
     p.add_argument("--output", default="benchmark_results/default_rule")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     os.environ.setdefault("TQDM_DISABLE", "1")
     output = Path(args.output)
+    if args.part == "validation-summary":  # the variants' runs under OUTPUT/validation (run with --seeds 100,101,102)
+        text = validation_summary(output / "validation")
+        atomic_write_text(output / "validation" / "summary.md", text)
+        print(text, end="")
+        return 0
+    if args.part == "trace":
+        trace(output)
+        return 0
     contexts = []
     if args.part in ("benchmark", "all"):
         for model in ("resnet", "vit"):
@@ -138,6 +240,8 @@ def main(argv=None) -> int:
             for scenario in ("class", "random"):
                 ctx = HeldOutContext(output, arch, scenario, 0.5)
                 contexts.append((ctx, [int(s) for s in args.heldout_seeds.split(",")]))
+    if args.settings:
+        contexts = [(ctx, seeds) for ctx, seeds in contexts if ctx.tag in args.settings.split(",")]
     records = []
     for ctx, seeds in contexts:
         for seed in seeds:

@@ -85,14 +85,18 @@ class UnlearnConfig:
     stop_rule: Optional[str] = field(
         default=None,
         metadata={
-            "help": "'held_out' (classifiers): a budget set from the data. Random rows: the run stops at the first "
-            "cycle where the forget rows' mean loss reaches the held-out (test) rows'; class-wise: a round of "
-            "`max_steps` cycles is repeated while forget accuracy is above `stop_forget_accuracy`; at most "
-            "`stop_max_rounds` rounds. 'none': the budget as given. Unset: the method's default, which applies only "
-            "when neither `max_steps` nor `num_forget_epochs` is given (a budget you give runs as given)."
+            "help": "'held_out' (classifiers): a budget set from the data. Random rows: a cycle that costs more than "
+            "1 point of remain or held-out accuracy is halved (up to 4 times), then undone, and the run ends at the "
+            "first cycle where the entropy membership attack calls forget rows members no more often than held-out "
+            "(test) rows, else after one round of `max_steps` cycles; class-wise: a round is repeated while forget "
+            "accuracy is above `stop_forget_accuracy`, at most `stop_max_rounds` rounds. 'none': the budget as "
+            "given. Unset: the method's default, which applies only when neither `max_steps` nor "
+            "`num_forget_epochs` is given (a budget you give runs as given)."
         },
     )
-    stop_max_rounds: int = field(default=4, metadata={"help": "With stop_rule='held_out': at most this many rounds."})
+    stop_max_rounds: int = field(
+        default=4, metadata={"help": "With stop_rule='held_out', class-wise: at most this many rounds."}
+    )
     stop_forget_accuracy: float = field(
         default=1.0, metadata={"help": "With stop_rule='held_out', class-wise: forget accuracy to reach, in percent."}
     )

@@ -217,7 +217,6 @@ class Unlearner:
             ctx, forget_loader, remain_loader, resume, accelerator
         )
         stop = HeldOutStop.build(self.family, split, cfg)  # None: the budget as given
-        self._forget_off = False  # set by the stop rule: the round's remaining cycles take remain steps only
         total = cfg.max_steps if stop is None else stop.total
         bar = tqdm(
             range(first, total),
@@ -253,7 +252,6 @@ class Unlearner:
                     save_checkpoint(accelerator, cfg.output_dir, state, cfg.checkpoints_total_limit, self._fsdp)
                 model = accelerator.unwrap_model(ctx.model)
                 action = "continue" if stop is None else stop.after_cycle(model, step + 1)
-                self._forget_off = self._forget_off or action == "remain_only"
                 if action == "stop":
                     history[-1].update({f"stop_{k}": v for k, v in stop.last.items()})
                     total = step + 1
@@ -351,7 +349,6 @@ class Unlearner:
         local = step % total  # a round repeated by `stop_rule` restarts the schedules; otherwise local == step
         alpha = alpha_at(local, total, cfg.forget_alpha, cfg.forget_alpha_schedule)
         forget_on = method.forget_loss is not None and local < total * (cfg.forget_steps_fraction or 1.0)
-        forget_on = forget_on and not getattr(self, "_forget_off", False)
         before = [p.detach().clone() for p in params] if cfg.interpolation_beta < 1 else None
         logs = {"step": step, "lr": cfg.learning_rate * self._lr_at(local * self._lr_unit), "alpha": alpha}
         fast = 0  # remain-only steps of this cycle so far: each advances a per-remain-step schedule

@@ -35,8 +35,10 @@ _SFR_DEFAULTS = {
         "forget_alpha": 1.0,
         "remain_steps_per_forget": 4,
         "remain_max_grad_norm": 0.0,
-        # The default budget is set from the data: stop when random forget rows reach the held-out loss, repeat the
-        # round class-wise until forget accuracy is at RT's floor (hf_unlearn/stopping.py, docs/benchmarks.md).
+        # The default budget is set from the data: random rows backtrack a cycle that costs remain or held-out
+        # accuracy and end where a membership attack calls forget rows members no more often than held-out rows;
+        # class-wise the round repeats until forget accuracy is at RT's floor (hf_unlearn/stopping.py,
+        # docs/benchmarks.md).
         "stop_rule": "held_out",
     },
     "class_conditional_diffusion": {
