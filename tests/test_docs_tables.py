@@ -34,10 +34,11 @@ PASTED = {
     "docs/robustness.md": ["benchmark_results/robustness/results.md"],
     "docs/stable_diffusion.md": [
         "benchmark_results/world_t2i/report.md",
+        "benchmark_results/world_t2i/ten_seeds/report.md",
         "benchmark_results/text_to_image/report.md",
         "benchmark_results/flow_memory/summary.md",
     ],
-    "docs/world.md": ["benchmark_results/world_t2i/report.md"],
+    "docs/world.md": ["benchmark_results/world_t2i/report.md", "benchmark_results/world_t2i/ten_seeds/report.md"],
 }
 
 

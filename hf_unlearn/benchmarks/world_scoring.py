@@ -108,9 +108,12 @@ COLUMNS = {
 }
 
 
+HEADLINES = ("explicit", "paraphrase + implicit")
+
+
 def report_markdown(rows: list[dict], selection: dict[str, dict]) -> str:
     """One row per method at its chosen grid point (mean ± std over report seeds), the references first."""
-    header = ["row", "chosen", "n", *COLUMNS, "unrelated MMD", "steps"]
+    header = ["row", "chosen", "n", *COLUMNS, "unrelated MMD", "collateral", "steps"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     references = (ORIGINAL, RESAMPLED, RETRAIN, FLOOR)
     for method in [*references, *sorted(m for m in selection if m not in references)]:
@@ -119,8 +122,13 @@ def report_markdown(rows: list[dict], selection: dict[str, dict]) -> str:
             continue
         chosen = selection.get(method)
         cells = [method, "–" if chosen is None else f"{chosen['train_modules']}, {chosen['cycles']}", str(len(runs))]
-        cells += ["{:.2f} ± {:.2f}".format(*_mean_std(runs, key)) for key in COLUMNS.values()]
+        # The two erasure headlines to 3 decimals: rows that erase well differ in the third.
+        cells += [
+            ("{:.3f} ± {:.3f}" if name in HEADLINES else "{:.2f} ± {:.2f}").format(*_mean_std(runs, key))
+            for name, key in COLUMNS.items()
+        ]
         cells.append("{:.3f} ± {:.3f}".format(*_mean_std(runs, lambda r: r["unrelated_mmd"])))
+        cells.append("{:.3f} ± {:.3f}".format(*_mean_std(runs, collateral)))  # the selection rule's number
         cells.append("–" if not runs[0]["work"] else str(runs[0]["work"].get("optimizer_steps", "–")))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
