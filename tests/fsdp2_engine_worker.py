@@ -40,12 +40,12 @@ def make_unlearner(kind: str, out: str, world: int, resume: bool):
         stop_rule="none",  # the fixed budget: the comparison is of the steps, not of a stopping decision
     )
     if kind == "classifier":
-        from hf_unlearn.models import digits_image_processor, tiny_classifier
+        from hf_unlearn.tiny.classifiers import digits_image_processor, tiny_classifier
 
         return Unlearner.from_pretrained(
             tiny_classifier("vit", seed=0), config, image_processor=digits_image_processor()
         )
-    from hf_unlearn.benchmarks.diffusion import tiny_scheduler, tiny_unet
+    from hf_unlearn.tiny.diffusion import tiny_scheduler, tiny_unet
 
     return Unlearner.from_pretrained(tiny_unet(seed=0), config, scheduler=tiny_scheduler())
 

@@ -125,9 +125,9 @@ def test_sfr_on_on_fsdp2_shards_equals_the_unsharded_run_and_resumes_after_a_kil
 
 def _weights_at_start(kind: str) -> dict[str, torch.Tensor]:
     if kind == "classifier":
-        from hf_unlearn.models import tiny_classifier
+        from hf_unlearn.tiny.classifiers import tiny_classifier
 
         return tiny_classifier("vit", seed=0).state_dict()
-    from hf_unlearn.benchmarks.diffusion import tiny_unet
+    from hf_unlearn.tiny.diffusion import tiny_unet
 
     return tiny_unet(seed=0).state_dict()
