@@ -56,6 +56,7 @@ def test_class_units_judge_the_forgotten_class_samples_with_fixed_noise():
     units = class_units(family, judge, [3], samples=6, inference_steps=2, seed=5)
     first, second = units(family.model), units(family.model)
     assert len(first) == 6 and first == second and 0 < sum(first) < 6
+    assert first == (seen[0].mean((1, 2, 3)) > seen[0].mean()).tolist()  # a success: the judge named the class
     assert torch.equal(seen[0], seen[1]) and seen[0].shape == (6, 1, 8, 8)
     class_units(family, judge, [3], samples=6, inference_steps=2, seed=6)(family.model)
     assert not torch.equal(seen[0], seen[2])  # another seed, other noise
