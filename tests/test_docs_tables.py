@@ -22,7 +22,7 @@ PASTED = {
         "benchmark_results/default_rule/results-all.md",
         *sorted(f"benchmark_results/validation/{p.name}" for p in (RESULTS / "validation").glob("*.md")),
     ],
-    "docs/attacks.md": ["benchmark_results/world_attacks/report.md"],
+    "docs/attacks.md": ["benchmark_results/world_attacks/report.md", "benchmark_results/ddpm_attacks/report.md"],
     "docs/benchmarks_diffusion.md": ["benchmark_results/diffusion/report.md"],
     "docs/budget.md": ["benchmark_results/budget_unit/results.md"],
     "docs/lora.md": ["benchmark_results/lora_vs_full/results.md"],

@@ -15,7 +15,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 import torch
+from diffusers import DDIMScheduler
 
+from ..metrics.generation import Judge as ClassJudge
+from ..metrics.generation import generate, predictions
 from .evalcard import AttackResult, EvalCard, prompt_digest, rates
 from .inversion import GenerationConfig, draw
 from .judges import Judge, judge_scores
@@ -160,4 +163,38 @@ def forget_row_units(family, forget, batch_size: int = 512) -> Units:
     return units
 
 
-__all__ = ["ResurgenceConfig", "concept_units", "forget_row_units", "resurgence_attack"]
+def class_units(
+    family,
+    judge: ClassJudge | Callable,
+    forget_classes: list[int],
+    *,
+    samples: int = 16,
+    inference_steps: int = 25,
+    guidance_scale: float = 2.0,
+    seed: int = 0,
+) -> Units:
+    """Class-conditional diffusion: one unit per sample drawn for a forgotten class (`samples` each, DDIM, the same
+    noise before and after), a success when `judge` (a classifier of images in [0, 1], or a callable from such images
+    to labels) names a forgotten class."""
+    labels = [c for c in forget_classes for _ in range(samples)]
+    named = (lambda x: predictions(judge, x)) if isinstance(judge, ClassJudge) else judge
+
+    @torch.no_grad()
+    def units(module) -> list[bool]:
+        pipe = family.pipeline(module)
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        images = generate(pipe, labels, guidance_scale=guidance_scale, num_inference_steps=inference_steps, seed=seed)
+        return [int(p) in forget_classes for p in named(images)]
+
+    units.card = {
+        "concept": f"class {','.join(map(str, forget_classes))}",
+        "prompt_set_digest": f"class-{','.join(map(str, forget_classes))}",
+        "num_prompts": len(forget_classes),
+        "inference_steps": inference_steps,
+        "guidance_scale": guidance_scale,
+        "images_per_prompt": samples,
+    }
+    return units
+
+
+__all__ = ["ResurgenceConfig", "class_units", "concept_units", "forget_row_units", "resurgence_attack"]
