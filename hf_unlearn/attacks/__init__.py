@@ -37,7 +37,7 @@ from .relearn import (
     prompt_concept_rate,
     relearn_attack,
 )
-from .resurgence import ResurgenceConfig, concept_units, resurgence_attack
+from .resurgence import ResurgenceConfig, class_units, concept_units, forget_row_units, resurgence_attack
 from .textfree import TextFreeConfig, textfree_attack
 from .world_judge import world_judge
 
@@ -54,6 +54,8 @@ __all__ = [
     "inversion_adversarial_unlearn",
     "prompt_digest",
     "resurgence_attack",
+    "class_units",
+    "forget_row_units",
     "textfree_attack",
     "world_judge",
     "PromptAttackConfig",
