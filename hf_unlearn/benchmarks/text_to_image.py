@@ -88,6 +88,25 @@ class Settings:
 QUICK = Settings(vae_steps=60, unet_steps=60, images_per_caption=4, samples_per_prompt=2, inference_steps=4)
 
 
+def library_config(
+    method: str, seed: int, train_modules: str, cycles: int, settings, output_dir, variants=VARIANTS
+) -> UnlearnConfig:
+    """A library row's config at a grid point: `method` (or a variant's method and overrides), `cycles` cycles at the
+    benchmark's learning rate and batch, constant schedule; the benchmarks of this family share it."""
+    method, overrides = variants.get(method, (method, {}))
+    values = dict(
+        method=method,
+        seed=seed,
+        max_steps=cycles,
+        learning_rate=settings.learning_rate,
+        per_device_train_batch_size=settings.batch_size,
+        lr_scheduler_type="constant",
+        train_modules=train_modules,
+        output_dir=str(output_dir),
+    )
+    return UnlearnConfig(**{**values, **overrides})
+
+
 def methods_for_family() -> list[str]:
     """Every registered method that supports text-to-image models (the benchmark's rows). `retrain` is a reference
     row instead: the original's recipe without the concepts' captions, not a few steps from scratch."""
@@ -271,18 +290,8 @@ class Benchmark:
 
     def _library(self, method: str, seed: int, train_modules: str, cycles: int):
         s = self.settings
-        method, overrides = VARIANTS.get(method, (method, {}))
-        config = UnlearnConfig(
-            **overrides,
-            method=method,
-            seed=seed,
-            max_steps=cycles,
-            learning_rate=s.learning_rate,
-            per_device_train_batch_size=s.batch_size,
-            lr_scheduler_type="constant",
-            train_modules=train_modules,
-            output_dir=str(self.output / "tmp" / "run"),
-        )
+        config = library_config(method, seed, train_modules, cycles, s, self.output / "tmp" / "run")
+        method = config.method
         unlearner = Unlearner.from_pretrained(self.original(seed), config)
         split = concept_split(seed, s.images_per_caption, replay=method == "selective_amnesia", settings=s)
         result = unlearner.unlearn(split)

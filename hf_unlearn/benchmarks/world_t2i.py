@@ -37,6 +37,7 @@ from ..utils import atomic_write_json, atomic_write_text
 from ..worlds import models, scenes
 from ..worlds.prompts import all_prompts, anchors
 from .text_to_image import FLOOR, ORIGINAL, RESAMPLED, RETRAIN, hand_remap, methods_for_family
+from .text_to_image import library_config as shared_library_config
 from .world_scoring import _mean_std, chart, collateral, judge_samples, report_markdown, score
 
 WORLD = Path(__file__).resolve().parents[2] / "benchmark_results" / "world"
@@ -182,22 +183,13 @@ def method_split(method: str, seed: int, s: Settings) -> ConceptSplit:
 
 
 def library_config(method: str, seed: int, train_modules: str, cycles: int, s: Settings, output_dir) -> UnlearnConfig:
-    """The config of a library row (or variant) at a grid point; `uce` takes no steps, its `cycles` set its
-    preservation scale."""
-    method, overrides = VARIANTS.get(method, (method, {}))
-    values = dict(
-        method=method,
-        seed=seed,
-        max_steps=cycles,
-        learning_rate=s.learning_rate,
-        per_device_train_batch_size=s.batch_size,
-        lr_scheduler_type="constant",
-        train_modules=train_modules,
-        output_dir=str(output_dir),  # per process: rows may run side by side
-    )
-    if method == UCE:
-        values.update(max_steps=1, uce_preserve_scale=cycles / 10)
-    return UnlearnConfig(**{**values, **overrides})
+    """The config of a library row (or variant) at a grid point (`text_to_image.library_config` with this
+    benchmark's variants); `uce` takes no steps, its `cycles` set its preservation scale. `output_dir`: per process,
+    since rows may run side by side."""
+    config = shared_library_config(method, seed, train_modules, cycles, s, output_dir, variants=VARIANTS)
+    if config.method == UCE:
+        config = replace(config, max_steps=1, uce_preserve_scale=cycles / 10)
+    return config
 
 
 MODULE_GROUPS = {"cross-attention k/v": (".attn2.to_k", ".attn2.to_v"), "cross-attention q/out": (".attn2.",)}
