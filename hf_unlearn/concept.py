@@ -212,6 +212,11 @@ class ConceptSplit:
     def remain_dataset_captions(self) -> list[str]:
         return list(self.remain_dataset[self._caption_column]) if self.remain_dataset is not None else []
 
+    @property
+    def remain_captions(self) -> list[str]:
+        """The distinct prompts of the remain side: `remain_prompts`, else the remain dataset's captions."""
+        return _distinct(self.remain_prompts if self.remain_prompts is not None else self.remain_dataset_captions)
+
     # Building the datasets
     def materialize(
         self,

@@ -31,16 +31,6 @@ def uce_solve(weight, forget, anchor, preserve, *, lamb: float, preserve_scale: 
     return torch.linalg.solve(right, left.T).T.to(weight.dtype)
 
 
-def remain_prompts(split) -> list[str]:
-    """The distinct prompts of the remain side of a `ConceptSplit`: its `remain_prompts`, else its remain captions."""
-    prompts = getattr(split, "remain_prompts", None)
-    if prompts is None:
-        remain = getattr(split, "remain", None)
-        column = getattr(split, "_caption_column", "text")
-        prompts = list(remain[column]) if remain is not None and column in remain.column_names else []
-    return list(dict.fromkeys(prompts))
-
-
 class ClosedFormEdit(Geometry):
     """UCE: the forget and remain objectives on the cross-attention keys/values solved in closed form at θ0; no step.
 
@@ -72,8 +62,7 @@ class ClosedFormEdit(Geometry):
         trainable = {id(p) for _, p in inputs.named_params}
         # `check` has made sure some are trainable; the others (e.g. frozen by the caller) stay as they are.
         layers = [(n, m) for n, m in family.key_value_projections(inputs.module) if id(m.weight) in trainable]
-        pairs = split.concepts
-        preserve = remain_prompts(split)
+        pairs, preserve = split.concepts, split.remain_captions
         scale = cfg.uce_preserve_scale
         if scale is None:
             scale = max(0.1, 1.0 / len(preserve)) if preserve else 0.0
