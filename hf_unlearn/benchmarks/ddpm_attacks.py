@@ -38,7 +38,7 @@ from ..data import ForgetRemainSplit, load_digits_dataset
 from ..demos import QUICK, DiffusionDemoSettings, _class_samples, _judged, _train_digits_models
 from ..unlearner import Unlearner
 from ..utils import atomic_write_json, atomic_write_text
-from .world_attacks import interval
+from .world_attacks import attack_row
 
 ATTACKS = ("class_inversion", "resurgence")
 # The original, the family's default, then every other eraser of the family (finetune and retrain excepted: they
@@ -159,19 +159,13 @@ def summary(rows: list[dict], output: Path) -> dict[str, dict]:
     table = {}
     present = {r["method"] for r in rows}
     for method in [m for m in METHODS if m in present]:
-        per = {a: {r["seed"]: r["card"] for r in rows if r["method"] == method and r["attack"] == a} for a in ATTACKS}
-        seeds = sorted(set.intersection(*(set(v) for v in per.values())))
-        worst = [max(per[a][s]["asr"] for a in ATTACKS) for s in seeds]
+        mine = [r for r in rows if r["method"] == method]
+        cards = {a: {r["seed"]: r["card"] for r in mine if r["attack"] == a} for a in ATTACKS}
         path = output / "runs" / f"{method}-collateral.json"
         measured = json.loads(path.read_text()) if path.exists() else {"remain_acc": math.nan}
-        table[method] = {
-            "seeds": seeds,
-            "collateral": measured["remain_acc"],
-            "plain": interval([per["class_inversion"][s]["pre_asr"] for s in seeds]),
-            **{a: interval([per[a][s]["asr"] for s in seeds]) for a in ATTACKS},
-            "worst": interval(worst),
-            "worst_attack": [max(ATTACKS, key=lambda a, s=s: per[a][s]["asr"]) for s in seeds],
-        }
+        per = {a: {seed: card["asr"] for seed, card in cards[a].items()} for a in ATTACKS}
+        plain = {seed: card["pre_asr"] for seed, card in cards["class_inversion"].items()}
+        table[method] = attack_row(per, plain, measured["remain_acc"])
     return table
 
 

@@ -219,23 +219,30 @@ def seed_means(rows: list[dict], method: str, name: str, key: str = "asr") -> di
     return {s: float(np.mean(v)) for s, v in out.items() if len(v) == len(CONCEPTS)}
 
 
+def attack_row(per: dict[str, dict[int, float]], plain: dict[int, float], collateral: float) -> dict:
+    """One row of an attack table from each attack's rate per attack seed: the seeds every attack ran, the plain
+    (pre-attack) rate, each attack and the worst case over attacks per seed (mean and 95% half-width), and which
+    attack was the worst on each seed."""
+    attacks = list(per)
+    seeds = sorted(set.intersection(*(set(v) for v in per.values())))
+    return {
+        "seeds": seeds,
+        "collateral": collateral,
+        "plain": interval([plain[s] for s in seeds]),
+        **{a: interval([per[a][s] for s in seeds]) for a in attacks},
+        "worst": interval([max(per[a][s] for a in attacks) for s in seeds]),
+        "worst_attack": [max(attacks, key=lambda a, s=s: per[a][s]) for s in seeds],
+    }
+
+
 def summary(rows: list[dict], output: Path) -> dict[str, dict]:
     table = {}
     present = {r["method"] for r in rows}
     for method in [m for m in METHODS if m in present]:  # the original first, then the erasers
-        per = {a: seed_means(rows, method, a) for a in ATTACKS}
-        seeds = sorted(set.intersection(*(set(v) for v in per.values())))
-        worst = [max(per[a][s] for a in ATTACKS) for s in seeds]
         path = output / "runs" / f"{method}-collateral.json"
         coll = json.loads(path.read_text())["collateral"] if path.exists() else math.nan
-        table[method] = {
-            "seeds": seeds,
-            "collateral": coll,
-            "plain": interval([seed_means(rows, method, "inversion", "pre_asr")[s] for s in seeds]),
-            **{a: interval([per[a][s] for s in seeds]) for a in ATTACKS},
-            "worst": interval(worst),
-            "worst_attack": [max(ATTACKS, key=lambda a, s=s: per[a][s]) for s in seeds],
-        }
+        per = {a: seed_means(rows, method, a) for a in ATTACKS}
+        table[method] = attack_row(per, seed_means(rows, method, "inversion", "pre_asr"), coll)
     return table
 
 
