@@ -57,9 +57,26 @@ def word_tokenizer(words: Sequence[str] = WORDS, max_length: int = MAX_LENGTH):
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
 
 
+def v_prediction_scheduler():
+    """SD's DDIM schedule predicting v, as SD 2.x: predicting v asks for the prompt's colour directly at high noise,
+    where ε-prediction weighs the image so little that the UNet learned to ignore the prompt within a few hundred
+    steps. The shape world's pipeline uses it too."""
+    from diffusers import DDIMScheduler  # noqa: PLC0415
+
+    return DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type="v_prediction",
+    )
+
+
 def tiny_text_to_image_pipeline(seed: int = 0):
     """An untrained `StableDiffusionPipeline` for 8×8 RGB images (4×4×4 latents), built from configs."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel  # noqa: PLC0415
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel  # noqa: PLC0415
     from transformers import CLIPTextConfig, CLIPTextModel  # noqa: PLC0415
 
     torch.manual_seed(seed)
@@ -106,23 +123,12 @@ def tiny_text_to_image_pipeline(seed: int = 0):
         # At CLIP's init (std 0.02) a random encoder gives nearly the same states for every prompt; at std 1 the
         # tokens dominate them, so the UNet can tell prompts apart.
         text_encoder.get_input_embeddings().weight.normal_(0, 1.0)
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        # As SD 2.x: predicting v asks for the prompt's colour directly at high noise, where ε-prediction weighs the
-        # image so little that the UNet learned to ignore the prompt within a few hundred steps.
-        prediction_type="v_prediction",
-    )
     pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=word_tokenizer(),
         unet=unet,
-        scheduler=scheduler,
+        scheduler=v_prediction_scheduler(),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,

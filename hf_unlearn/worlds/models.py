@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..tiny.colour import word_tokenizer
+from ..tiny.colour import v_prediction_scheduler, word_tokenizer
 from .scenes import ATTRIBUTES, SIZE, words
 
 MAX_LENGTH = 16
@@ -82,21 +82,6 @@ def unet():
     )
 
 
-def scheduler():
-    from diffusers import DDIMScheduler  # noqa: PLC0415
-
-    # v-prediction, as the colour model of `tiny.colour`: it keeps the prompt's weight at high noise.
-    return DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        prediction_type="v_prediction",
-    )
-
-
 def pipeline(text, autoencoder, denoiser):
     from diffusers import StableDiffusionPipeline  # noqa: PLC0415
 
@@ -105,7 +90,7 @@ def pipeline(text, autoencoder, denoiser):
         text_encoder=text,
         tokenizer=tokenizer(),
         unet=denoiser,
-        scheduler=scheduler(),
+        scheduler=v_prediction_scheduler(),  # as the colour model: it keeps the prompt's weight at high noise
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
