@@ -19,12 +19,11 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 import torch
+from process_tree import kill_when
 from safetensors.torch import load_file
 
 HERE = Path(__file__).resolve().parent
@@ -73,19 +72,7 @@ def _mask(out: Path) -> dict[str, torch.Tensor]:
 
 
 def _killed_and_resumed(kind: str, out: Path) -> dict:
-    proc = _start("fsdp2_cpu.yaml", kind, out)
-    deadline = time.monotonic() + 600
-    while not (out / "run" / "checkpoint-2").is_dir():
-        assert proc.poll() is None, proc.stderr.read()[-3000:]
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    # The launcher and both ranks at once: torchrun starts its workers in sessions of their own, so a kill of the
-    # launcher's process group would leave them running to the end of the run.
-    tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-    for process in reversed(tree):
-        process.kill()
-    proc.wait()
-    psutil.wait_procs(tree, timeout=30)
+    kill_when(_start("fsdp2_cpu.yaml", kind, out), out / "run" / "checkpoint-2")
     assert not (out / "run" / f"checkpoint-{CYCLES}").exists(), "the kill must land mid-run"
     return _run("fsdp2_cpu.yaml", kind, out, "--resume")
 

@@ -10,9 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 import torch
+from process_tree import kill_when
 from safetensors.torch import load_file
 
 HERE = Path(__file__).resolve().parent
@@ -51,19 +51,7 @@ def test_two_process_kill_and_resume_equals_the_uninterrupted_two_process_run(mo
     assert reference.wait(timeout=600) == 0, reference.stderr.read()[-3000:]
 
     out = tmp_path / "killed"
-    proc = _launch(worker, model_dir, out, start_new_session=True)
-    deadline = time.monotonic() + 600
-    while not (out / "checkpoint-5").is_dir():
-        assert proc.poll() is None, proc.stderr.read()[-3000:]
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    # The launcher and both ranks at once: torchrun starts its workers in sessions of their own, so a kill of the
-    # launcher's process group alone left them running to the end of the run (and the resume resumed nothing).
-    tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-    for process in reversed(tree):
-        process.kill()
-    proc.wait()
-    psutil.wait_procs(tree, timeout=30)
+    kill_when(_launch(worker, model_dir, out, start_new_session=True), out / "checkpoint-5")
     assert not (out / f"checkpoint-{TOTAL}").exists(), "the kill must land mid-run"
     resumed = _launch(worker, model_dir, out, "--resume")
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-3000:]
