@@ -90,3 +90,17 @@ def test_uce_refuses_what_it_cannot_edit_before_any_weight_change(sd_path, tmp_p
     with pytest.raises(ValueError, match=message):
         unlearner.unlearn(_split(ANCHOR))
     assert all(torch.equal(p.detach(), before[n]) for n, p in unlearner.model.named_parameters())
+
+
+def test_uce_refuses_a_split_without_prompts_in_one_line_before_any_weight_change(sd_path, tmp_path):
+    """UCE needs the forget prompts and their anchors; a plain row split has neither."""
+    from hf_unlearn.data import ForgetRemainSplit
+
+    unlearner = Unlearner.from_pretrained(sd_path, unlearn_config(tmp_path, "uce"))
+    before = snapshot(unlearner.model)
+    data = captioned(4, seed=1)
+    split = ForgetRemainSplit(data, [i for i, t in enumerate(data["text"]) if t == FORGET])
+    with pytest.raises(ValueError, match="ConceptSplit") as error:
+        unlearner.unlearn(split)
+    assert "\n" not in str(error.value)
+    assert all(torch.equal(p.detach(), before[n]) for n, p in unlearner.model.named_parameters())

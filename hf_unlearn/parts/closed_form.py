@@ -62,6 +62,12 @@ class ClosedFormEdit(Geometry):
         trainable = {id(p) for _, p in inputs.named_params}
         # `check` has made sure some are trainable; the others (e.g. frozen by the caller) stay as they are.
         layers = [(n, m) for n, m in family.key_value_projections(inputs.module) if id(m.weight) in trainable]
+        if not hasattr(split, "concepts"):  # checked before any weight is edited
+            raise ValueError(
+                f"`method` is 'uce', which edits each forget prompt towards its anchor, but the split is a "
+                f"{type(split).__name__} without prompts; pass a ConceptSplit (forget_prompts or a captioned "
+                "forget_dataset, and anchor_prompts)."
+            )
         pairs, preserve = split.concepts, split.remain_captions
         scale = cfg.uce_preserve_scale
         if scale is None:
