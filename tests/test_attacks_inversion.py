@@ -126,6 +126,21 @@ def test_world_attacks_report_rebuilds_from_its_run_files():
     assert report_markdown(summary(rows, folder)) == (folder / "report.md").read_text()
 
 
+def test_world_prompt_attack_runs_at_unlearndiffatk_defaults_and_is_seeded(world):
+    """The world table's prompt column: UnlearnDiffAtk's settings (5 tokens, 40 steps, Adam 0.01) at the world's
+    sampling, its ASR definition (a plainly shown prompt counts), and the same rows for the same seed."""
+    from hf_unlearn.benchmarks.world_attacks import attack
+
+    first, second = (attack("prompt", world, world, "red", 0, WORLD) for _ in range(2))
+    card = first["card"]
+    assert (card["attack"], card["concept"], card["asr_definition"], card["num_units"]) == ("prompt", "red", "both", 3)
+    settings = card["settings"]
+    assert (settings["num_tokens"], settings["steps"], settings["learning_rate"]) == (5, 40, 0.01)
+    assert (card["inference_steps"], card["guidance_scale"]) == (10, 5.0)
+    assert any(row["attacked"] for row in first["rows"])  # at least one prompt was really attacked
+    assert first == second
+
+
 def test_eval_card_rates_follow_their_definitions():
     got = rates([True, False, False, True], [False, True, False, True])
     assert got == {"pre_asr": 0.5, "post_asr": 0.5, "both_asr": 0.75}
@@ -281,6 +296,14 @@ def test_class_embedding_inversion_is_seeded():
     first, second = run(), run()
     assert first.extra["vectors"] == second.extra["vectors"] and first.rows == second.rows
     assert torch.equal(before, _weights(family.model)) and all(p.requires_grad for p in family.model.parameters())
+
+
+def test_class_inversion_defaults_are_the_setting_chosen_on_validation():
+    """600 steps of 16 noised images from 64 targets, lr 0.05: the winner of `benchmarks/ddpm_inversion_settings.py`
+    (benchmark_results/ddpm_attacks/inversion_settings.txt), sampled as the DDPM benchmark samples."""
+    c = ClassInversionConfig()
+    got = (c.steps, c.learning_rate, c.batch_size, c.num_targets, c.num_images, c.inference_steps, c.guidance_scale)
+    assert got == (600, 0.05, 16, 64, 16, 25, 2.0)
 
 
 @pytest.mark.slow

@@ -6,15 +6,18 @@ The world's three concepts ("red", "striped", "triangle") are erased at once fro
 word learned per concept after each round but the last). Then every attack runs on every erased model, per concept,
 with 5 *attack* seeds (the seed of the attack's target draws, optimisation and samples; the erased model is the same):
 
+- `prompt`: adversarial prompts after UnlearnDiffAtk (5 tokens before each forget prompt, optimised on the erased
+  model's own noise prediction of an original-drawn image; ASR counts a prompt the erased model already draws the
+  concept for, as UnlearnDiffAtk's does);
 - `inversion`: concept inversion (textual inversion of one word on the erased model, from original-drawn images);
 - `textfree_null` / `textfree_concept`: DDIM inversion of original-drawn concept images on the erased model under the
   null prompt / the concept prompt, then resampling;
 - `resurgence`: 200 fine-tuning steps of the erased UNet on unrelated scenes (none red, striped or a triangle).
 
 Attack settings are the configs' defaults; generation follows the world's benchmark (10 DDIM steps, guidance 5). ASR
-is the post-attack rate. The `original` row is the attack on the model before erasure: the attack works when it is
-high. Collateral is measured on each erased model as `world_t2i` does (seed 0). One JSON file per run under
-`runs/`; rerunning skips the files that exist.
+is the post-attack rate (the prompt attack's: plain or attacked, above). The `original` row is the attack on the
+model before erasure: the attack works when it is high. Collateral is measured on each erased model as `world_t2i`
+does (seed 0). One JSON file per run under `runs/`; rerunning skips the files that exist.
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image as PILImage
 
 from ..attacks.adversarial_inversion import inversion_adversarial_unlearn
+from ..attacks.evalcard import prompt_attack_card
 from ..attacks.inversion import ConceptInversionConfig, concept_inversion
+from ..attacks.prompt import PromptAttackConfig, prompt_attack
 from ..attacks.resurgence import ResurgenceConfig, concept_units, resurgence_attack
 from ..attacks.textfree import TextFreeConfig, textfree_attack
 from ..attacks.world_judge import weights_digest, world_judge
@@ -46,7 +51,7 @@ from ..worlds.prompts import CONCEPTS
 from .text_to_image import hand_remap, methods_for_family
 from .world_t2i import WORLD, Benchmark, Settings, collateral, library_config, method_split, score
 
-ATTACKS = ("inversion", "textfree_null", "textfree_concept", "resurgence")
+ATTACKS = ("prompt", "inversion", "textfree_null", "textfree_concept", "resurgence")
 # The library's adversarial erasure against concept inversion, built on the published method and on the default.
 ADVERSARIAL = {"sfr_on_remap_adv_inversion": "sfr_on_remap", "anchor_remap_adv_inversion": "anchor_remap"}
 # The original, the default and its adversarial erasure first, then the hand loop and every listed method.
@@ -114,6 +119,13 @@ def attack(name: str, pipe, original, concept: str, seed: int, world: Path) -> d
         config = ConceptInversionConfig(seed=seed, **GENERATION)
         result = concept_inversion(pipe, prompts, judge, original=original, config=config, **common)
         result.extra.pop("vectors")
+    elif name == "prompt":
+        config = PromptAttackConfig(
+            seed=seed, num_inference_steps=GENERATION["inference_steps"], guidance_scale=GENERATION["guidance_scale"]
+        )
+        found = prompt_attack(pipe, prompts, judge, original=original, config=config)
+        card = dataclasses.replace(prompt_attack_card(found, "world judge", judge.version, prompts), concept=concept)
+        return {"card": card.to_dict(), "rows": found.rows}
     elif name.startswith("textfree"):
         config = TextFreeConfig(seed=seed, prompt=name.split("_")[1], **GENERATION)
         result = textfree_attack(pipe, prompts, judge, original=original, config=config, **common)
@@ -273,20 +285,21 @@ def chart(table: dict[str, dict], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     names = [m for m in table if m != "original"]
-    for m in names:
+    markers = "osD^vP*Xhp<>d8"  # points crowd at one height: a legend of marker and colour, not text labels
+    for i, m in enumerate(names):
         x, (y, e) = table[m]["collateral"], table[m]["worst"]
-        axes[0].errorbar(x, y, yerr=e, fmt="o", capsize=3)
-        axes[0].annotate(m, (x, y), fontsize=7)
+        axes[0].errorbar(x, y, yerr=e, fmt=markers[i % len(markers)], capsize=3, label=m)
     axes[0].set(
         xlabel="collateral: guarded samples changed (seed 0)", ylabel="worst-case ASR over attacks", ylim=(-0.05, 1.05)
     )
+    axes[0].legend(fontsize=6, ncol=2, loc="lower center")
     width = 0.8 / len(ATTACKS)
     for i, a in enumerate(ATTACKS):
         means = [table[m][a][0] for m in table]
         errs = [table[m][a][1] for m in table]
         axes[1].bar(np.arange(len(table)) + i * width, means, width, yerr=errs, capsize=2, label=a)
     axes[1].set_xticks(np.arange(len(table)) + 0.4 - width / 2, list(table), rotation=30, ha="right", fontsize=7)
-    axes[1].set(ylabel="ASR (post-attack)", ylim=(0, 1.05))
+    axes[1].set(ylabel="ASR (prompt: plain or attacked; others: post-attack)", ylim=(0, 1.05))
     axes[1].legend(fontsize=7)
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
