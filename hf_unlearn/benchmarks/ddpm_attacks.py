@@ -1,13 +1,14 @@
 """`python -m hf_unlearn.benchmarks.ddpm_attacks`: the class-conditional attacks against erasers of a digit on a DDPM.
 
 The class-conditional diffusion demo's tiny 8×8 digits `UNet2DModel` and its judge (a tiny ResNet) are trained here
-with the demo's own recipe and code (seed 0, scikit-learn's bundled digits). Class 3 is erased once (erasure seed 0)
+with the demo's own code at `benchmark-diffusion`'s sizes (`MODEL`: 400 steps at batch 128, judge 300 steps; seed 0,
+scikit-learn's bundled digits). Class 3 is erased once (erasure seed 0)
 by the family's default method (`sfr_on_remap`, the demo's 30 cycles at batch 64) and by the baselines in `METHODS`
 at the same budget. Then both class-conditional attacks run on every erased model with 5 *attack* seeds (the seed of
 the attack's target draws, optimisation, fine-tuning order and samples; the erased model is the same):
 
 - `class_inversion`: a class-embedding row learned on the erased model from class-3 images the original draws
-  ([`ClassInversionConfig`] defaults: 200 steps, 16 targets, 16 judged samples, DDIM 25 steps, guidance 2);
+  ([`ClassInversionConfig`] defaults: 600 steps of 16 from 64 targets, 16 judged samples, DDIM 25 steps, guidance 2);
 - `resurgence`: fine-tuning the erased UNet on the remain rows (every digit but 3) with the family's loss
   ([`ResurgenceConfig`] defaults: 200 steps, batch 2, lr 1e-5), measured on 16 class-3 samples drawn as above.
 
@@ -58,12 +59,19 @@ FORGET_CLASS = 3
 JUDGE = "digits judge (tiny ResNet)"
 
 
-class Bench:
-    """The trained original, its judge and the split; erases and attacks. `quick`: a seconds-long smoke run."""
+# The demo's 200-step UNet draws its own class 3 only 85% of the time (judged), which caps what any attack can
+# recover below the issue's 80% bar for reasons that are the model's, not the attack's; the attacks run on a UNet
+# trained with `benchmark-diffusion`'s sizes (400 steps at batch 128, judge 300 steps): the demo's code, longer.
+MODEL = replace(DiffusionDemoSettings(), train_steps=400, train_batch=128, judge_steps=300)
 
-    def __init__(self, tmp: Path, quick: bool = False):
+
+class Bench:
+    """The trained original, its judge and the split; erases and attacks. `quick`: a seconds-long smoke run;
+    `settings`: the model's and the erasure's sizes (default `MODEL`)."""
+
+    def __init__(self, tmp: Path, quick: bool = False, settings: Optional[DiffusionDemoSettings] = None):
         self.tmp, self.quick = tmp, quick
-        self.settings = QUICK["class_conditional_diffusion"] if quick else DiffusionDemoSettings()
+        self.settings = QUICK["class_conditional_diffusion"] if quick else (settings or MODEL)
         set_seed(0)
         train = load_digits_dataset()["train"]
         if self.settings.train_rows:  # as the demo subsets (a stratified share of every class)
