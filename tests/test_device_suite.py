@@ -1,4 +1,4 @@
-"""The device suite's pipeline: `scripts/device_suite.py --tiny` runs every tiny setting through `Unlearner` and writes
+"""The device suite's pipeline: `benchmarks/device_suite.py --tiny` runs every tiny setting through `Unlearner` and writes
 one JSON with throughput, peak memory and pass counts (numbers checked for sense, never for speed)."""
 
 import json
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "scripts" / "device_suite.py"
+SCRIPT = ROOT / "benchmarks" / "device_suite.py"
 
 
 @pytest.mark.slow

@@ -102,7 +102,7 @@ for _method in [
     # projections act on every prompt's image features, and moved unrelated prompts). α 4: the two step kinds share
     # Adam's moments, so α sets the forget step's size against the remain step's; on 3 validation seeds α 4 erased the
     # implicit prompts best (0.009 against 0.046 at α 1, 0.019 at α 8) at collateral 0.713 against the loop's 1.014
-    # (scripts/world_variants.py, benchmark_results/world_t2i/variants/summary.txt).
+    # (benchmarks/world_variants.py, benchmark_results/world_t2i/variants/summary.txt).
     UnlearnMethod(
         "anchor_remap",
         Remap(),

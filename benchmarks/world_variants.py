@@ -2,7 +2,7 @@
 lost to the hand-written loop (docs/world.md, "Why the default changed"). Not rows of the benchmark: each variant
 runs at fixed trainable modules and cycles on the seeds given, and prints the mean of the benchmark's columns.
 
-    python scripts/world_variants.py --rows sfr_on_remap_nomask,sfr_on_remap,remap_preserve --seeds 100,101 \
+    python benchmarks/world_variants.py --rows sfr_on_remap_nomask,sfr_on_remap,remap_preserve --seeds 100,101 \
         --train_modules cross_attention_kv --cycles 120 --output benchmark_results/world_t2i/variants
 
 Rows: any row of `benchmarks.world_t2i` (`hand_remap`, `sfr_on_remap`, its `_nomask` variant, ...) and

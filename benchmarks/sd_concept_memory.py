@@ -1,6 +1,6 @@
 """Parameter counts of Stable Diffusion 1.4's components and the memory each text-to-image training setup implies.
 
-    python scripts/sd_concept_memory.py [--lora-r 8]
+    python benchmarks/sd_concept_memory.py [--lora-r 8]
 
 Builds the UNet, VAE and CLIP text encoder from SD 1.4's published architecture on the meta device (random init, no
 weights, no download), counts the parameters of every trainable subset of `hf_unlearn`'s text-to-image family

@@ -1,6 +1,6 @@
 """Memory plan for SD3-medium and FLUX.1-dev unlearning: exact parameter counts, measured activations, per-GPU bytes.
 
-    python scripts/flow_memory.py --output benchmark_results/flow_memory
+    python benchmarks/flow_memory.py --output benchmark_results/flow_memory
 
 1. Parameter counts (exact): each model's transformer, text encoders and VAE built from their published configs
    (written inline) on the meta device, no weights, no download; LoRA r=16 on the family's default targets.

@@ -1,5 +1,5 @@
-"""SD3-medium and FLUX.1-dev pipelines for the device suite (scripts/device_suite.py): the real transformer, VAE and
-text-encoder configs of scripts/flow_memory.py with random weights (tiny: the test configs' sizes), word-level
+"""SD3-medium and FLUX.1-dev pipelines for the device suite (benchmarks/device_suite.py): the real transformer, VAE and
+text-encoder configs of benchmarks/flow_memory.py with random weights (tiny: the test configs' sizes), word-level
 tokenizers built in memory (vocabulary 1,000, so the encoders' embedding tables are cut to it).
 
 Real size, the frozen parts and a LoRA run's transformer base are bf16 (what `torch_dtype=torch.bfloat16` loads; LoRA

@@ -1,6 +1,6 @@
 """Peak memory and time of real `hf_unlearn` unlearning steps on Stable Diffusion 1.4's architecture (random weights).
 
-    python scripts/sd_step_memory.py [--resolution 512] [--batch-size 1] [--threads 2]
+    python benchmarks/sd_step_memory.py [--resolution 512] [--batch-size 1] [--threads 2]
 
 For each setup (full UNet, full UNet with gradient checkpointing and either divergence guard, ESD-x, LoRA r=8) a fresh
 process builds SD 1.4's UNet, VAE and CLIP text encoder from their published configs with random weights (no download;

@@ -19,11 +19,11 @@ is within 10% for the SD UNet in bf16).
 
 On a GPU machine (every setting; `--only unet bf16` keeps the settings whose name holds both words):
 
-    HF_HUB_OFFLINE=1 python scripts/device_suite.py --output benchmark_results/performance/device_suite_gpu.json
+    HF_HUB_OFFLINE=1 python benchmarks/device_suite.py --output benchmark_results/performance/device_suite_gpu.json
 
 The pipeline check on CPU (tiny configs, a few cycles, a handful of settings; what tests/test_device_suite.py runs):
 
-    python scripts/device_suite.py --tiny --output benchmark_results/performance/device_suite_tiny.json
+    python benchmarks/device_suite.py --tiny --output benchmark_results/performance/device_suite_tiny.json
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ TINY_SETTINGS = [
     ("sd3", "fp32", "lora", True),
     ("flux", "fp32", "xattn", True),
 ]
-# SD3-medium and FLUX.1-dev (scripts/device_flow.py): bf16 autocast and activation checkpointing at 1024 px, batch 1,
+# SD3-medium and FLUX.1-dev (benchmarks/device_flow.py): bf16 autocast and activation checkpointing at 1024 px, batch 1,
 # the settings that fit one 80 GB GPU by the memory plan (docs/stable_diffusion.md); full FLUX-dev does not.
 FLOW_SETTINGS = [
     ("sd3", "bf16", "lora", True),
@@ -381,7 +381,7 @@ def main(argv=None) -> int:
         "device": device_name(),
         "tiny": args.tiny,
         "torch": torch.__version__,
-        "command": "python scripts/device_suite.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python benchmarks/device_suite.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "settings": results,
     }
     text = json.dumps(report, indent=1)
