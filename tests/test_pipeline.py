@@ -60,3 +60,37 @@ def test_benchmark_quick_runs_and_resumes(tmp_path):
     stamps = (model_file.stat().st_mtime_ns, result.stat().st_mtime_ns)
     assert main(["benchmark-diffusion", "--quick", "--output", str(out)]) == 0  # resumes: nothing is recomputed
     assert (model_file.stat().st_mtime_ns, result.stat().st_mtime_ns) == stamps
+
+
+def test_diffusion_report_states_rt_seed_spread_as_the_noise_floor():
+    from hf_unlearn.benchmarks.diffusion import _noise_floor
+
+    rts = [
+        {"FA": 0.0, "remain_acc": 0.98, "FID": 2.0, "hist_kl": 0.3},
+        {"FA": 0.1, "remain_acc": 0.96, "FID": 3.0, "hist_kl": 0.5},
+        {"diverged": True},
+    ]
+    (line,) = [t for t in _noise_floor(rts) if t]
+    # std over the two seeds that ran: FA 0.0/10.0 points -> 7.1, acc 98/96 -> 1.4, FID 2/3 -> 0.71 (28% of 2.5)
+    assert "over 2 seeds" in line and "FA 7.1 points" in line and "remaining acc 1.4 points" in line
+    assert "FID 0.71 (28% of RT's mean)" in line and "hist KL between RT seeds 0.40" in line
+    assert _noise_floor(rts[:1]) == []  # one seed has no spread
+
+
+def test_diffusion_report_rebuilds_from_its_run_files(tmp_path, monkeypatch):
+    """The committed report is its run files' report: a result file changed without the report fails here."""
+    from pathlib import Path
+
+    from hf_unlearn.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    committed = (root / "benchmark_results" / "diffusion" / "report.md").read_text()
+    command = committed.split("Command: `", 1)[1].split("`", 1)[0].split()
+    assert command[:2] == ["hf-unlearn", "benchmark-diffusion"]
+    monkeypatch.chdir(root)  # the recorded command names its output folder relative to the repository
+    rebuilt, threads = tmp_path / "report.md", torch.get_num_threads()
+    try:
+        assert main([*command[1:], "--report-only", "--report", str(rebuilt)]) == 0
+    finally:
+        torch.set_num_threads(threads)  # the command's --threads must not outlive it in this worker
+    assert rebuilt.read_text() == committed

@@ -214,6 +214,22 @@ def _row(label: str, runs: list[dict], steps: str, time_key: str, fid0: float) -
     )
 
 
+def _noise_floor(retrains: list[dict]) -> list[str]:
+    """RT's seed-to-seed spread (std over its seeds): how far two retrainings differ, the floor of every column."""
+    ok = [r for r in retrains if "diverged" not in r]
+    if len(ok) < 2:
+        return []
+    std = lambda key, scale=1.0: float(np.std([r[key] * scale for r in ok], ddof=1))  # noqa: E731
+    fids = [r["FID"] for r in ok]
+    return [
+        "",
+        f"Noise floor, RT's seed-to-seed spread over {len(ok)} seeds (std): FA {std('FA', 100):.1f} points, "
+        f"remaining acc {std('remain_acc', 100):.1f} points, FID {std('FID'):.2f} "
+        f"({std('FID') / np.mean(fids) * 100:.0f}% of RT's mean); hist KL between RT seeds "
+        f"{np.mean([r['hist_kl'] for r in ok]):.2f}.",
+    ]
+
+
 def report(bench: DiffusionBenchmark, results: dict[str, dict], command: str) -> str:
     """The markdown tables of the benchmark, from the stored results."""
     a = bench.args
@@ -239,6 +255,7 @@ def report(bench: DiffusionBenchmark, results: dict[str, dict], command: str) ->
             "",
             f"Original model FID over {len(fids)} sampling seeds: {_mean_std(fids, 2)} "
             f"(noise {noise:.1f}% of the mean).",
+            *_noise_floor(res["retrain"]),
             "",
             "| model | FA % | hist KL to RT | remaining acc % | FID | FID vs original | runs ok | steps | time (s) |",
             "|---|---|---|---|---|---|---|---|---|",
