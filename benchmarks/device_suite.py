@@ -55,8 +55,8 @@ TINY_SETTINGS = [
     ("sd3", "fp32", "lora", True),
     ("flux", "fp32", "xattn", True),
 ]
-# SD3-medium and FLUX.1-dev (benchmarks/device_flow.py): bf16 autocast and activation checkpointing at 1024 px, batch 1,
-# the settings that fit one 80 GB GPU by the memory plan (docs/stable_diffusion.md); full FLUX-dev does not.
+# SD3-medium and FLUX.1-dev (benchmarks/device_flow.py): bf16 autocast and activation checkpointing at 1024 px,
+# batch 1, the settings that fit one 80 GB GPU by the memory plan (docs/stable_diffusion.md); full FLUX-dev does not.
 FLOW_SETTINGS = [
     ("sd3", "bf16", "lora", True),
     ("sd3", "bf16", "xattn", True),

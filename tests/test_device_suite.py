@@ -1,5 +1,5 @@
-"""The device suite's pipeline: `benchmarks/device_suite.py --tiny` runs every tiny setting through `Unlearner` and writes
-one JSON with throughput, peak memory and pass counts (numbers checked for sense, never for speed)."""
+"""The device suite's pipeline: `benchmarks/device_suite.py --tiny` runs every tiny setting through `Unlearner` and
+writes one JSON with throughput, peak memory and pass counts (numbers checked for sense, never for speed)."""
 
 import json
 import os
