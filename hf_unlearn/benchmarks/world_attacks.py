@@ -258,22 +258,24 @@ def summary(rows: list[dict], output: Path) -> dict[str, dict]:
     return table
 
 
-def report_markdown(table: dict[str, dict]) -> str:
+def attack_table(
+    table: dict[str, dict], attacks, collateral: str, plain: str, original_collateral: bool = False
+) -> str:
+    """The markdown table of `attack_row`s: seeds, collateral (named `collateral`; the original's shown only with
+    `original_collateral`), the plain rate (named `plain`), each attack and the worst case, as mean ± 95% interval."""
     cell = lambda m_ci: "–" if math.isnan(m_ci[0]) else f"{m_ci[0]:.2f} ± {m_ci[1]:.2f}"  # noqa: E731
-    header = ["method", "n seeds", "collateral", "plain prompts", *ATTACKS, "worst case"]
+    header = ["method", "n seeds", collateral, plain, *attacks, "worst case"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method, t in table.items():
-        coll = "–" if method == "original" else f"{t['collateral']:.3f}"
-        cells = [
-            method,
-            str(len(t["seeds"])),
-            coll,
-            cell(t["plain"]),
-            *(cell(t[a]) for a in ATTACKS),
-            cell(t["worst"]),
-        ]
+        coll = "–" if method == "original" and not original_collateral else f"{t['collateral']:.3f}"
+        cells = [method, str(len(t["seeds"])), coll, cell(t["plain"]), *(cell(t[a]) for a in attacks)]
+        cells.append(cell(t["worst"]))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def report_markdown(table: dict[str, dict]) -> str:
+    return attack_table(table, ATTACKS, "collateral", "plain prompts")
 
 
 def chart(table: dict[str, dict], path: Path) -> None:
