@@ -18,39 +18,20 @@ from pathlib import Path
 
 import torch
 from accelerate.utils import set_seed
-from diffusers import UNet2DModel
 
 from hf_unlearn import UnlearnConfig, Unlearner
-from hf_unlearn.data import ForgetRemainSplit, TrainingSet, load_digits_dataset
-from hf_unlearn.demos import DiffusionDemoSettings, _class_samples, _judged
-from hf_unlearn.metrics.generation import Judge
-from hf_unlearn.tiny.classifiers import RECIPES as CLASSIFIER_RECIPES
-from hf_unlearn.tiny.classifiers import TrainingRecipe, tiny_classifier, train_classifier
-from hf_unlearn.tiny.diffusion import RECIPES, tiny_scheduler
+from hf_unlearn.data import ForgetRemainSplit, load_digits_dataset
+from hf_unlearn.demos import DiffusionDemoSettings, _class_samples, _digits_judge, _judged
+from hf_unlearn.tiny.diffusion import RECIPES, tiny_unet, train_diffusion
 from hf_unlearn.utils import atomic_write_json
 
 FORGET_CLASS = 3
 SAMPLING = DiffusionDemoSettings()  # 20 samples per class, DDIM 10 steps, guidance 2
 
 
-def unet(widths: tuple[int, ...], seed: int) -> UNet2DModel:
-    torch.manual_seed(seed)
-    return UNet2DModel(
-        sample_size=8, in_channels=1, out_channels=1, block_out_channels=widths, layers_per_block=1,
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-        norm_num_groups=8, num_class_embeds=11,
-    )  # fmt: skip
-
-
 def run(widths, seed: int, train, judge, tmp: Path) -> dict:
-    recipe = RECIPES["unet"]
-    config = UnlearnConfig(
-        method="retrain", family="class_conditional_diffusion", retrain_init="config", seed=seed,
-        max_steps=recipe["max_steps"], learning_rate=recipe["learning_rate"],
-        per_device_train_batch_size=recipe["batch"], max_grad_norm=1.0, output_dir="", logging_steps=100,
-    )  # fmt: skip
-    original = Unlearner.from_pretrained(unet(widths, seed), config, scheduler=tiny_scheduler())
-    original.unlearn(TrainingSet(train))
+    model = tiny_unet(seed=seed, widths=widths)
+    original = train_diffusion("unet", train, seed=seed, model=model, **RECIPES["unet"])
     folder = tmp / f"original-s{seed}"
     original.family.save_pretrained(original.model, str(folder))
     before = _judged(judge, _class_samples(original, SAMPLING, 0), FORGET_CLASS, SAMPLING.samples_per_class)
@@ -77,8 +58,7 @@ def main() -> None:
     torch.set_num_threads(1)
     widths = tuple(int(w) for w in args.widths.split(","))
     train = load_digits_dataset()["train"]
-    recipe = TrainingRecipe(300, CLASSIFIER_RECIPES["resnet"].learning_rate)
-    judge = Judge(train_classifier(tiny_classifier("resnet", seed=0), train, recipe, seed=0).model, 16)
+    judge = _digits_judge(train, 300, 0)
     out = Path(args.output)
     for seed in (int(s) for s in args.seeds.split(",")):
         path = out / f"unet-{'x'.join(map(str, widths))}-s{seed}.json"

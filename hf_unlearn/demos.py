@@ -189,11 +189,16 @@ def _moved(before: torch.Tensor, after: torch.Tensor, rows: torch.Tensor) -> flo
     return float((after[rows] - before[rows]).pow(2).mean().sqrt())
 
 
+def _digits_judge(train, steps: int, seed: int) -> Judge:
+    """A tiny ResNet trained `steps` steps on the digits `train` rows, as a judge of 16-pixel samples."""
+    recipe = TrainingRecipe(steps, CLASSIFIER_RECIPES["resnet"].learning_rate)
+    return Judge(train_classifier(tiny_classifier("resnet", seed=seed), train, recipe, seed=seed).model, 16)
+
+
 def _train_digits_models(train, settings: DiffusionDemoSettings, seed: int, folder: str) -> Judge:
     """Trains the judge and the original UNet (saved to `folder` as a diffusers pipeline); returns the judge."""
     _say(f"Training a judge classifier (tiny ResNet, {settings.judge_steps} steps) on {len(train)} real digits...")
-    recipe = TrainingRecipe(settings.judge_steps, CLASSIFIER_RECIPES["resnet"].learning_rate)
-    judge = Judge(train_classifier(tiny_classifier("resnet", seed=seed), train, recipe, seed=seed).model, 16)
+    judge = _digits_judge(train, settings.judge_steps, seed)
     _say(f"Training a tiny class-conditional UNet2DModel ({settings.train_steps} steps) on the same digits...")
     lr = DIFFUSION_RECIPES["unet"]["learning_rate"]
     original = train_diffusion(

@@ -18,8 +18,9 @@ RECIPES = {
 }
 
 
-def tiny_unet(num_classes: int = 10, size: int = 8, seed: int = 0):
-    """A class-conditional `UNet2DModel` for 1-channel `size`×`size` images; the null class is `num_classes`."""
+def tiny_unet(num_classes: int = 10, size: int = 8, seed: int = 0, widths: tuple[int, ...] = (32, 64)):
+    """A class-conditional `UNet2DModel` for 1-channel `size`×`size` images with `widths` block channels (the
+    benchmark's 32/64); the null class is `num_classes`."""
     from diffusers import UNet2DModel  # noqa: PLC0415
 
     torch.manual_seed(seed)
@@ -27,7 +28,7 @@ def tiny_unet(num_classes: int = 10, size: int = 8, seed: int = 0):
         sample_size=size,
         in_channels=1,
         out_channels=1,
-        block_out_channels=(32, 64),
+        block_out_channels=tuple(widths),
         layers_per_block=1,
         down_block_types=("DownBlock2D", "AttnDownBlock2D"),
         up_block_types=("AttnUpBlock2D", "UpBlock2D"),
@@ -59,9 +60,11 @@ def tiny_scheduler():
     return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
 
 
-def train_diffusion(kind: str, dataset, *, seed: int, max_steps: int, learning_rate: float, batch: int):
-    """Trains a fresh tiny model of `kind` on every row of `dataset` (condition dropout 0.1); returns the Unlearner."""
-    model = tiny_unet(seed=seed) if kind == "unet" else tiny_dit(seed=seed)
+def train_diffusion(kind: str, dataset, *, seed: int, max_steps: int, learning_rate: float, batch: int, model=None):
+    """Trains a fresh tiny model of `kind` (or the fresh `model` given) on every row of `dataset` (condition dropout
+    0.1); returns the Unlearner."""
+    if model is None:
+        model = tiny_unet(seed=seed) if kind == "unet" else tiny_dit(seed=seed)
     config = UnlearnConfig(
         method="retrain",
         family="class_conditional_diffusion",
