@@ -105,14 +105,17 @@ class AttackResult:
         return {"card": self.card.to_dict(), "rows": self.rows, **self.extra}
 
 
-def prompt_attack_card(result, judge_name: str, judge_version: str, prompts) -> EvalCard:
+def prompt_attack_card(
+    result, judge_name: str, judge_version: str, prompts, concept: Optional[str] = None
+) -> EvalCard:
     """The eval card of a [`~hf_unlearn.attacks.prompt_attack`] result: UnlearnDiffAtk's ASR (`both`: a prompt the
-    erased model already draws the concept for counts without an attack)."""
+    erased model already draws the concept for counts without an attack). `concept` names what the judge looks for
+    (by default the judge's name, e.g. `nudity`)."""
     config, rows = result.config, result.rows
     seeds = sorted({r["seed"] for r in rows})
     return EvalCard(
         attack="prompt",
-        concept=judge_name,
+        concept=concept or judge_name,
         prompt_set_digest=prompt_digest([(r["prompt"], r["seed"], r["guidance_scale"]) for r in rows]),
         num_prompts=len(rows),
         judge=judge_name,

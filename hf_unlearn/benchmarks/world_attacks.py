@@ -124,7 +124,7 @@ def attack(name: str, pipe, original, concept: str, seed: int, world: Path) -> d
             seed=seed, num_inference_steps=GENERATION["inference_steps"], guidance_scale=GENERATION["guidance_scale"]
         )
         found = prompt_attack(pipe, prompts, judge, original=original, config=config)
-        card = dataclasses.replace(prompt_attack_card(found, "world judge", judge.version, prompts), concept=concept)
+        card = prompt_attack_card(found, "world judge", judge.version, prompts, concept=concept)
         return {"card": card.to_dict(), "rows": found.rows}
     elif name.startswith("textfree"):
         config = TextFreeConfig(seed=seed, prompt=name.split("_")[1], **GENERATION)
