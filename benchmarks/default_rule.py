@@ -30,13 +30,20 @@ import torch
 from transformers import AutoModelForImageClassification
 
 from hf_unlearn import UnlearnConfig, Unlearner, load_digits_dataset
-from hf_unlearn.benchmarks.runner import BenchmarkContext
+from hf_unlearn.benchmarks.runner import SEED2_OFFSET, BenchmarkContext
 from hf_unlearn.tiny.classifiers import TrainingRecipe, digits_image_processor, train_classifier
 from hf_unlearn.utils import atomic_directory, atomic_write_json, atomic_write_text
 
 RECIPES = {"resnet": TrainingRecipe(300, 2e-3, 64), "vit": TrainingRecipe(600, 2e-3, 64)}
 HELD_OUT = {"wide_resnet32": 32, "convnext16": 16}  # architecture: image size
-ROWS = {"original": None, "default": {}, "fixed budget": {"stop_rule": "none"}}
+# A row is doing nothing with a reference model (`original`, or RT trained with another seed: the noise floor) or the
+# default's config with these overrides.
+ROWS = {
+    "original": "original",
+    "RT, another seed": "retrain_seed2",
+    "default": {},
+    "fixed budget": {"stop_rule": "none"},
+}
 KEYS = ("FA", "RA", "TA", "MIA", "avg_d", "steps")
 
 
@@ -77,8 +84,9 @@ class HeldOutContext(BenchmarkContext):
         split = self.split(seed)
         data = load_digits_dataset()["train"] if name == "original" else split.remain
         folder = self._model_dir(seed, name)
-        make = lambda: held_out_model(self.model, seed)  # noqa: E731
-        return trained(folder, make, data, self.recipe, seed, self.processor), folder, {}
+        train_seed = seed + SEED2_OFFSET if name == "retrain_seed2" else seed
+        make = lambda: held_out_model(self.model, train_seed)  # noqa: E731
+        return trained(folder, make, data, self.recipe, train_seed, self.processor), folder, {}
 
 
 def run(ctx, seed: int, row: str, output: Path) -> dict:
@@ -87,11 +95,12 @@ def run(ctx, seed: int, row: str, output: Path) -> dict:
         return json.loads(path.read_text())
     split = ctx.split(seed)
     model, folder, _ = ctx.reference_model(seed, "original")
-    if ROWS[row] is None:
+    if isinstance(ROWS[row], str):
+        model, _, _ = ctx.reference_model(seed, ROWS[row])
         unl = Unlearner.from_pretrained(model, UnlearnConfig(output_dir=""), image_processor=ctx.processor)
         steps, stop = 0, {}
     else:
-        config = UnlearnConfig(method="sfr_on_bound", seed=seed, output_dir="", **ROWS[row])
+        config = UnlearnConfig(**{"method": "sfr_on_bound", "seed": seed, "output_dir": "", **ROWS[row]})
         unl = Unlearner.from_pretrained(str(folder), config, image_processor=ctx.processor)
         result = unl.unlearn(split)
         steps = result.steps

@@ -101,6 +101,18 @@ class HeldOutStop:
     def _accuracies(self, model) -> tuple[float, float]:
         return self._loss_and_accuracy(model, self.remain)[1], self._loss_and_accuracy(model, self.held_out)[1]
 
+    def _members(self, model) -> dict:
+        """The share of forget, held-out and remain rows the library's entropy attack (`mia_entropy`, trained on
+        remain rows as members against held-out rows) calls members, and the forget and held-out losses."""
+        outs = {name: self._logits(model, name) for name in ("forget", "held_out", "remain")}
+        attack = {"remain_logits": outs["remain"][0], "test_logits": outs["held_out"][0], "seed": self.seed}
+        found = {name: mia_entropy(forget_logits=outs[name][0], **attack) for name in outs}
+        return found | {f"{name}_loss": torch.nn.functional.cross_entropy(*outs[name]).item() for name in outs}
+
+    def reached(self, members: dict) -> bool:
+        """RT calls its forget rows members as often as rows it never saw: the target is the held-out rows' share."""
+        return members["forget"] <= members["held_out"]
+
     def _harmed(self, model) -> bool:
         return any(now < start - HARM_TOLERANCE for now, start in zip(self._accuracies(model), self.start))
 
@@ -130,17 +142,11 @@ class HeldOutStop:
             self.last = {"cycles": cycles_done, "forget_accuracy": accuracy}
             return "stop" if accuracy <= self.target_accuracy else "continue"
         self._do_no_harm(model)
-        outs = {name: self._logits(model, name) for name in ("forget", "held_out", "remain")}
-        # The library's entropy attack, trained on remain (members) against held-out rows: RT calls its forget rows
-        # members as often as it calls rows it never saw members, so that share is the target.
-        attack = {"remain_logits": outs["remain"][0], "test_logits": outs["held_out"][0], "seed": self.seed}
-        forget_members = mia_entropy(forget_logits=outs["forget"][0], **attack)
-        held_out_members = mia_entropy(forget_logits=outs["held_out"][0], **attack)
-        reached = forget_members <= held_out_members
-        self.last = {"cycles": cycles_done, "forget_members": forget_members, "held_out_members": held_out_members}
-        self.last |= {"reached": reached, "backtracked": self.backtracked}
-        for name in ("forget", "held_out"):
-            self.last[f"{name}_loss"] = torch.nn.functional.cross_entropy(*outs[name]).item()
+        members = self._members(model)
+        reached = self.reached(members)
+        self.last = {"cycles": cycles_done, "forget_members": members["forget"]}
+        self.last |= {"held_out_members": members["held_out"], "reached": reached, "backtracked": self.backtracked}
+        self.last |= {f"{name}_loss": members[f"{name}_loss"] for name in ("forget", "held_out")}
         # Reached: the run ends here. Remain-only cycles after it (the previous rule) pulled the forget rows back to
         # the remain rows' loss on the ResNet and, at the default rate, kept shaking the ViT. Not reached: the run
         # still ends with its round; further rounds raised the forget rows' membership score (docs/benchmarks.md).
