@@ -13,9 +13,9 @@
   digits with the benchmark's recipe (300 steps, lr 2e-3, batch 64), one original per seed (committed under
   `OUTPUT/models`; their RT models for random rows are trained here and not committed).
 
-Rows: `original` (doing nothing), `default` (the library default: `sfr_on_bound`, stop rule on), `fixed budget` (the
-same default with `stop_rule='none'`: the previous default). One JSON per run under `OUTPUT/runs` (rerunning skips
-finished runs), then `OUTPUT/results.md`.
+Rows: `original` (doing nothing), `RT, another seed` (RT trained with another seed: the noise floor), `default` (the
+library default: `sfr_on_bound`, stop rule on), `fixed budget` (the same default with `stop_rule='none'`: the previous
+default). One JSON per run under `OUTPUT/runs` (rerunning skips finished runs), then `OUTPUT/results-PART.md`.
 """
 
 from __future__ import annotations

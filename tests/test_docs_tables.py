@@ -20,6 +20,7 @@ PASTED = {
     "docs/benchmarks.md": [
         "benchmark_results/results.md",
         "benchmark_results/default_rule/results-all.md",
+        "benchmark_results/default_rule/validation_10seeds/summary.md",
         *sorted(f"benchmark_results/validation/{p.name}" for p in (RESULTS / "validation").glob("*.md")),
     ],
     "docs/attacks.md": ["benchmark_results/world_attacks/report.md", "benchmark_results/ddpm_attacks/report.md"],
