@@ -241,7 +241,7 @@ def main(argv=None) -> int:
     contexts = []
     if args.part in ("benchmark", "all"):
         for model in ("resnet", "vit"):
-            for scenario, fraction in (("class", 0.5), ("random", 0.5), ("random", 0.1)):
+            for scenario, fraction in (("class", 0.5), ("random", 0.5), ("random", 0.25), ("random", 0.1)):
                 ctx = BenchmarkContext(args.models, model, scenario, RECIPES[model], forget_fraction=fraction)
                 contexts.append((ctx, [int(s) for s in args.seeds.split(",")]))
     if args.part in ("heldout", "all"):

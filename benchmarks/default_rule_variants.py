@@ -3,9 +3,9 @@
     OMP_NUM_THREADS=1 python benchmarks/default_rule_variants.py --variant NAME [--seeds 100,...,109]
     python benchmarks/default_rule_variants.py --summary
 
-Each variant runs the four random settings of `benchmarks/default_rule.py` (ResNet and ViT, half and a tenth of the
-rows) on the validation seeds 100-109, one JSON per run under `OUTPUT/<variant>/runs` (rerunning skips finished runs);
-`--summary` writes `OUTPUT/summary.md`: mean ± std Avg.D of each variant's `default` row and of RT trained with
+Each variant runs the six random settings of `benchmarks/default_rule.py` (ResNet and ViT, half, a quarter and a tenth
+of the rows) on the validation seeds 100-109, one JSON per run under `OUTPUT/<variant>/runs` (rerunning skips finished
+runs); `--summary` writes `OUTPUT/summary.md`: mean ± std Avg.D of each variant's `default` row and of RT trained with
 another seed (the noise floor), and in brackets their difference from doing nothing paired per seed. The variants
 (`VARIANTS`) change the library's rule in this process only:
 
@@ -14,7 +14,8 @@ another seed (the noise floor), and in brackets their difference from doing noth
 - **landing**: the cycle that reached the target is bisected (4 checks) to the smallest fraction of its update that
   reaches it, since RT's share is a level and one cycle can pass it;
 - **forget loss**: the SFR-on variant whose forget step uses random other labels (`sfr_on_rl`) or a pull toward the
-  uniform distribution (`sfr_on_kl`) instead of the bounded loss of the default `sfr_on_bound`.
+  uniform distribution (`sfr_on_kl`) instead of the bounded loss of the default `sfr_on_bound`;
+- **harm tolerance / rate**: the do-no-harm check at 0.5 point instead of 1, or the learning rate 1e-3 instead of 3e-3.
 """
 
 from __future__ import annotations
@@ -30,32 +31,52 @@ import torch
 
 import hf_unlearn.unlearner as engine
 from hf_unlearn.benchmarks.runner import BenchmarkContext
-from hf_unlearn.stopping import HeldOutStop, _floats
+from hf_unlearn.stopping import HARM_TOLERANCE, HeldOutStop, _floats
 from hf_unlearn.utils import atomic_write_text
 
 sys.path.insert(0, str(Path(__file__).parent))
 from default_rule import RECIPES, ROWS, run  # noqa: E402
 
-SETTINGS = ("resnet-random-f0.5", "resnet-random-f0.1", "vit-random-f0.5", "vit-random-f0.1")
-# name: (what it is, config overrides of the default, offset target, landing checks)
+SETTINGS = tuple(f"{m}-random-f{f}" for m in ("resnet", "vit") for f in ("0.5", "0.25", "0.1"))
+# name: (what it is, config overrides of the default, offset target, landing checks, harm tolerance in points)
 VARIANTS = {
-    "default": ("the default: attack target, do no harm, one round", {}, False, 0),
-    "offset": ("offset target", {}, True, 0),
-    "land": ("landing", {}, False, 4),
-    "offset_land": ("offset target, landing", {}, True, 4),
-    "rl": ("forget loss `sfr_on_rl`", {"method": "sfr_on_rl"}, False, 0),
-    "rl_offset": ("forget loss `sfr_on_rl`, offset target", {"method": "sfr_on_rl"}, True, 0),
-    "rl_land": ("forget loss `sfr_on_rl`, landing", {"method": "sfr_on_rl"}, False, 4),
-    "rl_offset_land": ("forget loss `sfr_on_rl`, offset target, landing", {"method": "sfr_on_rl"}, True, 4),
-    "kl": ("forget loss `sfr_on_kl`", {"method": "sfr_on_kl"}, False, 0),
-    "kl_offset": ("forget loss `sfr_on_kl`, offset target", {"method": "sfr_on_kl"}, True, 0),
+    "default": ("the default: attack target, do no harm, one round", {}, False, 0, HARM_TOLERANCE),
+    "offset": ("offset target", {}, True, 0, HARM_TOLERANCE),
+    "land": ("landing", {}, False, 4, HARM_TOLERANCE),
+    "offset_land": ("offset target, landing", {}, True, 4, HARM_TOLERANCE),
+    "rl": ("forget loss `sfr_on_rl`", {"method": "sfr_on_rl"}, False, 0, HARM_TOLERANCE),
+    "rl_offset": ("forget loss `sfr_on_rl`, offset target", {"method": "sfr_on_rl"}, True, 0, HARM_TOLERANCE),
+    "rl_land": ("forget loss `sfr_on_rl`, landing", {"method": "sfr_on_rl"}, False, 4, HARM_TOLERANCE),
+    "rl_offset_land": (
+        "forget loss `sfr_on_rl`, offset target, landing",
+        {"method": "sfr_on_rl"},
+        True,
+        4,
+        HARM_TOLERANCE,
+    ),
+    "kl": ("forget loss `sfr_on_kl`", {"method": "sfr_on_kl"}, False, 0, HARM_TOLERANCE),
+    "kl_offset": ("forget loss `sfr_on_kl`, offset target", {"method": "sfr_on_kl"}, True, 0, HARM_TOLERANCE),
+    "rl_land_tol0.5": (
+        "forget loss `sfr_on_rl`, landing, do no harm (0.5 point)",
+        {"method": "sfr_on_rl"},
+        False,
+        4,
+        0.5,
+    ),
+    "rl_land_lr1e-3": (
+        "forget loss `sfr_on_rl` at lr 1e-3, landing",
+        {"method": "sfr_on_rl", "learning_rate": 1e-3},
+        False,
+        4,
+        HARM_TOLERANCE,
+    ),
 }
 
 
 class VariantStop(HeldOutStop):
     """The library's rule with a variant's target and landing (class attributes, set per variant)."""
 
-    offset_target, land_steps = False, 0
+    offset_target, land_steps, harm_tolerance = False, 0, HARM_TOLERANCE
 
     def __init__(self, family, forget, held_out, config, remain=None):
         super().__init__(family, forget, held_out, config, remain=remain)
@@ -63,6 +84,9 @@ class VariantStop(HeldOutStop):
         if not self.class_wise and self.offset_target:
             members = self._members(family.model)
             self.offset = members["forget"] - members["remain"]
+
+    def _harmed(self, model) -> bool:
+        return any(now < start - self.harm_tolerance for now, start in zip(self._accuracies(model), self.start))
 
     def reached(self, members: dict) -> bool:
         return members["forget"] - members["held_out"] <= self.offset
@@ -93,7 +117,7 @@ class VariantStop(HeldOutStop):
 
 
 def run_variant(name: str, seeds: list[int], output: Path, models: str) -> None:
-    _, overrides, VariantStop.offset_target, VariantStop.land_steps = VARIANTS[name]
+    _, overrides, VariantStop.offset_target, VariantStop.land_steps, VariantStop.harm_tolerance = VARIANTS[name]
     ROWS["default"] = overrides  # this process only: the `default` row runs the variant
     engine.HeldOutStop = VariantStop
     for tag in SETTINGS:
@@ -123,7 +147,20 @@ def summary(output: Path) -> str:
         cells = [_cell(runs, tag, row) for tag in SETTINGS]
         mean = statistics.mean(m for _, m in cells)
         lines.append(f"| {label} | " + " | ".join(c for c, _ in cells) + f" | {mean:.2f} |")
+    # Where each row stands against doing nothing, seed by seed, and which of Avg.D's terms it moved.
+    lines += ["", "| rows: seeds worse than doing nothing; mean change of FA, MIA | " + " | ".join(SETTINGS) + " |"]
+    lines.append("|---" * (len(SETTINGS) + 1) + "|")
+    for label, runs, row in rows[1:]:
+        lines.append(f"| {label} | " + " | ".join(_moves(runs, tag, row) for tag in SETTINGS) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _moves(runs: list[dict], tag: str, row: str) -> str:
+    mine = {r["seed"]: r for r in runs if r["tag"] == tag and r["row"] == row}
+    base = {r["seed"]: r for r in runs if r["tag"] == tag and r["row"] == "original"}
+    worse = sum(mine[s]["avg_d"] > base[s]["avg_d"] for s in mine)
+    change = {k: statistics.mean(mine[s][k] - base[s][k] for s in mine) for k in ("FA", "MIA")}
+    return f"{worse}/{len(mine)}; FA {change['FA']:+.1f}, MIA {change['MIA']:+.1f}"
 
 
 def _cell(runs: list[dict], tag: str, row: str) -> tuple[str, float]:
