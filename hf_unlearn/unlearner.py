@@ -15,42 +15,36 @@ from tqdm.auto import tqdm
 from .checkpointing import EngineState, continue_run, endless_at, resolve_checkpoint, run_identity, save_checkpoint
 from .config import UnlearnConfig
 from .evaluation import evaluate as evaluate_classifier
-from .families import detect_family, get_family_class, normalize_family
 from .fsdp import Fsdp2, check_layout, fsdp_requested, gathered_mask, mask_like
 from .guard import DivergenceError, check_finite_model, watched_tensors
-from .hub import base_model_of, read_previous_record, save_unlearned
 from .hub import push_to_hub as push_unlearned
+from .hub import save_unlearned
+from .last_good import LastGood, check_finite
+from .loading import load_family
 from .lora import (
-    adapter_base_model,
     base_buffers,
-    fuse_lora_folder,
-    is_adapter_folder,
-    is_diffusers_lora_folder,
-    load_adapter_folder,
     prepare_model,
     restore_base_buffers,
 )
 from .methods import get_method
 from .metrics.concept import concept_metrics
-from .network import check_hub_reachable
-from .parts import SaliencyInputs, Step, StepContext, load_mask, mask_fraction, pass_statistic, save_mask
-from .parts.sharded import local
+from .parts import Step, StepContext, mask_fraction
 from .passes import PassCounter, step_rows
 from .requests import accumulate, keep_start, measure_after_run
 from .resolve import resolve_config
 from .run_checks import check_run_inputs
 from .run_lock import claim_output_dir, unlock_output_dir
 from .stopping import HeldOutStop
+from .theta0 import mask_and_geometry
 from .tracking import check_log_with, start_tracking, stop_tracking
 from .training import alpha_at, build_optimizer, check_sharding, lr_schedule, make_accelerator, seed_sampler
-from .utils import apply_umask, get_logger
+from .utils import get_logger
 from .validation import (
     all_finite,
     check_finite_weights,
     check_not_source,
     check_run_output_dir,
     check_split_kind,
-    check_weights_files,
 )
 
 logger = get_logger(__name__)
@@ -127,34 +121,15 @@ class Unlearner:
         `HF_UNLEARN_ROW_KEY` environment variable; see [`hf_unlearn.requests`]). It is never saved.
         """
         config = config or UnlearnConfig()
-        check_hub_reachable(model_or_path)  # a Hub id: fail fast with the HF_HUB_OFFLINE hint, not minutes of silence
-        base = adapter_base_model(model_or_path) if is_adapter_folder(model_or_path) else model_or_path
-        if base is not model_or_path:
-            check_weights_files(model_or_path, "model_or_path")  # a pickle-only adapter is never loaded
-        if (base is not model_or_path or is_diffusers_lora_folder(model_or_path)) and not config.lora:
-            logger.info(f"{model_or_path} is a LoRA output folder: the next request trains LoRA too (lora=True).")
-            config = replace(config, lora=True)
-        family = normalize_family(family or config.family or detect_family(base))
-        config = replace(config, family=family)
-        resolved = resolve_config(config, family)  # checks that the method supports the family, before any loading
-        family_obj = get_family_class(family).from_pretrained(
-            base,
-            resolved,
+        family_obj, config = load_family(
+            model_or_path,
+            config,
+            family,
             image_processor=image_processor,
             transform=transform,
             trust_remote_code=trust_remote_code,
             **kwargs,
         )
-        if base is not model_or_path:
-            load_adapter_folder(family_obj, model_or_path)  # merged; the new adapter stacks onto it when saved
-            family_obj.source = str(model_or_path)
-            family_obj.input_paths = [base]
-        elif is_diffusers_lora_folder(model_or_path):
-            fuse_lora_folder(family_obj, model_or_path)
-        previous = read_previous_record(model_or_path)  # an earlier hf_unlearn output: its history carries on
-        if previous:
-            family_obj.previous_records = previous.get("requests", [])
-        family_obj.base_model, family_obj.base_model_path = base_model_of(model_or_path, base, previous)
         unlearner = cls(family_obj, config)
         unlearner.row_key = row_key
         return unlearner
@@ -204,7 +179,7 @@ class Unlearner:
         self._start_state, self.earlier_metrics = keep_start(self, method, [p for _, p in named]), None
         frozen = base_buffers(self.family.model) if cfg.lora else None
         params = [p for _, p in named]
-        self._watch = watched_tensors(accelerator.unwrap_model(ctx.model), params)  # the guard's: buffers too
+        self._guard = LastGood(watched_tensors(accelerator.unwrap_model(ctx.model), params), cfg)  # buffers too
         identity = run_identity(cfg, method.name, split.fingerprint, [n for n, _ in named])
         resume = self._load_resume(identity, accelerator)
         run_id, before = continue_run(resume, self._work)  # a resumed run keeps its id and counts the whole run
@@ -258,10 +233,10 @@ class Unlearner:
                     break
         except DivergenceError as err:  # the buffers a forward of the failed step moved go back too
             self._diverged = " ".join(str(err).split())[:200]
-            self._restore_last_good()
+            self._guard.restore()
             raise
         finally:  # the divergence guard's copy is only needed inside the loop, also when it ends in an error
-            self._guarded = self._last_good = self._watch = None
+            self._guard = None
             if not held:  # save_pretrained takes it again for its own writes
                 unlock_output_dir(cfg.output_dir)
             counter.close()
@@ -468,7 +443,7 @@ class Unlearner:
         cfg, logs, work = self.config, {}, self._work
         clip = plan.clip
         if cfg.divergence_guard == "copy":  # before the forward passes, which move the BatchNorm buffers
-            self._keep_last_good(self._watch)
+            self._guard.keep()
         accum = cfg.gradient_accumulation_steps
         optimizer.zero_grad(set_to_none=True)
         if forget_it is not None:
@@ -484,7 +459,7 @@ class Unlearner:
                     _maybe_no_sync(accelerator, ctx.model, sync),
                 ):
                     loss, part_logs = self.method.forget_loss(ctx, batch)
-                    _check_finite(loss, "forget loss", ctx.step, cfg)
+                    check_finite(loss, "forget loss", ctx.step, cfg)
                     accelerator.backward(alpha * loss / accum)
                 logs |= part_logs
             if self.mask is not None:
@@ -504,7 +479,7 @@ class Unlearner:
                     penalty = self.method.geometry.penalty(geometry_state, named, cfg)
                     if penalty is not None:
                         loss = loss + penalty
-                    _check_finite(loss, "remain loss", ctx.step, cfg)
+                    check_finite(loss, "remain loss", ctx.step, cfg)
                     accelerator.backward(loss / accum)
                 logs |= part_logs
             if self.mask is not None and self.method.mask_scope == "all":
@@ -512,16 +487,16 @@ class Unlearner:
         guard = cfg.divergence_guard
         if clip:
             norm = accelerator.clip_grad_norm_(params, clip)
-            _check_finite(norm, "gradient norm", ctx.step, cfg)
+            check_finite(norm, "gradient norm", ctx.step, cfg)
             logs["grad_norm"] = float(norm)
         elif guard == "check":  # no clipping norm to look at: the weights are still the last good ones here
             grads = [p.grad.detach() for p in params if p.grad is not None]
             if not all_finite(grads):  # the largest |g| names the offending value in the message
-                _check_finite(torch.stack([g.abs().max() for g in grads]).max(), "gradient", ctx.step, cfg)
+                check_finite(torch.stack([g.abs().max() for g in grads]).max(), "gradient", ctx.step, cfg)
         optimizer.step()
         work["optimizer_steps"] += 1
         if guard != "off":
-            self._check_weights(self._watch, ctx.step, restore=guard == "copy")
+            self._guard.check(ctx.step, restore=guard == "copy")
         return logs
 
     def _count_step(self, kind: str, iterator, batch, row_valid) -> None:
@@ -529,82 +504,14 @@ class Unlearner:
         with self._counter.counting(kind):
             self._counter.backward(rows, global_rows=True)
 
-    def _keep_last_good(self, params) -> None:
-        # One reused copy of the trainable parameters (the adapters alone under LoRA): the divergence guard's fallback.
-        with torch.no_grad():
-            if getattr(self, "_guarded", None) is not params:  # a new run: new parameter list
-                self._guarded, self._last_good = params, [p.detach().clone() for p in params]
-            else:  # one fused copy over all tensors rather than a call per parameter (this runs every step)
-                torch._foreach_copy_(_local(self._last_good), _local(params))
-
-    def _restore_last_good(self) -> None:
-        if getattr(self, "_last_good", None) is not None and self.config.divergence_guard == "copy":
-            with torch.no_grad():
-                torch._foreach_copy_(_local(self._guarded), _local(self._last_good))
-
-    def _check_weights(self, params, step: int, restore: bool) -> None:
-        with torch.no_grad():
-            if all_finite(params):
-                return
-            if restore:
-                for saved, p in zip(self._last_good, params):
-                    p.copy_(saved)
-        cfg = self.config
-        what = (
-            "the weights and buffers of the last good step were restored"
-            if restore
-            else "the weights were NOT restored (divergence_guard='check' keeps no copy; use the last checkpoint)"
-        )
-        raise DivergenceError(
-            f"A weight or buffer became NaN/Inf in the step of cycle {step}; {what}. Likely cause: a too large "
-            f"`learning_rate` ({cfg.learning_rate}) or `forget_alpha` ({cfg.forget_alpha}), or no `max_grad_norm` "
-            f"({cfg.max_grad_norm}); lower them and rerun."
-        )
-
     def _apply_mask(self, named) -> None:
         for name, p in named:
             if p.grad is not None:
                 p.grad.mul_(self.mask[name].to(p.grad.dtype))
 
     def _at_theta0(self, ctx, named, split, accelerator) -> tuple[float, Any]:
-        """The method's mask and its geometry's state, from passes at θ0 in eval mode, as the authors: no BatchNorm
-        statistics rewritten, no dropout, before unlearning starts; train mode restored. Returns the mask's time."""
-        cfg, method = self.config, self.method
-        start = time.perf_counter()
-        module = accelerator.unwrap_model(ctx.model)
-
-        def statistic(dataset, rows, clip_norm=None, square=True):
-            left, size = [len(dataset)], cfg.per_device_train_batch_size * accelerator.num_processes
-
-            def count():  # one global batch of the seeded pass: its rows over all processes
-                self._counter.backward(min(size, left[0]), global_rows=True)
-                left[0] -= size
-
-            return pass_statistic(self.family, cfg, accelerator, named, dataset, rows, clip_norm, square, count)
-
-        inputs = SaliencyInputs(self.family, cfg, module, named, split, statistic)
-        training = module.training
-        module.eval()
-        try:
-            if method.saliency is None:
-                self.mask = None
-            elif cfg.mask_path:
-                self.mask = load_mask(cfg.mask_path, named)
-            else:
-                with self._counter.counting("saliency"):
-                    self.mask = method.saliency.compute(inputs)
-            saliency_s = time.perf_counter() - start
-            with self._counter.counting("geometry"):
-                geometry_state = method.geometry.setup(inputs)
-        finally:
-            module.train(training)
-        whole = gathered_mask(self.mask)  # on every rank: under FSDP2 an all-gather of the shards
-        if self.mask is not None and not cfg.mask_path and accelerator.is_main_process and cfg.output_dir:
-            os.makedirs(cfg.output_dir, exist_ok=True)
-            path = os.path.join(cfg.output_dir, "saliency_mask.safetensors")
-            save_mask(whole, path)
-            apply_umask(path)  # save_mask writes through a 0600 temporary file
-            saliency_s = time.perf_counter() - start
+        """The method's mask (kept in `self.mask`) and its geometry's state at θ0; returns the mask's time too."""
+        saliency_s, self.mask, geometry_state = mask_and_geometry(self, ctx, named, split, accelerator)
         return saliency_s, geometry_state
 
     # Evaluation and saving live in their own modules; these are thin entry points.
@@ -652,15 +559,6 @@ class Unlearner:
         return push_unlearned(self, repo_id, **kwargs)
 
 
-def _check_finite(value: torch.Tensor, what: str, step: int, cfg) -> None:
-    if not torch.isfinite(value.detach()).all():
-        raise DivergenceError(
-            f"The {what} became {float(value.detach().float().flatten()[0])} at cycle {step}; the weights are those "
-            f"of the last good step. Likely cause: a too large `learning_rate` ({cfg.learning_rate}) or "
-            f"`forget_alpha` ({cfg.forget_alpha}), or no `max_grad_norm`; lower them and rerun."
-        )
-
-
 def _lr_unit(method, cfg) -> int:
     """Schedule positions per cycle: the remain-only steps of a full cycle under `lr_schedule_steps="remain"` (the
     authors step their cosine at every remain iteration), else 1 (one rate per cycle)."""
@@ -668,11 +566,6 @@ def _lr_unit(method, cfg) -> int:
         return 1
     plan = method.geometry.steps(cfg, method.forget_loss is not None, method.remain_loss is not None)
     return max(1, sum(1 for s in plan if s.remain and not s.forget))
-
-
-def _local(tensors) -> list[torch.Tensor]:
-    # FSDP2 parameters are DTensors, for which `_foreach_copy_` has no sharding rule: copy each rank's shard.
-    return [local(t) for t in tensors]
 
 
 def _consumed(forget_it, remain_it) -> dict[str, int]:

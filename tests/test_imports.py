@@ -50,6 +50,9 @@ LAYERS = {
     "hf_unlearn.evaluation": 5,
     "hf_unlearn.run_checks": 5,
     "hf_unlearn.finetune": 5,  # plain fine-tuning with a family's loss (attacks, tiny models)
+    "hf_unlearn.last_good": 5,  # the divergence guard's checks and copy, per step
+    "hf_unlearn.theta0": 5,  # the mask and the geometry's state, before the first step
+    "hf_unlearn.loading": 5,  # from_pretrained's loading: folders, adapters, the family
     "hf_unlearn.stopping": 5,  # the budget rule: reads the model through evaluation, never the loop
     "hf_unlearn.unlearner": 6,
     "hf_unlearn": 7,  # the package's public API (hf_unlearn/__init__.py)

@@ -15,6 +15,7 @@ import hf_unlearn.parts.saliency as saliency
 import hf_unlearn.utils as utils
 from hf_unlearn import DivergenceError, ForgetRemainSplit, UnlearnConfig, Unlearner, list_methods
 from hf_unlearn.checkpointing import list_checkpoints
+from hf_unlearn.last_good import LastGood
 from hf_unlearn.resolve import resolve_config
 from hf_unlearn.run_lock import LOCK_NAME
 from hf_unlearn.tiny.classifiers import digits_image_processor, tiny_classifier
@@ -113,7 +114,7 @@ def test_check_guard_keeps_no_copy_and_stops_before_a_step_with_nan_gradients(mo
     def no_copy(*args):
         raise AssertionError("divergence_guard='check' must not copy the weights")
 
-    monkeypatch.setattr(Unlearner, "_keep_last_good", no_copy)
+    monkeypatch.setattr(LastGood, "keep", no_copy)
     with pytest.raises(DivergenceError, match=r"gradient became nan at cycle 2"):
         unlearner.unlearn(_split(rows))
     monkeypatch.undo()
