@@ -91,6 +91,29 @@ def test_nan_weight_stops_the_run_and_restores_the_last_good_weights(model_dir, 
     assert all(torch.equal(params[k], good[k]) for k in params)
 
 
+def test_copy_guard_restores_the_step_before_a_late_divergence(model_dir, rows):
+    # Two good cycles, then a NaN gradient in the third (no clipping, so it reaches the weights): the copy taken
+    # before that step is put back, not the start's, so the copy must be refreshed every step.
+    steady = {"method": "gradient_ascent", "max_grad_norm": 0.0, "divergence_guard": "copy"}
+    steady |= {"lr_scheduler_type": "constant", "forget_alpha_schedule": "constant"}
+    unlearner = Unlearner.from_pretrained(str(model_dir), _config(max_steps=5, **steady))
+    calls = []
+
+    def poison(grad):  # fault injection: the third backward pass yields a NaN gradient for this one tensor
+        calls.append(1)
+        return grad * float("nan") if len(calls) == 3 else grad
+
+    next(unlearner.model.parameters()).register_hook(poison)
+    with pytest.raises(DivergenceError, match=r"cycle 2; the weights and buffers of the last good step were restored"):
+        unlearner.unlearn(_split(rows))
+    shorter = Unlearner.from_pretrained(str(model_dir), _config(max_steps=2, **steady))
+    shorter.unlearn(_split(rows))
+    good = dict(shorter.model.named_parameters())
+    start = dict(Unlearner.from_pretrained(str(model_dir), _config()).model.named_parameters())
+    assert not all(torch.equal(p, start[n]) for n, p in good.items()), "two cycles moved the weights"
+    assert all(torch.equal(p, good[n]) for n, p in unlearner.model.named_parameters())
+
+
 def test_nan_loss_stops_the_run_with_finite_weights(model_dir, rows):
     diverging = DIVERGING | {"learning_rate": 1e3, "forget_alpha": 1e6}
     unlearner = Unlearner.from_pretrained(str(model_dir), _config(max_steps=20, **diverging))
