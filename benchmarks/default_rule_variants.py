@@ -15,7 +15,8 @@ another seed (the noise floor), and in brackets their difference from doing noth
   reaches it, since RT's share is a level and one cycle can pass it;
 - **forget loss**: the SFR-on variant whose forget step uses random other labels (`sfr_on_rl`) or a pull toward the
   uniform distribution (`sfr_on_kl`) instead of the bounded loss of the default `sfr_on_bound`;
-- **harm tolerance / rate**: the do-no-harm check at 0.5 point instead of 1, or the learning rate 1e-3 instead of 3e-3.
+- **harm tolerance / rate**: the do-no-harm check at 0.5 point instead of 1, or the learning rate 1e-3 instead of 3e-3;
+- **revert**: a round that ends without reaching the target and further from it than at the start is undone.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import json
 import os
 import statistics
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -38,55 +40,55 @@ sys.path.insert(0, str(Path(__file__).parent))
 from default_rule import RECIPES, ROWS, run  # noqa: E402
 
 SETTINGS = tuple(f"{m}-random-f{f}" for m in ("resnet", "vit") for f in ("0.5", "0.25", "0.1"))
-# name: (what it is, config overrides of the default, offset target, landing checks, harm tolerance in points)
+
+
+@dataclass(frozen=True)
+class Variant:
+    label: str
+    overrides: dict = field(default_factory=dict)  # of the default's config
+    offset: bool = False  # offset target
+    land: int = 0  # landing checks
+    tolerance: float = HARM_TOLERANCE  # do no harm, in points
+    revert: bool = False  # a round that ends further from the target than it started is undone
+
+
+RL, KL = {"method": "sfr_on_rl"}, {"method": "sfr_on_kl"}
 VARIANTS = {
-    "default": ("the default: attack target, do no harm, one round", {}, False, 0, HARM_TOLERANCE),
-    "offset": ("offset target", {}, True, 0, HARM_TOLERANCE),
-    "land": ("landing", {}, False, 4, HARM_TOLERANCE),
-    "offset_land": ("offset target, landing", {}, True, 4, HARM_TOLERANCE),
-    "rl": ("forget loss `sfr_on_rl`", {"method": "sfr_on_rl"}, False, 0, HARM_TOLERANCE),
-    "rl_offset": ("forget loss `sfr_on_rl`, offset target", {"method": "sfr_on_rl"}, True, 0, HARM_TOLERANCE),
-    "rl_land": ("forget loss `sfr_on_rl`, landing", {"method": "sfr_on_rl"}, False, 4, HARM_TOLERANCE),
-    "rl_offset_land": (
-        "forget loss `sfr_on_rl`, offset target, landing",
-        {"method": "sfr_on_rl"},
-        True,
-        4,
-        HARM_TOLERANCE,
-    ),
-    "kl": ("forget loss `sfr_on_kl`", {"method": "sfr_on_kl"}, False, 0, HARM_TOLERANCE),
-    "kl_offset": ("forget loss `sfr_on_kl`, offset target", {"method": "sfr_on_kl"}, True, 0, HARM_TOLERANCE),
-    "rl_land_tol0.5": (
-        "forget loss `sfr_on_rl`, landing, do no harm (0.5 point)",
-        {"method": "sfr_on_rl"},
-        False,
-        4,
-        0.5,
-    ),
-    "rl_land_lr1e-3": (
-        "forget loss `sfr_on_rl` at lr 1e-3, landing",
-        {"method": "sfr_on_rl", "learning_rate": 1e-3},
-        False,
-        4,
-        HARM_TOLERANCE,
+    "default": Variant("the default: attack target, do no harm, one round"),
+    "offset": Variant("offset target", offset=True),
+    "land": Variant("landing", land=4),
+    "offset_land": Variant("offset target, landing", offset=True, land=4),
+    "rl": Variant("forget loss `sfr_on_rl`", RL),
+    "rl_offset": Variant("forget loss `sfr_on_rl`, offset target", RL, offset=True),
+    "rl_land": Variant("forget loss `sfr_on_rl`, landing", RL, land=4),
+    "rl_offset_land": Variant("forget loss `sfr_on_rl`, offset target, landing", RL, offset=True, land=4),
+    "kl": Variant("forget loss `sfr_on_kl`", KL),
+    "kl_offset": Variant("forget loss `sfr_on_kl`, offset target", KL, offset=True),
+    "rl_land_tol0.5": Variant("forget loss `sfr_on_rl`, landing, do no harm (0.5 point)", RL, land=4, tolerance=0.5),
+    "rl_land_lr1e-3": Variant("forget loss `sfr_on_rl` at lr 1e-3, landing", RL | {"learning_rate": 1e-3}, land=4),
+    "revert": Variant("undo a round that ends further from the target", revert=True),
+    "rl_land_revert": Variant(
+        "forget loss `sfr_on_rl`, landing, undo a round further from the target", RL, land=4, revert=True
     ),
 }
 
 
 class VariantStop(HeldOutStop):
-    """The library's rule with a variant's target and landing (class attributes, set per variant)."""
+    """The library's rule with a variant's target, landing, tolerance and undo (`variant`, set per process)."""
 
-    offset_target, land_steps, harm_tolerance = False, 0, HARM_TOLERANCE
+    variant = VARIANTS["default"]
 
     def __init__(self, family, forget, held_out, config, remain=None):
         super().__init__(family, forget, held_out, config, remain=remain)
-        self.offset = 0.0
-        if not self.class_wise and self.offset_target:
+        self.offset, self.first = 0.0, None
+        if not self.class_wise and (self.variant.offset or self.variant.revert):
             members = self._members(family.model)
-            self.offset = members["forget"] - members["remain"]
+            self.offset = members["forget"] - members["remain"] if self.variant.offset else 0.0
+            self.first = (members["forget"] - members["held_out"], _floats(family.model))
 
     def _harmed(self, model) -> bool:
-        return any(now < start - self.harm_tolerance for now, start in zip(self._accuracies(model), self.start))
+        tolerance = self.variant.tolerance
+        return any(now < start - tolerance for now, start in zip(self._accuracies(model), self.start))
 
     def reached(self, members: dict) -> bool:
         return members["forget"] - members["held_out"] <= self.offset
@@ -94,8 +96,18 @@ class VariantStop(HeldOutStop):
     def after_cycle(self, model, cycles_done: int) -> str:
         before = self.kept
         action = super().after_cycle(model, cycles_done)
-        if self.land_steps and not self.class_wise and self.last.get("reached"):
+        if self.class_wise:
+            return action
+        if self.variant.land and self.last.get("reached"):
             self.last["landed"] = self._land(model, before)
+        if self.variant.revert and action == "stop" and not self.last["reached"]:
+            gap = self.last["forget_members"] - self.last["held_out_members"]
+            if gap > self.first[0]:  # further from the target than at the start: the round is undone
+                with torch.no_grad():
+                    state = model.state_dict()
+                    for key, kept in self.first[1].items():
+                        state[key].copy_(kept)
+                self.last["reverted"] = True
         return action
 
     @torch.no_grad()
@@ -103,7 +115,7 @@ class VariantStop(HeldOutStop):
         """Keeps the smallest fraction of the last cycle's update (bisected) that still reaches the target."""
         state, after = model.state_dict(), _floats(model)
         low, high = 0.0, 1.0
-        for _ in range(self.land_steps):
+        for _ in range(self.variant.land):
             mid = (low + high) / 2
             for key, kept in before.items():
                 state[key].copy_(kept).lerp_(after[key], mid)
@@ -117,8 +129,8 @@ class VariantStop(HeldOutStop):
 
 
 def run_variant(name: str, seeds: list[int], output: Path, models: str) -> None:
-    _, overrides, VariantStop.offset_target, VariantStop.land_steps, VariantStop.harm_tolerance = VARIANTS[name]
-    ROWS["default"] = overrides  # this process only: the `default` row runs the variant
+    VariantStop.variant = VARIANTS[name]
+    ROWS["default"] = VARIANTS[name].overrides  # this process only: the `default` row runs the variant
     engine.HeldOutStop = VariantStop
     for tag in SETTINGS:
         model, _, fraction = tag.split("-")
@@ -135,10 +147,10 @@ def summary(output: Path) -> str:
     lines = [header, "|---" * (len(SETTINGS) + 2) + "|"]
     reference = [json.loads(f.read_text()) for f in (output / "default" / "runs").glob("*.json")]
     rows = [("original (doing nothing)", reference, "original"), ("RT, another seed", reference, "RT, another seed")]
-    for name, (label, *_rest) in VARIANTS.items():
+    for name, variant in VARIANTS.items():
         rows.append(
             (
-                f"`{name}`: {label}",
+                f"`{name}`: {variant.label}",
                 [json.loads(f.read_text()) for f in (output / name / "runs").glob("*.json")],
                 "default",
             )
