@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .classification import _as_labels, _as_logits, _to_numpy
+from .arrays import _as_labels, _as_logits, _to_numpy
 
 __all__ = [
     "auc",
