@@ -27,7 +27,7 @@ from hf_unlearn.attacks.evalcard import rates
 from hf_unlearn.attacks.latent_ops import DDIM, image_latents, prompt_states
 from hf_unlearn.cli import main
 from hf_unlearn.families.class_conditional_diffusion import ClassConditionalDiffusionFamily
-from hf_unlearn.modelcard import _robustness_rows
+from hf_unlearn.modelcard_robustness import robustness_rows
 from hf_unlearn.worlds.prompts import CONCEPTS
 
 WORLD = Path(__file__).resolve().parents[1] / "benchmark_results" / "world"
@@ -160,7 +160,7 @@ def test_model_card_robustness_row_renders_from_the_eval_card():
         guidance_scale=5.0, images_per_prompt=2, num_units=8, pre_asr=0.0, post_asr=0.625, both_asr=0.625,
     )  # fmt: skip
     record = {"requests": [{}], "robustness": [{"attack": "textfree_null", "eval_card": card.to_dict(), "request": 1}]}
-    (row,) = _robustness_rows(record)
+    (row,) = robustness_rows(record)
     assert row["attack"] == "textfree_null"
     assert "`abc123`" in row["setting"] and "sha256:0f ≥ 0.5" in row["setting"] and "seeds [4]" in row["setting"]
     assert row["result"].startswith("ASR (post) 62.5% over 8 units; pre 0.0%")

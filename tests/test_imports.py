@@ -24,6 +24,7 @@ LAYERS = {
     "hf_unlearn.families.detect": 0,
     "hf_unlearn.validation": 0,
     "hf_unlearn.modelcard": 0,
+    "hf_unlearn.modelcard_robustness": 0,
     "hf_unlearn.tracking": 0,
     # The configuration is plain data: it reads no registry (`hf_unlearn.resolve` fills its defaults).
     "hf_unlearn.config": 0,

@@ -85,7 +85,7 @@ def test_text_to_image_card(untrained_sd_dir, tmp_path):
 
 
 def test_recovery_text_says_when_a_draw_never_recovered():
-    from hf_unlearn.modelcard import recovery_text
+    from hf_unlearn.modelcard_robustness import recovery_text
 
     assert recovery_text([3, None], 20) == "3, not within 20 steps"
     assert recovery_text(None, 5) == "not within 5 steps" and recovery_text(0, 5) == "0"

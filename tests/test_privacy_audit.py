@@ -146,11 +146,11 @@ def test_cli_writes_the_audit_with_the_same_numbers(world, audited, tmp_path, ca
 
 
 def test_model_card_shows_the_audit(audited):
-    from hf_unlearn.modelcard import _robustness_rows
+    from hf_unlearn.modelcard_robustness import robustness_rows
 
     entry = {"attack": "lira", "mode": audited.mode, "num_shadows": 4, "num_rt_shadows": 3, "level": 0.01}
     entry |= {"model": audited.model, "floor": audited.floor, "floor_source": "reference", "request": 1}
-    (row,) = _robustness_rows({"requests": [{}], "robustness": [entry]})
+    (row,) = robustness_rows({"requests": [{}], "robustness": [entry]})
     assert row["attack"] == "per-example membership (U-LiRA)" and "4 shadows on random halves" in row["setting"]
     assert f"TPR@1%FPR {100 * audited.model['tpr_at_1pct_fpr']:.1f}%" in row["result"]
     assert f"retrained floor: TPR@1%FPR {100 * audited.floor['tpr_at_1pct_fpr']:.1f}%" in row["result"]

@@ -18,7 +18,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
-from ..modelcard import eval_card_result, eval_card_setting
+from ..modelcard_robustness import eval_card_result, eval_card_setting
 
 ASR_DEFINITIONS = ("pre", "post", "both")
 
