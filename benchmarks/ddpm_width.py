@@ -21,7 +21,7 @@ from accelerate.utils import set_seed
 
 from hf_unlearn import UnlearnConfig, Unlearner
 from hf_unlearn.data import ForgetRemainSplit, load_digits_dataset
-from hf_unlearn.demos import DiffusionDemoSettings, _class_samples, _digits_judge, _judged
+from hf_unlearn.demos import DiffusionDemoSettings, class_samples, digits_judge, judged
 from hf_unlearn.tiny.diffusion import RECIPES, tiny_unet, train_diffusion
 from hf_unlearn.utils import atomic_write_json
 
@@ -34,13 +34,13 @@ def run(widths, seed: int, train, judge, tmp: Path) -> dict:
     original = train_diffusion("unet", train, seed=seed, model=model, **RECIPES["unet"])
     folder = tmp / f"original-s{seed}"
     original.family.save_pretrained(original.model, str(folder))
-    before = _judged(judge, _class_samples(original, SAMPLING, 0), FORGET_CLASS, SAMPLING.samples_per_class)
+    before = judged(judge, class_samples(original, SAMPLING, 0), FORGET_CLASS, SAMPLING.samples_per_class)
     erased = Unlearner.from_pretrained(str(folder), UnlearnConfig(seed=seed, output_dir=str(tmp / f"run-s{seed}")))
     split = ForgetRemainSplit.from_dataset(train, forget_classes=[FORGET_CLASS])
     set_seed(seed)
     start = time.perf_counter()
     erased.unlearn(split)
-    after = _judged(judge, _class_samples(erased, SAMPLING, 0), FORGET_CLASS, SAMPLING.samples_per_class)
+    after = judged(judge, class_samples(erased, SAMPLING, 0), FORGET_CLASS, SAMPLING.samples_per_class)
     resolved = erased.config
     return {
         "widths": list(widths), "seed": seed, "method": resolved.method, "cycles": resolved.max_steps,
@@ -58,7 +58,7 @@ def main() -> None:
     torch.set_num_threads(1)
     widths = tuple(int(w) for w in args.widths.split(","))
     train = load_digits_dataset()["train"]
-    judge = _digits_judge(train, 300, 0)
+    judge = digits_judge(train, 300, 0)
     out = Path(args.output)
     for seed in (int(s) for s in args.seeds.split(",")):
         path = out / f"unet-{'x'.join(map(str, widths))}-s{seed}.json"

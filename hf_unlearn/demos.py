@@ -161,7 +161,7 @@ def _pil(images: torch.Tensor) -> list[Image.Image]:
 
 
 # Class-conditional diffusion
-def _class_samples(unlearner: Unlearner, settings: DiffusionDemoSettings, seed: int) -> torch.Tensor:
+def class_samples(unlearner: Unlearner, settings: DiffusionDemoSettings, seed: int) -> torch.Tensor:
     """`samples_per_class` samples of every class in [0, 1]; the same seed gives the same noise before and after."""
     pipe = unlearner.family.pipeline()
     # DDIM samples in a few steps what the DDPM sampler needs hundreds for (as the benchmark scores).
@@ -176,7 +176,7 @@ def _class_samples(unlearner: Unlearner, settings: DiffusionDemoSettings, seed: 
     )
 
 
-def _judged(judge: Judge, images: torch.Tensor, forget_class: int, per_class: int) -> dict:
+def judged(judge: Judge, images: torch.Tensor, forget_class: int, per_class: int) -> dict:
     """The judge's accuracy on the forget class's samples and its mean accuracy on the other classes' samples."""
     labels = torch.arange(10).repeat_interleave(per_class)
     accuracy = per_class_accuracy(predictions(judge, images), labels)
@@ -189,16 +189,16 @@ def _moved(before: torch.Tensor, after: torch.Tensor, rows: torch.Tensor) -> flo
     return float((after[rows] - before[rows]).pow(2).mean().sqrt())
 
 
-def _digits_judge(train, steps: int, seed: int) -> Judge:
+def digits_judge(train, steps: int, seed: int) -> Judge:
     """A tiny ResNet trained `steps` steps on the digits `train` rows, as a judge of 16-pixel samples."""
     recipe = TrainingRecipe(steps, CLASSIFIER_RECIPES["resnet"].learning_rate)
     return Judge(train_classifier(tiny_classifier("resnet", seed=seed), train, recipe, seed=seed).model, 16)
 
 
-def _train_digits_models(train, settings: DiffusionDemoSettings, seed: int, folder: str) -> Judge:
+def train_digits_models(train, settings: DiffusionDemoSettings, seed: int, folder: str) -> Judge:
     """Trains the judge and the original UNet (saved to `folder` as a diffusers pipeline); returns the judge."""
     _say(f"Training a judge classifier (tiny ResNet, {settings.judge_steps} steps) on {len(train)} real digits...")
-    judge = _digits_judge(train, settings.judge_steps, seed)
+    judge = digits_judge(train, settings.judge_steps, seed)
     _say(f"Training a tiny class-conditional UNet2DModel ({settings.train_steps} steps) on the same digits...")
     lr = DIFFUSION_RECIPES["unet"]["learning_rate"]
     original = train_diffusion(
@@ -229,7 +229,7 @@ def diffusion_demo(
     if settings.train_rows:  # a stratified subset: every class keeps its share
         train = train.train_test_split(train_size=settings.train_rows, seed=seed, stratify_by_column="label")["train"]
     split = ForgetRemainSplit.from_dataset(train, forget_classes=[forget_class])
-    judge = _train_digits_models(train, settings, seed, os.path.join(output, "original"))
+    judge = train_digits_models(train, settings, seed, os.path.join(output, "original"))
     config = UnlearnConfig(
         method=method,
         seed=seed,
@@ -238,12 +238,12 @@ def diffusion_demo(
         output_dir=os.path.join(output, "run"),
     )
     unlearner = Unlearner.from_pretrained(os.path.join(output, "original"), config)
-    before = _class_samples(unlearner, settings, seed)
+    before = class_samples(unlearner, settings, seed)
     _say(f"Unlearning class {forget_class} with {method} ({settings.unlearn_steps} cycles)...")
     result = unlearner.unlearn(split)
-    after = _class_samples(unlearner, settings, seed)
+    after = class_samples(unlearner, settings, seed)
     n = settings.samples_per_class
-    scores = {"before": _judged(judge, before, forget_class, n), "after": _judged(judge, after, forget_class, n)}
+    scores = {"before": judged(judge, before, forget_class, n), "after": judged(judge, after, forget_class, n)}
     forget = torch.arange(10).repeat_interleave(n) == forget_class
     moved = {"forget": _moved(before, after, forget), "remain": _moved(before, after, ~forget)}
     grid = os.path.join(output, GRID_NAME)

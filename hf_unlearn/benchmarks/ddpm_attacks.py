@@ -36,7 +36,7 @@ from ..attacks.class_inversion import ClassInversionConfig, class_embedding_inve
 from ..attacks.resurgence import ResurgenceConfig, class_units, resurgence_attack
 from ..config import UnlearnConfig
 from ..data import ForgetRemainSplit, load_digits_dataset
-from ..demos import QUICK, DiffusionDemoSettings, _class_samples, _judged, _train_digits_models
+from ..demos import QUICK, DiffusionDemoSettings, class_samples, judged, train_digits_models
 from ..unlearner import Unlearner
 from ..utils import atomic_write_json, atomic_write_text
 from .world_attacks import attack_row, attack_table
@@ -78,7 +78,7 @@ class Bench:
             train = train.train_test_split(train_size=self.settings.train_rows, seed=0, stratify_by_column="label")
             train = train["train"]
         self.split = ForgetRemainSplit.from_dataset(train, forget_classes=[FORGET_CLASS])
-        self.judge = _train_digits_models(train, self.settings, 0, str(tmp / "original"))
+        self.judge = train_digits_models(train, self.settings, 0, str(tmp / "original"))
         digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in self.judge.state_dict().values()))
         self.judge_version = "sha256:" + digest.hexdigest()[:16]
         self.original = self.load("original").model
@@ -103,8 +103,8 @@ class Bench:
 
     def collateral(self, unlearner: Unlearner) -> dict:
         """The judge's forget and remaining-class accuracies on the demo's samples (every class, seed 0)."""
-        samples = _class_samples(unlearner, self.settings, 0)
-        return _judged(self.judge, samples, FORGET_CLASS, self.settings.samples_per_class)
+        samples = class_samples(unlearner, self.settings, 0)
+        return judged(self.judge, samples, FORGET_CLASS, self.settings.samples_per_class)
 
     def configs(self, seed: int) -> tuple[ClassInversionConfig, ResurgenceConfig]:
         inversion, resurgence = ClassInversionConfig(seed=seed), ResurgenceConfig(seed=seed)
