@@ -16,7 +16,8 @@ another seed (the noise floor), and in brackets their difference from doing noth
 - **forget loss**: the SFR-on variant whose forget step uses random other labels (`sfr_on_rl`) or a pull toward the
   uniform distribution (`sfr_on_kl`) instead of the bounded loss of the default `sfr_on_bound`;
 - **harm tolerance / rate**: the do-no-harm check at 0.5 point instead of 1, or the learning rate 1e-3 instead of 3e-3;
-- **revert**: a round that ends without reaching the target and further from it than at the start is undone.
+- **revert**: a round that ends without reaching the target and further from it than at the start is undone;
+- **both signals**: the target also asks the forget rows' accuracy to fall to the held-out rows' accuracy.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class Variant:
     land: int = 0  # landing checks
     tolerance: float = HARM_TOLERANCE  # do no harm, in points
     revert: bool = False  # a round that ends further from the target than it started is undone
+    accuracy: bool = False  # the target also asks forget accuracy to fall to the held-out rows' accuracy
 
 
 RL, KL = {"method": "sfr_on_rl"}, {"method": "sfr_on_kl"}
@@ -67,6 +69,10 @@ VARIANTS = {
     "rl_land_tol0.5": Variant("forget loss `sfr_on_rl`, landing, do no harm (0.5 point)", RL, land=4, tolerance=0.5),
     "rl_land_lr1e-3": Variant("forget loss `sfr_on_rl` at lr 1e-3, landing", RL | {"learning_rate": 1e-3}, land=4),
     "revert": Variant("undo a round that ends further from the target", revert=True),
+    "both": Variant("target: member share and forget accuracy at most the held-out rows'", accuracy=True),
+    "rl_land_both": Variant(
+        "forget loss `sfr_on_rl`, landing, target: member share and forget accuracy", RL, land=4, accuracy=True
+    ),
     "rl_land_revert": Variant(
         "forget loss `sfr_on_rl`, landing, undo a round further from the target", RL, land=4, revert=True
     ),
@@ -90,8 +96,18 @@ class VariantStop(HeldOutStop):
         tolerance = self.variant.tolerance
         return any(now < start - tolerance for now, start in zip(self._accuracies(model), self.start))
 
+    def _members(self, model) -> dict:
+        found = super()._members(model)
+        if self.variant.accuracy:  # the checked rows' accuracy (a second pass: the library's check reads shares only)
+            for name in ("forget", "held_out"):
+                found[f"{name}_accuracy"] = self._loss_and_accuracy(model, getattr(self, name))[1]
+        return found
+
     def reached(self, members: dict) -> bool:
-        return members["forget"] - members["held_out"] <= self.offset
+        reached = members["forget"] - members["held_out"] <= self.offset
+        if self.variant.accuracy:
+            reached = reached and members["forget_accuracy"] <= members["held_out_accuracy"]
+        return reached
 
     def after_cycle(self, model, cycles_done: int) -> str:
         before = self.kept
