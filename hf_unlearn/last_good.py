@@ -47,18 +47,16 @@ class LastGood:
         if self.copy is not None and self.cfg.divergence_guard == "copy":
             torch._foreach_copy_(_local(self.watched), _local(self.copy))
 
-    def check(self, step: int, restore: bool) -> None:
-        """After the optimizer step: raises when a watched tensor is NaN/Inf, with the copy put back if `restore`."""
+    def check(self, step: int) -> None:
+        """After the optimizer step: raises when a watched tensor is NaN/Inf. The loop's handler of the error puts the
+        copy back ([`restore`]), as it does for an error raised on a loss before the step."""
         with torch.no_grad():
             if all_finite(self.watched):
                 return
-            if restore:
-                for saved, p in zip(self.copy, self.watched):
-                    p.copy_(saved)
         cfg = self.cfg
         what = (
             "the weights and buffers of the last good step were restored"
-            if restore
+            if cfg.divergence_guard == "copy"
             else "the weights were NOT restored (divergence_guard='check' keeps no copy; use the last checkpoint)"
         )
         raise DivergenceError(

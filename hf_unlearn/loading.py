@@ -25,9 +25,15 @@ logger = get_logger(__name__)
 
 
 def load_family(
-    model_or_path, config: UnlearnConfig, family: Optional[str] = None, *, image_processor=None, transform=None,
-    trust_remote_code: bool = False, **kwargs,
-):  # fmt: skip
+    model_or_path,
+    config: UnlearnConfig,
+    family: Optional[str] = None,
+    *,
+    image_processor=None,
+    transform=None,
+    trust_remote_code: bool = False,
+    **kwargs,
+):
     """The family object of `model_or_path` and `config` with its family set (and `lora=True` for a LoRA output)."""
     check_hub_reachable(model_or_path)  # a Hub id: fail fast with the HF_HUB_OFFLINE hint, not minutes of silence
     base = adapter_base_model(model_or_path) if is_adapter_folder(model_or_path) else model_or_path

@@ -496,7 +496,7 @@ class Unlearner:
         optimizer.step()
         work["optimizer_steps"] += 1
         if guard != "off":
-            self._guard.check(ctx.step, restore=guard == "copy")
+            self._guard.check(ctx.step)
         return logs
 
     def _count_step(self, kind: str, iterator, batch, row_valid) -> None:
