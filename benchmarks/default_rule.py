@@ -94,12 +94,12 @@ def run(ctx, seed: int, row: str, output: Path) -> dict:
     if path.exists():
         return json.loads(path.read_text())
     split = ctx.split(seed)
-    model, folder, _ = ctx.reference_model(seed, "original")
     if isinstance(ROWS[row], str):
         model, _, _ = ctx.reference_model(seed, ROWS[row])
         unl = Unlearner.from_pretrained(model, UnlearnConfig(output_dir=""), image_processor=ctx.processor)
         steps, stop = 0, {}
     else:
+        _, folder, _ = ctx.reference_model(seed, "original")
         config = UnlearnConfig(**{"method": "sfr_on_bound", "seed": seed, "output_dir": "", **ROWS[row]})
         unl = Unlearner.from_pretrained(str(folder), config, image_processor=ctx.processor)
         result = unl.unlearn(split)

@@ -34,6 +34,7 @@ import torch
 
 import hf_unlearn.unlearner as engine
 from hf_unlearn.benchmarks.runner import BenchmarkContext
+from hf_unlearn.metrics.classification import mia_entropy
 from hf_unlearn.stopping import HARM_TOLERANCE, HeldOutStop, _floats
 from hf_unlearn.utils import atomic_write_text
 
@@ -85,22 +86,23 @@ class VariantStop(HeldOutStop):
     variant = VARIANTS["default"]
 
     def __init__(self, family, forget, held_out, config, remain=None):
+        self.harm_tolerance = self.variant.tolerance
         super().__init__(family, forget, held_out, config, remain=remain)
         self.offset, self.first = 0.0, None
         if not self.class_wise and (self.variant.offset or self.variant.revert):
-            members = self._members(family.model)
+            members = self._members(self._outputs(family.model))
             self.offset = members["forget"] - members["remain"] if self.variant.offset else 0.0
             self.first = (members["forget"] - members["held_out"], _floats(family.model))
 
-    def _harmed(self, model) -> bool:
-        tolerance = self.variant.tolerance
-        return any(now < start - tolerance for now, start in zip(self._accuracies(model), self.start))
-
-    def _members(self, model) -> dict:
-        found = super()._members(model)
-        if self.variant.accuracy:  # the checked rows' accuracy (a second pass: the library's check reads shares only)
+    def _members(self, outs: dict) -> dict:
+        found = super()._members(outs)
+        if self.variant.offset:  # the remain rows' share, from the same attack
+            attack = {"remain_logits": outs["remain"][0], "test_logits": outs["held_out"][0], "seed": self.seed}
+            found["remain"] = mia_entropy(forget_logits=outs["remain"][0], **attack)
+        if self.variant.accuracy:
             for name in ("forget", "held_out"):
-                found[f"{name}_accuracy"] = self._loss_and_accuracy(model, getattr(self, name))[1]
+                logits, labels = outs[name]
+                found[f"{name}_accuracy"] = 100.0 * (logits.argmax(1) == labels).float().mean().item()
         return found
 
     def reached(self, members: dict) -> bool:
@@ -135,7 +137,7 @@ class VariantStop(HeldOutStop):
             mid = (low + high) / 2
             for key, kept in before.items():
                 state[key].copy_(kept).lerp_(after[key], mid)
-            if self.reached(self._members(model)):
+            if self.reached(self._members(self._outputs(model))):
                 high = mid
             else:
                 low = mid

@@ -52,6 +52,8 @@ def _floats(model) -> dict:
 class HeldOutStop:
     """Decides, after a cycle, whether the run has reached what RT would show (see the module docstring)."""
 
+    harm_tolerance = HARM_TOLERANCE
+
     def __init__(self, family, forget, held_out, config, remain=None):
         self.family, self.forget, self.held_out, self.remain = family, forget, held_out, remain
         self.class_wise = held_out is None
@@ -102,20 +104,26 @@ class HeldOutStop:
     def _accuracies(self, model) -> tuple[float, float]:
         return self._loss_and_accuracy(model, self.remain)[1], self._loss_and_accuracy(model, self.held_out)[1]
 
-    def _members(self, model) -> dict:
-        """The share of forget, held-out and remain rows the library's entropy attack (`mia_entropy`, trained on
-        remain rows as members against held-out rows) calls members, and the forget and held-out losses."""
-        outs = {name: self._logits(model, name) for name in ("forget", "held_out", "remain")}
+    def _outputs(self, model) -> dict:
+        """(logits, labels) of the checked forget, held-out and remain rows."""
+        return {name: self._logits(model, name) for name in ("forget", "held_out", "remain")}
+
+    def _members(self, outs: dict) -> dict:
+        """The share of forget and held-out rows the library's entropy attack (`mia_entropy`, trained on remain rows as
+        members against held-out rows) calls members, and their losses, from `_outputs`."""
         attack = {"remain_logits": outs["remain"][0], "test_logits": outs["held_out"][0], "seed": self.seed}
-        found = {name: mia_entropy(forget_logits=outs[name][0], **attack) for name in outs}
-        return found | {f"{name}_loss": torch.nn.functional.cross_entropy(*outs[name]).item() for name in outs}
+        found = {}
+        for name in ("forget", "held_out"):
+            found[name] = mia_entropy(forget_logits=outs[name][0], **attack)
+            found[f"{name}_loss"] = torch.nn.functional.cross_entropy(*outs[name]).item()
+        return found
 
     def reached(self, members: dict) -> bool:
         """RT calls its forget rows members as often as rows it never saw: the target is the held-out rows' share."""
         return members["forget"] <= members["held_out"]
 
     def _harmed(self, model) -> bool:
-        return any(now < start - HARM_TOLERANCE for now, start in zip(self._accuracies(model), self.start))
+        return any(now < start - self.harm_tolerance for now, start in zip(self._accuracies(model), self.start))
 
     @torch.no_grad()
     def _do_no_harm(self, model) -> None:
@@ -143,7 +151,7 @@ class HeldOutStop:
             self.last = {"cycles": cycles_done, "forget_accuracy": accuracy}
             return "stop" if accuracy <= self.target_accuracy else "continue"
         self._do_no_harm(model)
-        members = self._members(model)
+        members = self._members(self._outputs(model))
         reached = self.reached(members)
         self.last = {"cycles": cycles_done, "forget_members": members["forget"]}
         self.last |= {"held_out_members": members["held_out"], "reached": reached, "backtracked": self.backtracked}
